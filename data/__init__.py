@@ -1,0 +1,1 @@
+"""Token data: the speedrun's shard format, loaders, tokenization and download."""
