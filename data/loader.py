@@ -65,6 +65,29 @@ class ContiguousLoader:
     def _advance_shard(self) -> None:
         self.reset((self.shard + 1) % len(self.files), 0)
 
+    mode = "contiguous"
+
+    def state_dict(self) -> dict:
+        """Position in the global stream (the same on every rank) and the shards it refers to.
+
+        Plain ints and strings, so a checkpoint loads with torch.load(weights_only=True).
+        """
+        return {"mode": self.mode, "shard": self.shard, "pos": self.pos,
+                "files": [f.name for f in self.files], "sizes": list(self.sizes)}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Resume at a saved position; the shards must be the ones it was saved over."""
+        if state.get("mode") != self.mode:
+            raise DataError(f"loader state is for data mode {state.get('mode')!r}, this run reads {self.mode!r}")
+        if list(state["files"]) != [f.name for f in self.files] or list(state["sizes"]) != self.sizes:
+            raise DataError(f"the checkpoint's loader position refers to other train shards ({len(state['files'])} "
+                            f"files from {state['files'][0]!r}) than data.dir holds now ({len(self.files)} from "
+                            f"{self.files[0].name!r}); resume with the same data.dir")
+        shard, pos = int(state["shard"]), int(state["pos"])
+        if not (0 <= shard < len(self.files) and 0 <= pos <= self.sizes[shard]):
+            raise DataError(f"loader state position shard={shard} pos={pos} is out of range")
+        self.reset(shard, pos)
+
     def next_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
         while self.pos + self.span + 1 > len(self.tokens):
             self._advance_shard()
