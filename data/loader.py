@@ -46,6 +46,8 @@ def _to_batch(buf: np.ndarray, batch: int, seq_len: int) -> tuple[torch.Tensor, 
 class ContiguousLoader:
     """Endless stream of (inputs, targets) micro-batches, shape [B, T], for one rank."""
 
+    mode = "contiguous"
+
     def __init__(self, files: list[Path], micro_batch_seqs: int, seq_len: int, rank: int = 0, world: int = 1):
         self.files = list(files)
         self.B, self.T, self.rank, self.world = micro_batch_seqs, seq_len, rank, world
@@ -64,8 +66,6 @@ class ContiguousLoader:
 
     def _advance_shard(self) -> None:
         self.reset((self.shard + 1) % len(self.files), 0)
-
-    mode = "contiguous"
 
     def state_dict(self) -> dict:
         """Position in the global stream (the same on every rank) and the shards it refers to.
