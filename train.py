@@ -159,7 +159,7 @@ def train(cfg: Config, dist: D.DistInfo, run_dir: Path, stop: StopRequest | None
         validate = last or (tc.val_every and step % tc.val_every == 0)
         checkpoint = stopping or ckpt.due(step, last)
         if validate or checkpoint:
-            if step > 0:  # stop the clock: validation and checkpoints are not training time
+            if step > start_step:  # stop the clock: validation and checkpoints are not training time
                 sync(device)
                 train_time_ms += 1000 * (time.perf_counter() - t0)
             if checkpoint:

@@ -47,8 +47,16 @@ def init_distributed(choice: Device) -> DistInfo:
         torch.cuda.set_device(device)
     if world > 1 and not dist.is_initialized():
         backend = "nccl" if device.type == "cuda" else "gloo"
-        dist.init_process_group(backend, timeout=timedelta(minutes=30),
-                                device_id=device if device.type == "cuda" else None)
+        timeout = timedelta(minutes=30)
+        kwargs = {}
+        attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT")
+        if attempt is not None:
+            # torchrun keeps one key-value store across elastic restarts: without a per-attempt prefix a
+            # restarted rank can read a dead peer's address left by the previous attempt and hang connecting.
+            store, _, _ = next(dist.rendezvous("env://", timeout=timeout))
+            kwargs = {"store": dist.PrefixStore(f"attempt_{attempt}", store), "rank": rank, "world_size": world}
+        dist.init_process_group(backend, timeout=timeout, device_id=device if device.type == "cuda" else None,
+                                **kwargs)
     return DistInfo(rank, local_rank, world, device)
 
 
