@@ -1,0 +1,44 @@
+"""Synthetic shards and corpora for the data tests (no /work/shared needed)."""
+from __future__ import annotations
+
+import base64
+from pathlib import Path
+
+import numpy as np
+
+from data.shards import EOT_TOKEN, write_shard
+
+SHARED = Path(__file__).resolve().parents[2] / "shared"
+SHARED_BPE = SHARED / "tokenizer" / "gpt2.tiktoken"
+FINEWEB_SAMPLE = SHARED / "corpora" / "fineweb-sample"
+
+
+def synthetic_docs(n_docs: int, seed: int = 0, mean_len: int = 60, max_len: int = 400) -> list[np.ndarray]:
+    """Documents as uint16 arrays, each [50256, ids < 50256...], lengths 1..max_len."""
+    rng = np.random.default_rng(seed)
+    docs = []
+    for _ in range(n_docs):
+        n = int(min(max_len, 1 + rng.geometric(1 / mean_len)))
+        doc = rng.integers(0, EOT_TOKEN, size=n, dtype=np.int64).astype(np.uint16)
+        doc[0] = EOT_TOKEN
+        docs.append(doc)
+    return docs
+
+
+def write_stream(folder: Path, tokens: np.ndarray, shard_tokens: int, prefix: str = "fineweb_train") -> list[Path]:
+    """Cut one token stream into shards of shard_tokens (last one shorter), like data.tokenize."""
+    paths = []
+    for i, start in enumerate(range(0, len(tokens), shard_tokens), 1):
+        paths.append(write_shard(folder / f"{prefix}_{i:06d}.bin", tokens[start:start + shard_tokens]).path)
+    return paths
+
+
+def fake_gpt2_ranks_file(path: Path) -> Path:
+    """A .tiktoken file shaped like GPT-2's (ranks 0..50255) but not GPT-2: 256 bytes + 50000 byte pairs.
+
+    Lets the tokenization pipeline run on a fresh clone without the real ranks.
+    """
+    tokens = [bytes([b]) for b in range(256)]
+    tokens += [bytes([a, b]) for a in range(256) for b in range(256)][:50000]
+    path.write_bytes(b"".join(base64.b64encode(t) + b" " + str(r).encode() + b"\n" for r, t in enumerate(tokens)))
+    return path
