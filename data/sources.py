@@ -94,6 +94,7 @@ def _file_docs(path: Path, text_field: str, txt_split: str) -> Iterator[str]:
 
 
 def _hf_docs(spec: str, text_field: str, split: str) -> Iterator[str]:
+    """Open the dataset now (errors surface at the call), stream its texts lazily."""
     name, _, config = spec.partition(":")
     if not name:
         raise SourceError("hf: source needs a dataset name, e.g. hf:HuggingFaceFW/fineweb:sample-10BT")
@@ -106,11 +107,15 @@ def _hf_docs(spec: str, text_field: str, split: str) -> Iterator[str]:
         raise SourceError(f"cannot open Hugging Face dataset {name!r} (config {config or None!r}, split {split!r}): "
                           f"{first[:200]}; check the name, your network / HF_ENDPOINT / HF_TOKEN, "
                           "or download the files and pass a local folder") from None
-    for n, example in enumerate(ds):
-        text = example.get(text_field)
-        if not isinstance(text, str):
-            raise SourceError(f"hf:{spec} example {n} has no string field {text_field!r}; pass --text-field NAME")
-        yield text
+
+    def texts() -> Iterator[str]:
+        for n, example in enumerate(ds):
+            text = example.get(text_field)
+            if not isinstance(text, str):
+                raise SourceError(f"hf:{spec} example {n} has no string field {text_field!r}; pass --text-field NAME")
+            yield text
+
+    return texts()
 
 
 def list_files(path: Path) -> list[Path]:
@@ -123,18 +128,23 @@ def list_files(path: Path) -> list[Path]:
 
 def iter_documents(source: str, text_field: str = "text", txt_split: str = "file",
                    split: str = "train") -> Iterator[str]:
-    """Every document of `source` as a string, in a deterministic order."""
+    """Every document of `source` as a string, in a deterministic order.
+
+    A missing source, an empty folder or an unknown dataset raises SourceError here,
+    at the call; problems inside a file (bad JSON line) when the iterator reaches them.
+    """
     if txt_split not in ("file", "line"):
         raise SourceError(f"txt_split must be 'file' or 'line', got {txt_split!r}")
     if source.startswith("hf:"):
-        yield from _hf_docs(source[3:], text_field, split)
-        return
+        return _hf_docs(source[3:], text_field, split)
     path = Path(source).expanduser()
     if path.is_dir():
-        for f in list_files(path):
-            yield from _file_docs(f, text_field, txt_split)
-    elif path.exists():
-        yield from _file_docs(path, text_field, txt_split)
+        files = list_files(path)
+    elif path.is_file():
+        if not _suffix(path):
+            raise SourceError(f"{path}: unsupported file type; use one of {', '.join(SUFFIXES)}")
+        files = [path]
     else:
         raise SourceError(f"source {source} does not exist (give a .jsonl/.txt/.parquet file, a folder, "
                           "or hf:NAME[:CONFIG])")
+    return (doc for f in files for doc in _file_docs(f, text_field, txt_split))

@@ -167,12 +167,12 @@ def tokenize_corpus(source: str, out: str | Path, val_docs: int, shard_tokens: i
         raise TokenizeError(f"{out} already holds shards ({existing[0].name}, ...): choose an empty --out "
                             "or pass --overwrite to replace them")
     _, tokenizer_source = gpt2_encoding_with_source(bpe)  # fail early, in one place, if there is no tokenizer
-    out.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=".tokenize-staging-", dir=out))
-    sink = _ShardSink(staging, prefix, val_docs, shard_tokens)
     docs = iter_documents(source, text_field=text_field, txt_split=txt_split, split=split)
     if max_docs is not None:
         docs = itertools.islice(docs, max_docs)
+    out.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".tokenize-staging-", dir=out))
+    sink = _ShardSink(staging, prefix, val_docs, shard_tokens)
     t0 = time.perf_counter()
     try:
         from tqdm import tqdm

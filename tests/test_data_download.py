@@ -168,3 +168,12 @@ def test_unreachable_hub_is_one_clear_line(tmp_path, monkeypatch, capsys):
     assert err.count("\n") == 1 and "cannot reach the Hugging Face hub at http://127.0.0.1:9" in err
     with pytest.raises(HubUnreachable):
         fetch(tmp_path / "o")
+
+
+def test_fake_hub_speaks_the_protocol_huggingface_hub_expects(hub, tmp_path):
+    """huggingface_hub's own hf_hub_download accepts the fake hub: the stand-in is faithful."""
+    from huggingface_hub import hf_hub_download
+
+    name = "fineweb_train_000001.bin"
+    path = hf_hub_download(REPO, name, repo_type="dataset", local_dir=tmp_path / "hf", endpoint=hub.endpoint)
+    assert Path(path).read_bytes() == hub.content[name]
