@@ -45,7 +45,9 @@ class DocIndex:
 
     starts: np.ndarray  # int64 [D]: position of each document's 50256
     clen: np.ndarray  # int64 [D]: min(document length, cap)
+    cum: np.ndarray  # int64 [D+1]: cum[i] = clen[:i].sum()
     nxt: list[int]  # [D]: a row starting at document d uses documents d..nxt[d]-1; nxt[d] > D: no room left
+    nxt_np: np.ndarray  # the same as an array
     one_slice: np.ndarray  # bool [D]: that row is tokens[starts[d]:starts[d]+row] (no cap cut inside)
 
 
@@ -61,7 +63,13 @@ def index_documents(tokens: np.ndarray, row: int, cap: int, bos: int = EOT_TOKEN
     np.cumsum(clen < lengths, out=cuts[1:])
     last = np.minimum(nxt, len(starts)) - 1  # the row's last document (cut by the row end anyway)
     one_slice = cuts[np.maximum(last, 0)] - cuts[np.arange(len(starts))] == 0
-    return DocIndex(starts, clen, nxt.tolist(), one_slice)
+    return DocIndex(starts, clen, cum, nxt.tolist(), nxt, one_slice)
+
+
+def _ranges(starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+    """Concatenation of arange(s, s + n) for each (s, n), without a Python loop."""
+    ends = np.cumsum(lengths)
+    return np.repeat(starts - (ends - lengths), lengths) + np.arange(int(ends[-1]) if len(ends) else 0)
 
 
 class BOSAlignedLoader(_StreamState):
@@ -121,9 +129,14 @@ class BOSAlignedLoader(_StreamState):
             if simple.any():
                 windows = sliding_window_view(tokens, self.row)  # [N-row+1, row] view, no copy
                 out[np.array(which)[simple]] = windows[docs.starts[first[simple]]]
-            for i, d in zip(np.array(which)[~simple], first[~simple]):
-                pieces = [tokens[docs.starts[k]:docs.starts[k] + docs.clen[k]] for k in range(d, docs.nxt[d])]
-                out[i] = np.concatenate(pieces)[:self.row]
+            if not simple.all():  # rows with capped documents inside: one vectorized gather of the kept ranges
+                f = first[~simple]
+                last = docs.nxt_np[f]  # each row uses documents f..last-1
+                k = _ranges(f, last - f)  # all those documents, row after row
+                positions = _ranges(docs.starts[k], docs.clen[k])  # their kept tokens, concatenated
+                totals = docs.cum[last] - docs.cum[f]
+                row_begin = np.cumsum(totals) - totals
+                out[np.array(which)[~simple]] = tokens[positions[row_begin[:, None] + np.arange(self.row)]]
         return out
 
     def next_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
