@@ -79,7 +79,8 @@ def _encoded_chunks(docs: Iterable[str], workers: int, bpe: str | None) -> Itera
         _init_worker(bpe)
         yield from map(encode_chunk, chunks)
         return
-    with mp.get_context().Pool(workers, initializer=_init_worker, initargs=(bpe,)) as pool:
+    # spawn, not fork: the parent has threads (tqdm monitor, prefetch) whose locks a fork could copy held
+    with mp.get_context("spawn").Pool(workers, initializer=_init_worker, initargs=(bpe,)) as pool:
         pending: deque = deque()
         for chunk in chunks:
             pending.append(pool.apply_async(encode_chunk, (chunk,)))
