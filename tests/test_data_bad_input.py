@@ -111,3 +111,14 @@ def test_bad_shapes(shard):
         BOSAlignedLoader([shard], 0, 8)
     with pytest.raises(DataError, match="bos_max_doc_len"):
         BOSAlignedLoader([shard], 2, 8, max_doc_len=-1)
+
+
+def test_verify_command_names_each_bad_shard(tmp_path, shard, capsys):
+    from data.fineweb import main
+
+    bad = write_shard(tmp_path / "fineweb_train_000002.bin", np.full(10, 50300, dtype=np.uint16)).path
+    assert main(["verify", str(tmp_path)]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"shard {bad} holds token id 50300" in err
+    bad.unlink()
+    assert main(["verify", str(tmp_path)]) == 0
