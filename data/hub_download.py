@@ -211,7 +211,7 @@ def download(remote: RemoteFile, dest: Path, *, token: str | bool | None = None,
             continue
         except Exception as e:  # noqa: BLE001 - classified below
             if not _transient(e):
-                raise DownloadError(f"download of {remote.filename} from {remote.location} failed: {_first_line(e)}") from None
+                raise DownloadError(f"download of {remote.filename} from {remote.url} failed: {_first_line(e)}") from None
             now = part.stat().st_size if part.exists() else 0
             failures = 0 if now > before else failures + 1  # progress resets the budget
             if failures > retries:
