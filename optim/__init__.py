@@ -1,0 +1,26 @@
+"""Optimizers, routed by parameter role (see roles.py); this package never imports the model."""
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import torch
+
+from optim.adamw import build_adamw
+from optim.roles import check_roles
+
+OPTIMIZERS: dict[str, Callable[..., torch.optim.Optimizer]] = {"adamw": build_adamw}
+
+
+def build_optimizer(cfg: Any, named_params: list[tuple[str, torch.nn.Parameter]],
+                    roles: dict[str, str]) -> torch.optim.Optimizer:
+    """Build the optimizer named by `cfg.name` over `named_params`, using each parameter's role.
+
+    Every param group carries `initial_lr`; the trainer sets `lr = initial_lr * schedule(step)`.
+    """
+    check_roles(roles)
+    missing = [n for n, _ in named_params if n not in roles]
+    if missing:
+        raise ValueError(f"parameters without a role: {missing[:5]}")
+    if cfg.name not in OPTIMIZERS:
+        raise ValueError(f"optim.name={cfg.name!r} is not a known optimizer; choose one of {sorted(OPTIMIZERS)}")
+    return OPTIMIZERS[cfg.name](cfg, named_params, roles)
