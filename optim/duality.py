@@ -73,12 +73,13 @@ def dualize_embed(G: torch.Tensor, eps: float = 0.0) -> torch.Tensor:
     """
     if G.ndim != 2:
         raise ValueError(f"dualize_embed expects a [vocab, d] table, got shape {tuple(G.shape)}")
-    rms = torch.linalg.vector_norm(G.float(), dim=1, keepdim=True) / math.sqrt(G.size(1))
+    work = G if G.dtype == torch.float64 else G.float()  # at least fp32 (bf16 momentum would lose digits)
+    rms = torch.linalg.vector_norm(work, dim=1, keepdim=True) / math.sqrt(G.size(1))
     floor = eps * rms.max()
     denom = torch.maximum(rms, floor)
     # Rows with denom 0 are exactly zero rows: divide by 1 so they stay 0 instead of NaN.
     denom = torch.where(denom > 0, denom, torch.ones_like(denom))
-    return (G.float() / denom).to(G.dtype)
+    return (work / denom).to(G.dtype)
 
 
 @torch.no_grad()
