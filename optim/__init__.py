@@ -1,7 +1,39 @@
-"""Optimizers: duality maps per parameter role, the hybrid optimizer, Muon and AdamW baselines."""
+"""Optimizers, routed by parameter role (see roles.py); this package never imports the model.
+
+Public pieces: `orthogonalize` (Newton-Schulz), the duality maps `dualize_linear`,
+`dualize_embed` and Adam's `adam_direction`, the role-routed `HybridOptimizer`, and
+`build_optimizer`, which the trainer calls with `cfg.optim`.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import torch
+
+from optim.adamw import build_adamw
 from optim.duality import adam_direction, dualize_embed, dualize_linear, exact_polar, linear_scale
 from optim.hybrid import HybridOptimizer, build_hybrid
 from optim.newton_schulz import orthogonalize
+from optim.roles import check_roles
+
+# optim=muon and optim=dual are two configurations of the same role-routed optimizer.
+OPTIMIZERS: dict[str, Callable[..., torch.optim.Optimizer]] = {
+    "adamw": build_adamw, "muon": build_hybrid, "dual": build_hybrid}
 
 __all__ = ["orthogonalize", "dualize_linear", "dualize_embed", "adam_direction", "exact_polar", "linear_scale",
-           "HybridOptimizer", "build_hybrid"]
+           "HybridOptimizer", "build_hybrid", "build_optimizer", "OPTIMIZERS"]
+
+
+def build_optimizer(cfg: Any, named_params: list[tuple[str, torch.nn.Parameter]],
+                    roles: dict[str, str]) -> torch.optim.Optimizer:
+    """Build the optimizer named by `cfg.name` over `named_params`, using each parameter's role.
+
+    Every param group carries `initial_lr`; the trainer sets `lr = initial_lr * schedule(step)`.
+    """
+    check_roles(roles)
+    missing = [n for n, _ in named_params if n not in roles]
+    if missing:
+        raise ValueError(f"parameters without a role: {missing[:5]}")
+    if cfg.name not in OPTIMIZERS:
+        raise ValueError(f"optim.name={cfg.name!r} is not a known optimizer; choose one of {sorted(OPTIMIZERS)}")
+    return OPTIMIZERS[cfg.name](cfg, named_params, roles)

@@ -1,0 +1,42 @@
+"""The trainer's only entry point into data: build the train stream and the validation set."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Iterator
+
+import torch
+
+from data.config import DataConfig
+from data.loader import ContiguousLoader, resolve_shards, validation_batches
+from data.synthetic import ensure_synthetic_shards
+
+
+def prepare_data(cfg: DataConfig) -> None:
+    """Create synthetic shards if configured (call on one process per node, then barrier)."""
+    if cfg.synthetic is not None:
+        if not cfg.dir:
+            raise ValueError("data.dir must name the folder to generate synthetic shards into")
+        ensure_synthetic_shards(cfg.dir, cfg.synthetic)
+
+
+def build_train_loader(cfg: DataConfig, seq_len: int, micro_batch_seqs: int, rank: int, world: int) -> ContiguousLoader:
+    """This rank's endless stream of (inputs, targets) int64 [micro_batch_seqs, seq_len]."""
+    files = resolve_shards(cfg.dir, cfg.train_pattern, "train")
+    return ContiguousLoader(files, micro_batch_seqs, seq_len, rank, world)
+
+
+class ValidationSet:
+    """The fixed first `val_tokens` tokens of the val shards; re-iterable, this rank's share."""
+
+    def __init__(self, cfg: DataConfig, val_tokens: int, micro_batch_seqs: int, seq_len: int, rank: int, world: int):
+        self.files: list[Path] = resolve_shards(cfg.dir, cfg.val_pattern, "validation")
+        self.args = (val_tokens, micro_batch_seqs, seq_len, rank, world)
+        next(iter(self), None)  # validate sizes and divisibility now, not at the first eval
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        return validation_batches(self.files, *self.args)
+
+
+def build_val_batches(cfg: DataConfig, val_tokens: int, micro_batch_seqs: int, seq_len: int,
+                      rank: int, world: int) -> ValidationSet:
+    return ValidationSet(cfg, val_tokens, micro_batch_seqs, seq_len, rank, world)

@@ -1,0 +1,113 @@
+"""Top-level configuration schema, registered with Hydra's ConfigStore.
+
+The YAML files under configs/ are validated against these dataclasses: an unknown
+key or a wrongly typed value fails at start naming the key (OmegaConf), and
+`load_config` then checks ranges and cross-field rules (naming the key too).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any, Optional
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING, DictConfig, OmegaConf
+
+from data.config import DataConfig
+from model.config import ModelConfig
+from optim.config import OPTIM_SCHEMAS
+
+
+class ConfigError(ValueError):
+    """A configuration value is invalid; the message names the key and the fix."""
+
+
+class Device(Enum):
+    auto = "auto"  # cuda when available, else cpu
+    cpu = "cpu"
+    cuda = "cuda"
+
+
+class Precision(Enum):
+    auto = "auto"  # bf16 autocast on CUDA, fp32 on CPU
+    fp32 = "fp32"
+    bf16 = "bf16"
+
+
+@dataclass
+class TrainConfig:
+    """Batch geometry, schedule and loop cadence. Token counts are per optimizer step / eval."""
+
+    max_steps: int = 1000
+    val_every: int = 125            # validate every N steps (and at step 0 and the end); 0 = only at the end
+    val_tokens: int = 10_485_760    # fixed validation tokens, split across ranks
+    global_batch_tokens: int = 524_288  # tokens per optimizer step, over all ranks and accumulation
+    seq_len: int = 1024
+    micro_batch_seqs: int = 64      # sequences per rank per forward/backward
+    warmup_frac: float = 0.0        # fraction of max_steps with linear LR warmup from 0
+    warmdown_frac: float = 0.0      # fraction of max_steps at the end with linear decay
+    final_lr_frac: float = 0.0      # LR at the end of the warmdown, as a fraction of the base LR
+    grad_clip: float = 0.0          # clip the global grad norm to this; 0 = off
+    compile: bool = False           # torch.compile the model (CUDA; the compile time is never timed)
+    compile_warmup_steps: int = 3   # untimed steps run (then undone) so compilation is excluded
+    precision: Precision = Precision.auto
+    log_every: int = 1              # train-loss events every N steps
+
+    def check(self) -> None:
+        for key in ("max_steps", "val_tokens", "global_batch_tokens", "seq_len", "micro_batch_seqs", "log_every"):
+            if getattr(self, key) <= 0:
+                raise ValueError(f"train.{key} must be > 0 (got {getattr(self, key)})")
+        for key in ("val_every", "compile_warmup_steps"):
+            if getattr(self, key) < 0:
+                raise ValueError(f"train.{key} must be >= 0 (got {getattr(self, key)})")
+        for key in ("warmup_frac", "warmdown_frac", "final_lr_frac"):
+            if not 0.0 <= getattr(self, key) <= 1.0:
+                raise ValueError(f"train.{key} must lie in [0, 1] (got {getattr(self, key)})")
+        if self.warmup_frac + self.warmdown_frac > 1.0:
+            raise ValueError(f"train.warmup_frac + train.warmdown_frac must be <= 1 "
+                             f"(got {self.warmup_frac} + {self.warmdown_frac})")
+        if self.grad_clip < 0:
+            raise ValueError(f"train.grad_clip must be >= 0 (got {self.grad_clip})")
+
+
+@dataclass
+class LoggerConfig:
+    """Where metrics go besides the console and metrics.jsonl (`none`: nowhere else)."""
+
+    name: str = "none"
+
+
+@dataclass
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    optim: Any = MISSING   # one of OPTIM_SCHEMAS, chosen by the `optim` group
+    data: DataConfig = field(default_factory=DataConfig)
+    logger: Any = MISSING  # one of LOGGER_SCHEMAS, chosen by the `logger` group
+    train: TrainConfig = field(default_factory=TrainConfig)
+    seed: int = 0
+    device: Device = Device.auto
+    experiment: Optional[str] = None  # name of the experiment file, for grouping runs
+
+
+LOGGER_SCHEMAS: dict[str, type] = {"none_schema": LoggerConfig}
+
+
+def register_configs() -> None:
+    """Register the schemas so configs/*.yaml are type-checked against them."""
+    cs = ConfigStore.instance()
+    cs.store(name="base_config", node=Config)
+    for name, schema in OPTIM_SCHEMAS.items():
+        cs.store(group="optim", name=name, node=schema)
+    for name, schema in LOGGER_SCHEMAS.items():
+        cs.store(group="logger", name=name, node=schema)
+
+
+def load_config(cfg: DictConfig) -> Config:
+    """Typed, range-checked config object from Hydra's composed DictConfig."""
+    obj: Config = OmegaConf.to_object(cfg)
+    try:
+        for part in (obj.model, obj.optim, obj.data, obj.train):
+            part.check()
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+    return obj

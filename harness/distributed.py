@@ -1,0 +1,79 @@
+"""Process-group setup for torchrun (RANK / WORLD_SIZE / LOCAL_RANK) or a plain `python` run."""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from datetime import timedelta
+
+import torch
+import torch.distributed as dist
+
+from harness.config import ConfigError, Device
+
+
+@dataclass(frozen=True)
+class DistInfo:
+    rank: int
+    local_rank: int
+    world_size: int
+    device: torch.device
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def pick_device(choice: Device, local_rank: int) -> torch.device:
+    if choice is Device.cpu:
+        return torch.device("cpu")
+    if not torch.cuda.is_available():
+        if choice is Device.cuda:
+            raise ConfigError("device=cuda but no CUDA device is visible to torch; use device=cpu "
+                              "(or device=auto), or check CUDA_VISIBLE_DEVICES and the driver")
+        return torch.device("cpu")
+    if local_rank >= torch.cuda.device_count():
+        raise ConfigError(f"LOCAL_RANK={local_rank} but only {torch.cuda.device_count()} CUDA devices: "
+                          "lower --nproc_per_node")
+    return torch.device("cuda", local_rank)
+
+
+def init_distributed(choice: Device) -> DistInfo:
+    """Join the process group torchrun describes (NCCL on CUDA, gloo on CPU), or run alone."""
+    rank = int(os.environ.get("RANK", 0))
+    world = int(os.environ.get("WORLD_SIZE", 1))
+    local_rank = int(os.environ.get("LOCAL_RANK", 0))
+    device = pick_device(choice, local_rank)
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    if world > 1 and not dist.is_initialized():
+        backend = "nccl" if device.type == "cuda" else "gloo"
+        dist.init_process_group(backend, timeout=timedelta(minutes=30),
+                                device_id=device if device.type == "cuda" else None)
+    return DistInfo(rank, local_rank, world, device)
+
+
+def barrier() -> None:
+    if dist.is_initialized():
+        dist.barrier()
+
+
+def all_reduce_mean(t: torch.Tensor) -> torch.Tensor:
+    """Mean over ranks (SUM then divide: gloo has no AVG)."""
+    if dist.is_initialized():
+        dist.all_reduce(t, op=dist.ReduceOp.SUM)
+        t /= dist.get_world_size()
+    return t
+
+
+def broadcast_object(obj: object) -> object:
+    """Rank 0's value of `obj` on every rank."""
+    if not dist.is_initialized():
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def shutdown() -> None:
+    if dist.is_initialized():
+        dist.destroy_process_group()

@@ -1,0 +1,29 @@
+"""Shared test helpers: paths, and running train.py as a user would (a subprocess)."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared"
+FINEWEB_TOKENS = SHARED / "corpora" / "fineweb-sample" / "tokens"
+
+needs_fineweb = pytest.mark.skipif(not FINEWEB_TOKENS.is_dir(), reason="../shared FineWeb sample not present")
+
+
+def run_train(*overrides: str, nproc: int = 1, timeout: int = 600, env: dict | None = None) -> subprocess.CompletedProcess:
+    """Run train.py (under torchrun when nproc > 1) from the repo root; returns the finished process."""
+    if nproc > 1:
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", "train.py"]
+    else:
+        cmd = [sys.executable, "train.py"]
+    full_env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1" if nproc > 1 else os.environ.get("OMP_NUM_THREADS", "2"), **(env or {})}
+    return subprocess.run(cmd + list(overrides), cwd=REPO, capture_output=True, text=True, timeout=timeout, env=full_env)
+
+
+def error_lines(proc: subprocess.CompletedProcess) -> list[str]:
+    return [line for line in proc.stderr.splitlines() if line.startswith("error")]

@@ -1,0 +1,213 @@
+"""Train a GPT on FineWeb token shards: `python train.py experiment=smoke`, or under torchrun.
+
+Read top to bottom: config -> processes -> data -> model -> optimizer -> loop.
+Every rank computes; rank 0 alone prints and writes. Validation loss is logged
+against training wall-clock, which excludes validation and compilation.
+"""
+from __future__ import annotations
+
+import contextlib
+import copy
+import math
+import os
+import sys
+import time
+from pathlib import Path
+
+import hydra
+import torch
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, OmegaConf
+from torch.nn.parallel import DistributedDataParallel as DDP
+
+from data.build import build_train_loader, build_val_batches, prepare_data
+from data.loader import DataError
+from data.shards import ShardError
+from harness import distributed as D
+from harness.config import Config, ConfigError, Precision, load_config, register_configs
+from harness.metrics import ConsoleSink, JsonlSink, MetricsLogger
+from harness.schedule import lr_factor
+from model.gpt import GPT
+from optim import build_optimizer
+
+USER_ERRORS = (ConfigError, DataError, ShardError)  # reported as one line, exit 2
+register_configs()
+
+
+class NonFiniteLoss(RuntimeError):
+    pass
+
+
+def grad_accum_steps(cfg: Config, world: int) -> int:
+    """Micro-steps per optimizer step, so the global batch does not depend on the world size."""
+    per_micro = world * cfg.train.micro_batch_seqs * cfg.train.seq_len
+    if cfg.train.global_batch_tokens % per_micro:
+        raise ConfigError(
+            f"train.global_batch_tokens={cfg.train.global_batch_tokens} is not divisible by world size {world} "
+            f"x train.micro_batch_seqs={cfg.train.micro_batch_seqs} x train.seq_len={cfg.train.seq_len} "
+            f"= {per_micro} tokens per micro-step")
+    return cfg.train.global_batch_tokens // per_micro
+
+
+def autocast_context(cfg: Config, device: torch.device):
+    precision = cfg.train.precision
+    if precision is Precision.auto:
+        precision = Precision.bf16 if device.type == "cuda" else Precision.fp32
+    if precision is Precision.bf16:
+        return lambda: torch.autocast(device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def make_logger(cfg: Config, dist: D.DistInfo, run_dir: Path) -> MetricsLogger:
+    if not dist.is_main:
+        return MetricsLogger([])
+    return MetricsLogger([ConsoleSink(cfg.train.max_steps), JsonlSink(run_dir / "metrics.jsonl")])
+
+
+@torch.no_grad()
+def evaluate(model: torch.nn.Module, val_set, device: torch.device, autocast) -> float:
+    """Mean val loss (nats/token) over the fixed val tokens, averaged over ranks."""
+    model.eval()
+    total, batches = torch.zeros((), device=device), 0
+    for x, y in val_set:
+        with autocast():
+            total += model(x.to(device, non_blocking=True), y.to(device, non_blocking=True)).float()
+        batches += 1
+    model.train()
+    return D.all_reduce_mean(total / batches).item()
+
+
+def train(cfg: Config, dist: D.DistInfo, run_dir: Path) -> dict:
+    device, tc = dist.device, cfg.train
+    accum = grad_accum_steps(cfg, dist.world_size)
+    torch.manual_seed(cfg.seed)  # same init on every rank (DDP also broadcasts rank 0's weights)
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+
+    # Data: synthetic shards are made once per node; the val set is checked before any compute.
+    if dist.local_rank == 0:
+        prepare_data(cfg.data)
+    D.barrier()
+    val_set = build_val_batches(cfg.data, tc.val_tokens, tc.micro_batch_seqs, tc.seq_len, dist.rank, dist.world_size)
+    make_loader = lambda: build_train_loader(cfg.data, tc.seq_len, tc.micro_batch_seqs, dist.rank, dist.world_size)
+    loader = make_loader()
+
+    # Model and optimizer: the optimizer sees raw parameters and their roles, never the wrappers.
+    model = GPT(cfg.model).to(device)
+    if tc.seq_len > cfg.model.block_size:
+        raise ConfigError(f"train.seq_len={tc.seq_len} exceeds model.block_size={cfg.model.block_size}")
+    n_params = sum(p.numel() for p in model.parameters())
+    optimizer = build_optimizer(cfg.optim, list(model.named_parameters()), model.param_roles())
+    net = torch.compile(model) if tc.compile else model
+    if dist.world_size > 1:
+        net = DDP(net, device_ids=[device.index] if device.type == "cuda" else None)
+    autocast = autocast_context(cfg, device)
+    log = make_logger(cfg, dist, run_dir)
+    if dist.is_main:
+        print(f"parameters: {n_params:,} | world {dist.world_size} x micro {tc.micro_batch_seqs} x seq "
+              f"{tc.seq_len} x accum {accum} = {tc.global_batch_tokens:,} tokens/step | device {device} "
+              f"| run dir {run_dir}", flush=True)
+
+    def train_step(step: int) -> torch.Tensor:
+        """One optimizer step over `accum` micro-batches; returns the mean loss (device tensor)."""
+        factor = lr_factor(step, tc.max_steps, tc.warmup_frac, tc.warmdown_frac, tc.final_lr_frac)
+        for group in optimizer.param_groups:
+            group["lr"] = group["initial_lr"] * factor
+        loss_sum = torch.zeros((), device=device)
+        for micro in range(accum):
+            x, y = loader.next_batch()
+            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+            # Only the last micro-step all-reduces gradients.
+            no_sync = net.no_sync() if isinstance(net, DDP) and micro < accum - 1 else contextlib.nullcontext()
+            with no_sync:
+                with autocast():
+                    loss = net(x, y)
+                (loss / accum).backward()
+            loss_sum += loss.detach()
+        if tc.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        return loss_sum / accum
+
+    # Compilation happens on untimed warm-up steps that are then undone (weights, optimizer, data).
+    if tc.compile and tc.compile_warmup_steps:
+        saved = copy.deepcopy((model.state_dict(), optimizer.state_dict()))
+        for s in range(tc.compile_warmup_steps):
+            train_step(s)
+        model.load_state_dict(saved[0])
+        optimizer.load_state_dict(saved[1])
+        loader = make_loader()
+
+    train_time_ms, last_val = 0.0, float("nan")
+    sync(device)
+    t0 = time.perf_counter()
+    for step in range(tc.max_steps + 1):
+        last = step == tc.max_steps
+        if last or (tc.val_every and step % tc.val_every == 0):
+            if step > 0:  # stop the clock: validation is not training time
+                sync(device)
+                train_time_ms += 1000 * (time.perf_counter() - t0)
+            last_val = evaluate(model, val_set, device, autocast)
+            log.log({"event": "val", "step": step, "tokens": step * tc.global_batch_tokens,
+                     "train_time_ms": train_time_ms, "val_loss": last_val})
+            if not math.isfinite(last_val):
+                raise NonFiniteLoss(f"validation loss is {last_val} at step {step}")
+            sync(device)
+            t0 = time.perf_counter()
+        if last:
+            break
+        loss = train_step(step)
+        if (step + 1) % tc.log_every == 0 or step + 1 == tc.max_steps:
+            loss_value = D.all_reduce_mean(loss).item()  # .item() synchronizes the device
+            now_ms = train_time_ms + 1000 * (time.perf_counter() - t0)
+            log.log({"event": "train", "step": step + 1, "tokens": (step + 1) * tc.global_batch_tokens,
+                     "train_time_ms": now_ms, "step_avg_ms": now_ms / (step + 1),
+                     "train_loss": loss_value, "lr": optimizer.param_groups[0]["lr"]})
+            if not math.isfinite(loss_value):
+                raise NonFiniteLoss(f"train loss is {loss_value} at step {step + 1}; lower optim.lr or "
+                                    "enable train.grad_clip")
+
+    summary = {"final_val_loss": last_val, "steps": tc.max_steps, "tokens": tc.max_steps * tc.global_batch_tokens,
+               "train_time_ms": train_time_ms, "parameters": n_params, "world_size": dist.world_size}
+    if device.type == "cuda":
+        summary["peak_memory_mib"] = torch.cuda.max_memory_allocated(device) / 2**20
+    log.close(summary)
+    return summary
+
+
+@hydra.main(config_path="configs", config_name="config", version_base="1.3")
+def main(hydra_cfg: DictConfig) -> None:
+    dist = None
+    try:
+        cfg = load_config(hydra_cfg)
+        dist = D.init_distributed(cfg.device)
+        # Rank 0's Hydra output folder is the run folder for every rank (decided once, no races).
+        run_dir = Path(D.broadcast_object(HydraConfig.get().runtime.output_dir if dist.is_main else None))
+        if dist.is_main:
+            run_dir.mkdir(parents=True, exist_ok=True)
+            (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(hydra_cfg, resolve=True))
+        train(cfg, dist, run_dir)
+    except USER_ERRORS as e:
+        where = f" (rank {dist.rank})" if dist is not None and dist.world_size > 1 else ""
+        print(f"error{where}: {e}", file=sys.stderr, flush=True)
+        sys.exit(2)
+    except NonFiniteLoss as e:
+        print(f"error: {e}", file=sys.stderr, flush=True)
+        sys.exit(3)
+    finally:
+        D.shutdown()
+
+
+if __name__ == "__main__":
+    if int(os.environ.get("RANK", "0")) > 0:
+        # Only rank 0 gets a Hydra output folder; the others must not create (racing) folders or logs.
+        sys.argv += ["hydra.run.dir=.", "hydra.output_subdir=null",
+                     "hydra/job_logging=disabled", "hydra/hydra_logging=disabled"]
+    main()
