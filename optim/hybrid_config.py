@@ -71,6 +71,10 @@ class HybridConfig:
     # diagnostics: every K steps per-role update norms + Newton-Schulz error on a sampled matrix (0 = off)
     diag_every: int = 0
 
+    def check(self) -> None:
+        """Range checks the types cannot express (called by harness.config.load_config)."""
+        validate(self)
+
 
 @dataclass
 class DualConfig(HybridConfig):
