@@ -83,7 +83,7 @@ def evaluate(model: torch.nn.Module, val_set, device: torch.device, autocast) ->
 def train(cfg: Config, dist: D.DistInfo, run_dir: Path, stop: StopRequest | None = None) -> dict:
     device, tc = dist.device, cfg.train
     accum = grad_accum_steps(cfg, dist.world_size)
-    ckpt = Checkpointer(cfg, dist, run_dir)  # resolves resume=... (and rewinds metrics.jsonl) before logging starts
+    ckpt = Checkpointer(cfg, dist, run_dir)  # checks checkpoint.dir and resolves resume=... (reads only)
     stop = stop or StopRequest(False, 1, device)
     torch.manual_seed(cfg.seed)  # same init on every rank (DDP also broadcasts rank 0's weights)
     if device.type == "cuda":
@@ -108,7 +108,6 @@ def train(cfg: Config, dist: D.DistInfo, run_dir: Path, stop: StopRequest | None
     if dist.world_size > 1:
         net = DDP(net, device_ids=[device.index] if device.type == "cuda" else None)
     autocast = autocast_context(cfg, device)
-    log = make_logger(cfg, dist, run_dir)
     guard = NonFiniteGuard(tc, ckpt.last_good)
     if dist.is_main:
         print(f"parameters: {n_params:,} | world {dist.world_size} x micro {tc.micro_batch_seqs} x seq "
@@ -150,6 +149,7 @@ def train(cfg: Config, dist: D.DistInfo, run_dir: Path, stop: StopRequest | None
         loader = make_loader()
 
     start_step, train_time_ms, counters = ckpt.restore(model, optimizer, loader)  # (0, 0, {}) when starting fresh
+    log = make_logger(cfg, dist, run_dir)  # after restore: metrics.jsonl now ends at the resumed step
     guard.skipped, last_val = counters.get("skipped_steps", 0), float("nan")
     sync(device)
     t0 = time.perf_counter()

@@ -159,8 +159,9 @@ def on_main(fn: Callable[[], Any]) -> Any:
 # ---- the checkpointer ----------------------------------------------------------------------------
 
 class Checkpointer:
-    """Created at the start of train(): resolves `resume=` (and rewrites metrics.jsonl) before the
-    metrics logger opens it; `restore` loads the state, `due`/`save` write checkpoints in the loop."""
+    """Created at the start of train(): checks the checkpoint folder and resolves `resume=` (reading and
+    validating only, so a refused resume changes no file). `restore` loads the state and only then
+    rewrites metrics.jsonl (before the metrics logger opens it); `due`/`save` write checkpoints."""
 
     def __init__(self, cfg: Config, dist_info: D.DistInfo, run_dir: Path):
         self.cfg, self.dist, self.run_dir = cfg, dist_info, Path(run_dir)
@@ -186,19 +187,13 @@ class Checkpointer:
         resume, force = self.cfg.resume, self.cfg.resume_force
         if resume == "none":
             existing = latest(self.root)
-            if existing is not None:
-                if not force:
-                    raise CheckpointError(f"resume=none but {self.root} already holds checkpoints (newest "
-                                          f"{existing.name}): use resume=auto to continue that run, a new "
-                                          "hydra.run.dir, or resume_force=true to set them aside and start over")
-                moved = set_aside([p for _, p in list_checkpoints(self.root)])
-                print(f"resume=none, resume_force=true: set {len(moved)} old checkpoints aside as "
-                      f"{self.root}/abandoned-*", flush=True)
-            self._rewrite_metrics("")
+            if existing is not None and not force:
+                raise CheckpointError(f"resume=none but {self.root} already holds checkpoints (newest "
+                                      f"{existing.name}): use resume=auto to continue that run, a new "
+                                      "hydra.run.dir, or resume_force=true to set them aside and start over")
             return None
         path = latest(self.root) if resume == "auto" else find_checkpoint(Path(resume).expanduser())
         if path is None:
-            self._rewrite_metrics("")
             return None
         manifest = read_manifest(path)
         verify(path, manifest)
@@ -215,15 +210,23 @@ class Checkpointer:
             print(f"warning: resume_force=true: loading {path} despite model/optim config changes: {listed}",
                   flush=True)
         self._warn_run_changes(json.loads(trainer["run_config"]), trainer["world_size"])
-        step = int(trainer["step"])
-        if path.parent.resolve() == self.root.resolve():
-            newer = [p for s, p in list_checkpoints(self.root) if s > step]
-            if newer:  # their future was abandoned: never let resume=auto pick them up later
-                moved = set_aside(newer)
-                print(f"resuming from {path.name}: set {len(moved)} newer checkpoints aside as "
-                      f"{', '.join(p.name for p in moved)}", flush=True)
-        self._rewrite_metrics(trainer["metrics"])
         return str(path)
+
+    def _commit_resume(self, step: int, metrics: str) -> None:
+        """Rank 0, once the state is loaded: retire checkpoints of an abandoned future, rewind metrics."""
+        try:
+            if self.resume_path is None and self.cfg.resume == "none" and list_checkpoints(self.root):
+                moved = set_aside([p for _, p in list_checkpoints(self.root)])  # resume_force=true (checked)
+                print(f"resume=none, resume_force=true: set {len(moved)} old checkpoints aside as "
+                      f"{self.root}/abandoned-*", flush=True)
+            newer = [p for s, p in list_checkpoints(self.root) if s > step]
+            if self.resume_path is not None and newer:  # never let resume=auto pick them up later
+                moved = set_aside(newer)
+                print(f"resuming from step {step}: set {len(moved)} newer checkpoints aside as "
+                      f"{', '.join(p.name for p in moved)}", flush=True)
+        except OSError as e:
+            raise CheckpointError(f"cannot rename old checkpoints in {self.root}: {describe_os_error(e)}") from None
+        self._rewrite_metrics(metrics)
 
     def _warn_run_changes(self, saved: dict, world: int) -> None:
         changed = config_diff(saved, run_config(self.cfg))
@@ -254,8 +257,11 @@ class Checkpointer:
                                   "file is intact") from None
 
     def restore(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer, loader) -> Resumed:
-        """Load the chosen checkpoint into model, optimizer, loader and the RNGs (every rank)."""
+        """Load the chosen checkpoint into model, optimizer, loader and the RNGs (every rank); then
+        rank 0 makes metrics.jsonl hold exactly the checkpoint's events (empty when starting fresh).
+        Call before opening the metrics logger."""
         if self.resume_path is None:
+            on_main(lambda: self._commit_resume(0, ""))
             return Resumed(0, 0.0, {})
         path, rank, world = self.resume_path, self.dist.rank, self.dist.world_size
         trainer = load_file(path / "trainer.pt", "trainer state")
@@ -281,6 +287,7 @@ class Checkpointer:
         mine = ranks[rank] if len(ranks) == world else ranks[rank % len(ranks)]
         set_rng_state(mine["rng"], self.dist.device)
         loader.load_state_dict(mine["loader"])
+        on_main(lambda: self._commit_resume(int(trainer["step"]), trainer["metrics"]))
         self.last_saved = int(trainer["step"])
         if self.dist.is_main:
             print(f"resumed from {path} at step {trainer['step']} (train_time {trainer['train_time_ms']:.0f} ms)",
