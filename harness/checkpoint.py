@@ -92,10 +92,14 @@ def config_hash(flat: dict) -> str:
 
 
 def config_diff(saved: dict, now: dict) -> list[str]:
-    """'key (checkpoint A, now B)' for every key whose value differs or exists on one side only."""
+    """'key (checkpoint A, now B)' for every key whose value differs or exists on one side only.
+
+    Most telling first: a changed optimizer/model *name*, then values both sides have, then keys only
+    one side has (which follow from a changed name, or from a newer version of the code)."""
     missing = "<absent>"
-    return [f"{k} (checkpoint {saved.get(k, missing)!r}, now {now.get(k, missing)!r})"
-            for k in sorted(set(saved) | set(now)) if saved.get(k, missing) != now.get(k, missing)]
+    keys = [k for k in set(saved) | set(now) if saved.get(k, missing) != now.get(k, missing)]
+    keys.sort(key=lambda k: (not k.endswith(".name"), not (k in saved and k in now), k))
+    return [f"{k} (checkpoint {saved.get(k, missing)!r}, now {now.get(k, missing)!r})" for k in keys]
 
 
 # ---- per-rank state ----------------------------------------------------------------------------
