@@ -202,9 +202,12 @@ class Checkpointer:
         manifest = read_manifest(path)
         verify(path, manifest)
         trainer = load_file(path / "trainer.pt", "trainer state")
-        if not isinstance(trainer, dict) or "step" not in trainer or "config" not in trainer:
-            raise CheckpointError(f"checkpoint {path}: trainer.pt lacks the trainer state (step, config)")
-        saved = json.loads(trainer["config"])
+        try:
+            saved, run_saved = json.loads(trainer["config"]), json.loads(trainer["run_config"])
+            int(trainer["step"]), float(trainer["train_time_ms"]), int(trainer["world_size"])
+        except (TypeError, KeyError, ValueError):
+            raise CheckpointError(f"checkpoint {path}: trainer.pt does not hold a trainer state (step, configs); "
+                                  "it is not a checkpoint of this trainer") from None
         diff = config_diff(saved, self.config)
         if diff:
             listed = "; ".join(diff[:6]) + (f"; and {len(diff) - 6} more" if len(diff) > 6 else "")
@@ -213,7 +216,7 @@ class Checkpointer:
                                       "Resume with the checkpoint's values, or set resume_force=true to load it anyway")
             print(f"warning: resume_force=true: loading {path} despite model/optim config changes: {listed}",
                   flush=True)
-        self._warn_run_changes(json.loads(trainer["run_config"]), trainer["world_size"])
+        self._warn_run_changes(run_saved, int(trainer["world_size"]))
         return str(path)
 
     def _commit_resume(self, step: int, metrics: str) -> None:
@@ -313,7 +316,8 @@ class Checkpointer:
         if step == self.last_saved and (found := latest(self.root)) is not None and found.name == step_name(step):
             return found  # nothing changed since it was written (e.g. a stop signal right after a resume)
         # A checkpoint is a point to go back to: never write a diverged model.
-        if not all(torch.isfinite(t).all() for t in torch._foreach_norm([p.detach() for p in model.parameters()])):
+        norms = torch.stack([p.detach().float().norm() for p in model.parameters()])
+        if not bool(torch.isfinite(norms).all()):  # one device sync
             raise NonFiniteLoss(f"the model has non-finite weights at step {step}; checkpoint not written; "
                                 f"{self.last_good(step)}")
         per_rank = _all_gather({"rng": rng_state(self.dist.device), "loader": loader.state_dict()})

@@ -9,6 +9,7 @@ goes through the real command line to check the exit code and the single stderr 
 from __future__ import annotations
 
 import errno
+import hashlib
 import json
 import os
 import shutil
@@ -101,12 +102,15 @@ class _Payload:
         return (os.system, (f"touch {self.marker}",))
 
 
-def pickle_payload(ckpt: Path) -> None:
-    torch.save({"step": 4, "config": "{}", "payload": _Payload()}, ckpt / "trainer.pt")
-    manifest = json.loads((ckpt / MANIFEST).read_text())
-    manifest["files"]["trainer.pt"] = {"bytes": (ckpt / "trainer.pt").stat().st_size,
-                                       "sha256": __import__("hashlib").sha256((ckpt / "trainer.pt").read_bytes()).hexdigest()}
-    (ckpt / MANIFEST).write_text(json.dumps(manifest))  # an attacker can make the hashes match
+def replace_trainer_state(obj) -> Callable[[Path], None]:
+    """Damage: trainer.pt becomes torch.save(obj), the manifest updated to match (anyone can do that)."""
+    def damage(ckpt: Path) -> None:
+        torch.save(obj, ckpt / "trainer.pt")
+        data = (ckpt / "trainer.pt").read_bytes()
+        manifest = json.loads((ckpt / MANIFEST).read_text())
+        manifest["files"]["trainer.pt"] = {"bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+        (ckpt / MANIFEST).write_text(json.dumps(manifest))
+    return damage
 
 
 @dataclass
@@ -157,7 +161,10 @@ CASES = [
     Case("truncated_checkpoint", P(), CheckpointError, "optimizer.pt is 1000 bytes, the manifest says",
          damage=truncate),
     Case("garbage_manifest", P(), CheckpointError, "unreadable manifest.json", damage=garbage_manifest),
-    Case("pickle_payload", P(), CheckpointError, "refused by torch.load(weights_only=True)", damage=pickle_payload),
+    Case("pickle_payload", P(), CheckpointError, "refused by torch.load(weights_only=True)",
+         damage=replace_trainer_state({"step": 4, "config": "{}", "payload": _Payload()})),
+    Case("foreign_trainer_state", P(), CheckpointError, "trainer.pt does not hold a trainer state",
+         damage=replace_trainer_state({"iter_num": 4, "model_args": {"n_layer": 2}})),
     Case("other_model_config", P("model.n_layer=3"), CheckpointError, "model.n_layer (checkpoint 2, now 3)"),
     Case("other_optimizer", P("optim=dual"), CheckpointError, "optim.name (checkpoint 'adamw', now 'dual')"),
     Case("resume_none_over_checkpoints", P("resume=none"), CheckpointError, "resume=none but"),
