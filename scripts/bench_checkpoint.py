@@ -80,6 +80,12 @@ def bench_state(cfg, repeats: int, work: Path) -> dict:
     torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict()}, work / "bare.pt")
     bare = time.perf_counter() - t0
     bare_bytes = (work / "bare.pt").stat().st_size
+    t0 = time.perf_counter()
+    with open(work / "bare_fsync.pt", "wb") as f:
+        torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict()}, f)
+        f.flush()
+        os.fsync(f.fileno())
+    bare_fsync = time.perf_counter() - t0
     fresh_model, fresh_opt, fresh_loader = populated_state(cfg, step=False)
     t0 = time.perf_counter()
     resume = Checkpointer(cfg, CPU, run_dir)  # picks and verifies the newest checkpoint
@@ -87,7 +93,8 @@ def bench_state(cfg, repeats: int, work: Path) -> dict:
     resume.restore(fresh_model, fresh_opt, fresh_loader)
     t2 = time.perf_counter()
     same = all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), fresh_model.state_dict().values()))
-    return {"files": files, "saves": saves, "bare": bare, "bare_bytes": bare_bytes, "verify": t1 - t0,
+    return {"files": files, "saves": saves, "bare": bare, "bare_fsync": bare_fsync, "bare_bytes": bare_bytes,
+            "verify": t1 - t0,
             "load": t2 - t1, "restored_equal": same,
             "params": sum(p.numel() for p in model.parameters())}
 
@@ -139,6 +146,8 @@ def report(args, state: dict, rows: list[dict]) -> str:
         f"{', '.join(f'{s:.2f}' for s in state['saves'])} | {mean_save:.2f} | {total / 1e6 / mean_save:,.0f} |",
         f"| floor: bare torch.save of model + optimizer state_dicts (no hash, no fsync), "
         f"{mib(state['bare_bytes']):,.1f} MiB | {state['bare']:.2f} | {state['bare_bytes'] / 1e6 / state['bare']:,.0f} |",
+        f"| floor with durability: the same + fsync (the bytes reach the disk) | {state['bare_fsync']:.2f} | "
+        f"{state['bare_bytes'] / 1e6 / state['bare_fsync']:,.0f} |",
         f"| resume: find + verify (manifest, sizes, sha256 of every file) | {state['verify']:.2f} | "
         f"{total / 1e6 / state['verify']:,.0f} |",
         f"| resume: load into fresh model / optimizer / loader / RNG | {state['load']:.2f} | "
