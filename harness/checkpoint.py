@@ -179,7 +179,7 @@ class Checkpointer:
     # -- resume ------------------------------------------------------------------------------------
 
     def _prepare(self) -> str | None:
-        """Rank 0: check the checkpoint folder, pick the checkpoint to resume, fix up metrics.jsonl."""
+        """Rank 0: check the checkpoint folder, pick and validate the checkpoint to resume (no writes)."""
         try:
             self.root.mkdir(parents=True, exist_ok=True)
             probe = self.root / f".tmp-probe-{time.time_ns()}"
@@ -282,6 +282,8 @@ class Checkpointer:
             raise CheckpointError(f"checkpoint {path} holds per-rank optimizer state of {trainer['world_size']} "
                                   f"ranks; resume it with --nproc_per_node={trainer['world_size']} (this run: {world})")
         opt_file = f"optimizer.rank{rank}.pt" if sharded else "optimizer.pt"
+        # Hyperparameters come from this run's config (and device, e.g. fused=); state and counters from
+        # the checkpoint. "step" is the hybrid optimizer's per-group step counter.
         fresh_groups = [{k: v for k, v in g.items() if k not in ("params", "step")} for g in optimizer.param_groups]
         try:
             optimizer.load_state_dict(load_file(path / opt_file, "optimizer state"))
@@ -289,7 +291,7 @@ class Checkpointer:
             raise CheckpointError(f"checkpoint {path}: the optimizer state does not fit this optimizer: "
                                   f"{' '.join(str(e).split())[:300]}") from None
         for group, fresh in zip(optimizer.param_groups, fresh_groups):
-            group.update(fresh)  # hyperparameters come from this run's config (and device); state and counters from the checkpoint
+            group.update(fresh)
         ranks = trainer["ranks"]
         mine = ranks[rank] if len(ranks) == world else ranks[rank % len(ranks)]
         set_rng_state(mine["rng"], self.dist.device)

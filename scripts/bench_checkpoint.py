@@ -145,7 +145,8 @@ def report(args, state: dict, rows: list[dict]) -> str:
         f"| save (gather, torch.save + sha256 per file, fsync, manifest, rename), mean of {len(state['saves'])}: "
         f"{', '.join(f'{s:.2f}' for s in state['saves'])} | {mean_save:.2f} | {total / 1e6 / mean_save:,.0f} |",
         f"| floor: bare torch.save of model + optimizer state_dicts (no hash, no fsync), "
-        f"{mib(state['bare_bytes']):,.1f} MiB | {state['bare']:.2f} | {state['bare_bytes'] / 1e6 / state['bare']:,.0f} |",
+        f"{mib(state['bare_bytes']):,.1f} MiB | {state['bare']:.2f} | "
+        f"{state['bare_bytes'] / 1e6 / state['bare']:,.0f} |",
         f"| floor with durability: the same + fsync (the bytes reach the disk) | {state['bare_fsync']:.2f} | "
         f"{state['bare_bytes'] / 1e6 / state['bare_fsync']:,.0f} |",
         f"| resume: find + verify (manifest, sizes, sha256 of every file) | {state['verify']:.2f} | "

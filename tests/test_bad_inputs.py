@@ -135,7 +135,8 @@ CASES = [
     Case("negative_every", P("checkpoint.every=-1"), ConfigError, "checkpoint.every must be >= 0"),
     Case("negative_keep", P("checkpoint.keep=-1"), ConfigError, "checkpoint.keep must be >= 0"),
     Case("zero_stop_check", P("checkpoint.stop_check_every=0"), ConfigError, "checkpoint.stop_check_every must be > 0"),
-    Case("heads_do_not_divide", P("model.n_head=3"), ConfigError, "model.n_embd=64 must be divisible by model.n_head=3"),
+    Case("heads_do_not_divide", P("model.n_head=3"), ConfigError,
+         "model.n_embd=64 must be divisible by model.n_head=3"),
     Case("empty_resume", P("resume=''"), ConfigError, "resume must be auto, none or a checkpoint path"),
     Case("non_divisible_batch", P("train.global_batch_tokens=3000"), ConfigError,
          "train.global_batch_tokens=3000 is not divisible by world size 1"),
@@ -206,7 +207,8 @@ def test_nonfinite_loss_mid_run_names_the_last_good_checkpoint(world, tmp_path, 
         run(tmp_path, *BASE)
     assert str(err.value).startswith(f"train loss is nan at step 3; last good checkpoint: {tmp_path}/checkpoints/"
                                      "step_000002") and "\n" not in str(err.value)
-    store.verify(tmp_path / "checkpoints" / "step_000002", store.read_manifest(tmp_path / "checkpoints" / "step_000002"))
+    good = tmp_path / "checkpoints" / "step_000002"
+    store.verify(good, store.read_manifest(good))
 
 
 def test_disk_full_mid_run_keeps_the_previous_checkpoint(world, tmp_path, monkeypatch):
