@@ -18,6 +18,7 @@ The diagonal is always allowed, so no query row is fully masked (no NaN from an 
 """
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass
 from typing import Any, Optional
 
@@ -26,9 +27,13 @@ import torch
 from model.config import AttnImpl, ModelConfig
 
 try:  # FlexAttention: torch >= 2.5 (the CPU fallback does not need it)
-    from torch.nn.attention.flex_attention import BlockMask, create_block_mask, flex_attention
+    from torch.nn.attention.flex_attention import create_block_mask, flex_attention
+    _HAS_COMPILE_KW = "_compile" in inspect.signature(create_block_mask).parameters
 except ImportError:  # pragma: no cover
-    BlockMask = create_block_mask = flex_attention = None
+    create_block_mask = flex_attention = None
+    _HAS_COMPILE_KW = False
+
+DENSE_MASK_LIMIT = 2**30  # elements of an explicit [B, T, T] mask before we refuse (1 GiB of bools)
 
 
 def document_ids(idx: torch.Tensor, bos_token: int) -> torch.Tensor:
@@ -70,6 +75,10 @@ def allowed(q: torch.Tensor, k: torch.Tensor, docs_q: Optional[torch.Tensor], do
 def dense_mask(docs: Optional[torch.Tensor], T: int, window: Optional[torch.Tensor], unit: int,
                device: torch.device) -> torch.Tensor:
     """Boolean mask [B or 1, 1, T, T] (True = may attend) for scaled_dot_product_attention."""
+    rows = docs.size(0) if docs is not None else 1
+    if rows * T * T > DENSE_MASK_LIMIT:
+        raise ValueError(f"masked attention over {T}-token sequences needs a {rows} x {T} x {T} mask on the SDPA "
+                         "path: run on CUDA with model.attn_impl=auto (FlexAttention) or shorten train.seq_len")
     q = torch.arange(T, device=device)[:, None]
     k = torch.arange(T, device=device)[None, :]
     if docs is None:
@@ -89,8 +98,8 @@ def flex_block_mask(docs: Optional[torch.Tensor], B: int, T: int, window: Option
             return allowed(q_idx, kv_idx, docs[b, q_idx], docs[b, kv_idx], window, unit)
         batch = B
     # Outside torch.compile, build the mask with a compiled kernel: the eager path materializes T x T.
-    compile_it = device.type == "cuda" and not torch.compiler.is_compiling()
-    return create_block_mask(mask_mod, batch, None, T, T, device=device, _compile=compile_it)
+    kw = {"_compile": device.type == "cuda" and not torch.compiler.is_compiling()} if _HAS_COMPILE_KW else {}
+    return create_block_mask(mask_mod, batch, None, T, T, device=device, **kw)
 
 
 @dataclass

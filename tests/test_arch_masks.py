@@ -160,3 +160,8 @@ def test_flex_attention_equals_the_sdpa_fallback():
         out, ref = flex(x), dense(x)
     assert torch.allclose(out, ref, atol=1e-5)
     assert not math.isnan(out.sum().item())
+
+
+def test_dense_mask_refuses_a_64k_sequence_with_a_clear_message():
+    with pytest.raises(ValueError, match="65536-token sequences .* model.attn_impl=auto"):
+        dense_mask(None, 65536, torch.tensor(8), 128, torch.device("cpu"))
