@@ -24,6 +24,7 @@ from omegaconf.errors import OmegaConfBaseException  # noqa: E402
 
 from harness.config import Config, ConfigError, load_config, register_configs  # noqa: E402
 from model.gpt import GPT  # noqa: E402
+from model.masks import window_units  # noqa: E402
 from optim import build_optimizer  # noqa: E402
 
 
@@ -94,10 +95,14 @@ def describe(cfg: Config, overrides: list[str]) -> list[str]:
         f"warmdown {warmdown} steps to {_num(tc.final_lr_frac)}x; validation {tc.val_tokens:,} tokens every "
         f"{tc.val_every} steps" + (f"; stop at val_loss <= {tc.stop_at_val_loss}" if tc.stop_at_val_loss else ""),
     ]
-    if cfg.model.window_size:
-        unit = cfg.model.window_block or 1
-        lines.append(f"attention window: {cfg.model.window_size} tokens" +
-                     (f" in blocks of {unit}" if unit > 1 else "") + (", growing over training" if cfg.model.window_grow else ""))
+    m = cfg.model
+    if m.window_size:
+        unit = m.window_block or 1
+        (l0, s0), (l1, s1) = window_units(m, 0, tc.max_steps), window_units(m, tc.max_steps, tc.max_steps)
+        grow = f"grows {l0 * unit} -> {l1 * unit} tokens" if m.window_grow else f"{l1 * unit} tokens"
+        short = f"; layers {list(m.short_window_layers)}: half ({s0 * unit} -> {s1 * unit})" if m.short_window_layers else ""
+        lines.append(f"attention: {'document-causal, ' if m.doc_causal else ''}sliding window {grow}" +
+                     (f" in blocks of {unit}" if unit > 1 else "") + short)
     return lines
 
 
