@@ -49,7 +49,7 @@ class Init(Enum):
 class AttnImpl(Enum):
     auto = "auto"  # FlexAttention for masked (document / window) attention on CUDA, SDPA otherwise
     sdpa = "sdpa"  # always scaled_dot_product_attention (an explicit boolean mask when masked)
-    flex = "flex"  # FlexAttention wherever masked attention is needed (CPU runs it unfused: tests only)
+    flex = "flex"  # FlexAttention wherever masked attention is needed (on CPU: unfused and forward-only, tests)
 
 
 @dataclass

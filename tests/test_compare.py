@@ -1,4 +1,5 @@
 """scripts/compare.py and scripts/significance.py on the reference curves and on synthetic runs."""
+import importlib.util
 import json
 import math
 import subprocess
@@ -24,8 +25,17 @@ REFERENCE = {
 
 
 def script(name: str, *args: str) -> subprocess.CompletedProcess:
+    """Run a script as a user does (a subprocess)."""
     return subprocess.run([sys.executable, str(REPO / "scripts" / name), *args], cwd=REPO,
                           capture_output=True, text=True, timeout=120)
+
+
+def main_of(name: str):
+    """A script's main(argv), in-process (cheaper than a subprocess for the remaining cases)."""
+    spec = importlib.util.spec_from_file_location(name.removesuffix(".py"), REPO / "scripts" / name)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.main
 
 
 def write_run(folder, losses, every=100, ms_per_step=50.0, tokens_per_step=4096):
@@ -91,11 +101,12 @@ def test_compare_reports_known_crossings_and_plots(tmp_path):
     assert "record record05_modernarch: reached at step 5000" in proc.stdout
 
 
-def test_compare_names_a_bad_input(tmp_path):
-    proc = script("compare.py", str(tmp_path), "--record", "record05_modernarch")
-    assert proc.returncode == 2 and "no metrics.jsonl" in proc.stderr
-    proc = script("compare.py", str(tmp_path), "--record", "record99")
-    assert proc.returncode == 2 and "no reference curve for record 'record99'" in proc.stderr
+def test_compare_names_a_bad_input(tmp_path, capsys):
+    main = main_of("compare.py")
+    assert main([str(tmp_path), "--record", "record05_modernarch"]) == 2
+    assert "no metrics.jsonl" in capsys.readouterr().err
+    assert main([str(tmp_path), "--record", "record99"]) == 2
+    assert "no reference curve for record 'record99'" in capsys.readouterr().err
 
 
 def test_ttest_p_values_match_the_closed_form():
@@ -116,8 +127,12 @@ def test_significance_cli_on_run_folders(tmp_path):
     proc = script("significance.py", *map(str, runs))
     assert proc.returncode == 0, proc.stderr
     assert "n=3 mean=3.27100 std=0.00100" in proc.stdout and "verdict: SIGNIFICANT" in proc.stdout
-    proc = script("significance.py", "--values", "3.270", "3.272", "3.274")
-    assert proc.returncode == 1 and "p=0.0101" in proc.stdout and "NOT SIGNIFICANT" in proc.stdout
+
+def test_significance_verdicts_and_errors(capsys):
+    main = main_of("significance.py")
+    assert main(["--values", "3.270", "3.272", "3.274"]) == 1
+    out = capsys.readouterr().out
+    assert "p=0.0101" in out and "NOT SIGNIFICANT" in out
     # the records' own final losses (one run each): a single run cannot be tested
-    proc = script("significance.py", str(REPO / "results/records/record20_sub3min.csv"))
-    assert proc.returncode == 2 and "at least 2" in proc.stderr
+    assert main([str(REPO / "results/records/record20_sub3min.csv")]) == 2
+    assert "at least 2" in capsys.readouterr().err
