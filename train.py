@@ -155,6 +155,7 @@ def train(cfg: Config, dist: D.DistInfo, run_dir: Path, stop: StopRequest | None
     t0 = time.perf_counter()
     for step in range(start_step, tc.max_steps + 1):
         last = step == tc.max_steps
+        model.set_train_progress(step, tc.max_steps)  # time-dependent architecture (sliding-window schedule)
         stopping = stop.requested(step)  # SIGTERM/SIGINT on any rank: every rank stops here
         validate = last or (tc.val_every and step % tc.val_every == 0)
         checkpoint = stopping or ckpt.due(step, last)
@@ -172,6 +173,8 @@ def train(cfg: Config, dist: D.DistInfo, run_dir: Path, stop: StopRequest | None
                 log.log({"event": "val", "step": step, "tokens": step * tc.global_batch_tokens,
                          "train_time_ms": train_time_ms, "val_loss": last_val})
                 guard.check(step, last_val, "validation")
+                if tc.stop_at_val_loss is not None and last_val <= tc.stop_at_val_loss:
+                    break  # time-to-target run: the target is reached, stop here
             sync(device)
             t0 = time.perf_counter()
         if last:
@@ -185,7 +188,8 @@ def train(cfg: Config, dist: D.DistInfo, run_dir: Path, stop: StopRequest | None
                      "train_loss": loss_value, "lr": optimizer.param_groups[0]["lr"]})
             guard.check(step + 1, loss_value)  # names the step, the loss and the last good checkpoint
 
-    summary = {"final_val_loss": last_val, "steps": tc.max_steps, "tokens": tc.max_steps * tc.global_batch_tokens,
+    summary = {"final_val_loss": last_val, "steps": step, "tokens": step * tc.global_batch_tokens,
+               "reached_target": tc.stop_at_val_loss is not None and last_val <= tc.stop_at_val_loss,
                "train_time_ms": train_time_ms, "parameters": n_params, "world_size": dist.world_size,
                "skipped_steps": guard.skipped}
     if device.type == "cuda":
