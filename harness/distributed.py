@@ -1,4 +1,4 @@
-"""Process-group setup for torchrun (RANK / WORLD_SIZE / LOCAL_RANK) or a plain `python` run."""
+"""Process-group setup for torchrun (RANK / WORLD_SIZE / LOCAL_RANK), SLURM/submitit tasks, or a plain `python` run."""
 from __future__ import annotations
 
 import os
@@ -9,6 +9,7 @@ import torch
 import torch.distributed as dist
 
 from harness.config import ConfigError, Device
+from harness.launch import export_torch_env
 
 
 @dataclass(frozen=True)
@@ -39,6 +40,7 @@ def pick_device(choice: Device, local_rank: int) -> torch.device:
 
 def init_distributed(choice: Device) -> DistInfo:
     """Join the process group torchrun describes (NCCL on CUDA, gloo on CPU), or run alone."""
+    export_torch_env()  # SLURM / submitit tasks: their rank and rendezvous, in torchrun's variables
     rank = int(os.environ.get("RANK", 0))
     world = int(os.environ.get("WORLD_SIZE", 1))
     local_rank = int(os.environ.get("LOCAL_RANK", 0))
