@@ -25,7 +25,7 @@ from data.loader import DataError
 from data.shards import ShardError
 from harness import distributed as D
 from harness.config import Config, ConfigError, Precision, load_config, register_configs
-from harness.launch import nonzero_rank_overrides
+from harness.launch import allow_submitit_pickling, nonzero_rank_overrides
 from harness.schedule import lr_factor
 from harness.tracking import make_logger  # console, metrics.jsonl, wandb (rank 0)
 from model.gpt import GPT
@@ -203,4 +203,5 @@ def main(hydra_cfg: DictConfig) -> None:
 if __name__ == "__main__":
     # Only rank 0 gets a Hydra output folder; the others must not create (racing) folders or logs.
     sys.argv += nonzero_rank_overrides()
+    allow_submitit_pickling()  # hydra/launcher=slurm ships this script's functions to the SLURM tasks
     main()

@@ -8,6 +8,9 @@ train.py runs under three kinds of launcher:
 `export_torch_env()` turns the last two into torchrun's variables, so the rest of the code (and
 torch.distributed's env:// rendezvous) reads a single convention.
 
+Submitit pickles train.py's functions for its tasks: `allow_submitit_pickling()` makes the module-like
+objects torch installs (torch.backends.cudnn, ...) picklable by name.
+
 Rank 0 owns the run folder. Two mechanisms keep the other ranks from creating or writing Hydra folders:
 `nonzero_rank_overrides()` for processes that parse the command line themselves (torchrun, srun), and
 the `${rank0_else:A,B}` resolver for submitit tasks, which receive an already-composed config
@@ -16,10 +19,13 @@ the `${rank0_else:A,B}` resolver for submitit tasks, which receive an already-co
 from __future__ import annotations
 
 import atexit
+import copyreg
+import importlib
 import os
 import shutil
 import sys
 import tempfile
+import types
 import zlib
 from dataclasses import dataclass
 
@@ -98,6 +104,24 @@ def nonzero_rank_overrides(argv: list[str] | None = None) -> list[str]:
         atexit.register(shutil.rmtree, scratch, ignore_errors=True)
         overrides.append(f"hydra.sweep.dir={scratch}")
     return overrides
+
+
+def allow_submitit_pickling() -> None:
+    """Let submitit pickle train.py's functions, which refer to module-like objects such as torch.backends.cudnn.
+
+    Submitit (cloudpickle) pickles functions of the `__main__` script by value, together with the modules
+    their code names; torch replaces several modules (torch.backends.cudnn, torch._inductor.config, ...)
+    with ModuleType subclasses that pickle cannot handle. Pickling them as "import this module by name"
+    is exact: the task process imports the same modules. Call it after the script's imports.
+    """
+    for name, module in list(sys.modules.items()):
+        kind = type(module)
+        if isinstance(module, types.ModuleType) and kind is not types.ModuleType and kind not in copyreg.dispatch_table:
+            copyreg.pickle(kind, _module_by_name)
+
+
+def _module_by_name(module: types.ModuleType) -> tuple:
+    return importlib.import_module, (module.__name__,)
 
 
 def _rank0_else(on_rank0: object, otherwise: object = None) -> object:
