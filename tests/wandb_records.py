@@ -70,3 +70,16 @@ def read_offline_run(path: Path) -> dict:
 def offline_runs(root: Path) -> list[Path]:
     """Every offline run file under `root`."""
     return sorted(Path(root).rglob("offline-run-*/run-*.wandb"))
+
+
+def isolated_wandb_env(tmp_path: Path, monkeypatch) -> dict:
+    """Environment for a train.py subprocess: no WANDB_* settings of the developer (API key, mode,
+    base URL) leak in, and wandb keeps its settings, caches and artifacts under tmp_path."""
+    import os
+
+    for key in [k for k in os.environ if k.startswith("WANDB_")]:
+        monkeypatch.delenv(key)
+    home = tmp_path / "wandb-home"
+    return {"WANDB_DIR": str(home), "WANDB_CONFIG_DIR": str(home / "config"), "WANDB_CACHE_DIR": str(home / "cache"),
+            "WANDB_DATA_DIR": str(home / "data"), "WANDB_ARTIFACT_DIR": str(home / "artifacts"),
+            "OMP_NUM_THREADS": "1"}
