@@ -1,4 +1,9 @@
-"""Optimizers, routed by parameter role (see roles.py); this package never imports the model."""
+"""Optimizers, routed by parameter role (see roles.py); this package never imports the model.
+
+Public pieces: `orthogonalize` (Newton-Schulz), the duality maps `dualize_linear`,
+`dualize_embed` and Adam's `adam_direction`, the role-routed `HybridOptimizer`, and
+`build_optimizer`, which the trainer calls with `cfg.optim`.
+"""
 from __future__ import annotations
 
 from typing import Any, Callable
@@ -6,9 +11,17 @@ from typing import Any, Callable
 import torch
 
 from optim.adamw import build_adamw
+from optim.duality import adam_direction, dualize_embed, dualize_linear, exact_polar, linear_scale
+from optim.hybrid import HybridOptimizer, build_hybrid
+from optim.newton_schulz import orthogonalize
 from optim.roles import check_roles
 
-OPTIMIZERS: dict[str, Callable[..., torch.optim.Optimizer]] = {"adamw": build_adamw}
+# optim=muon and optim=dual are two configurations of the same role-routed optimizer.
+OPTIMIZERS: dict[str, Callable[..., torch.optim.Optimizer]] = {
+    "adamw": build_adamw, "muon": build_hybrid, "dual": build_hybrid}
+
+__all__ = ["orthogonalize", "dualize_linear", "dualize_embed", "adam_direction", "exact_polar", "linear_scale",
+           "HybridOptimizer", "build_hybrid", "build_optimizer", "OPTIMIZERS"]
 
 
 def build_optimizer(cfg: Any, named_params: list[tuple[str, torch.nn.Parameter]],

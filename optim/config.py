@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from optim.hybrid_config import DualConfig, MuonConfig
+
 
 @dataclass
 class AdamWConfig:
@@ -34,4 +36,5 @@ class AdamWConfig:
             raise ValueError(f"optim.eps must be > 0 and optim.weight_decay >= 0 (got {self.eps}, {self.weight_decay})")
 
 
-OPTIM_SCHEMAS: dict[str, type] = {"adamw_schema": AdamWConfig}
+OPTIM_SCHEMAS: dict[str, type] = {"adamw_schema": AdamWConfig, "muon_schema": MuonConfig,
+                                  "dual_schema": DualConfig}
