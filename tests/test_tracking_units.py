@@ -3,6 +3,7 @@ launcher environments (torchrun / submitit / srun), config validation."""
 import io
 import os
 import pickle
+import shutil
 
 import pytest
 import torch
@@ -149,9 +150,14 @@ SLURM_TASK = {"SLURM_JOB_ID": "4242", "SLURM_NTASKS": "8", "SLURM_STEP_NUM_TASKS
 
 @pytest.fixture
 def clean_env(monkeypatch):
+    """No launcher variables; and whatever export_torch_env() sets is removed afterwards (later tests
+    start train.py subprocesses that would otherwise believe they are rank 5 of 8)."""
+    saved = dict(os.environ)
     for key in [*launch.TORCH_VARS, "SUBMITIT_EXECUTOR", *SLURM_TASK]:
         monkeypatch.delenv(key, raising=False)
-    return monkeypatch
+    yield monkeypatch
+    os.environ.clear()
+    os.environ.update(saved)
 
 
 @pytest.mark.parametrize("executor", ["srun", "submitit"])
@@ -188,7 +194,8 @@ def test_nonzero_ranks_get_no_hydra_folders(clean_env):
     assert not any(o.startswith("hydra.sweep.dir") for o in run)
     sweep = launch.nonzero_rank_overrides(["train.py", "-m", "seed=0,1"])
     scratch = [o.split("=", 1)[1] for o in sweep if o.startswith("hydra.sweep.dir=")]
-    assert len(scratch) == 1 and "speedrun-rank1-" in scratch[0]
+    assert len(scratch) == 1 and "speedrun-rank1-" in scratch[0] and os.path.isdir(scratch[0])
+    shutil.rmtree(scratch[0])
     from omegaconf import OmegaConf
     cfg = OmegaConf.create({"a": "${rank0_else:.hydra,null}"})
     assert cfg.a is None
