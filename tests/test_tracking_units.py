@@ -210,10 +210,20 @@ def test_torch_module_objects_pickle_by_name():
     assert pickle.loads(cloudpickle.dumps(torch.backends.cudnn)) is torch.backends.cudnn
 
 
-def test_logger_group_validates_keys(tmp_path):
-    from tests.conftest import error_lines, run_train
+def test_logger_group_validates_keys():
+    from hydra import compose, initialize_config_dir
+    from hydra.errors import ConfigCompositionException
 
-    proc = run_train("experiment=smoke", "logger=wandb", "logger.projct=x", f"hydra.run.dir={tmp_path}")
-    assert proc.returncode != 0 and "projct" in proc.stderr
-    proc = run_train("experiment=smoke", "logger=wandb", "logger.init_timeout=0", f"hydra.run.dir={tmp_path}")
-    assert proc.returncode == 2 and "logger.init_timeout must be > 0" in error_lines(proc)[0]
+    from harness.config import load_config, register_configs
+    from tests.conftest import REPO
+
+    register_configs()
+    with initialize_config_dir(config_dir=str(REPO / "configs"), version_base="1.3"):
+        cfg = load_config(compose("config", overrides=["experiment=smoke", "logger=wandb", "logger.mode=offline"]))
+        assert cfg.logger.mode is WandbMode.offline and cfg.logger.project == "nanogpt-speedrun"
+        with pytest.raises(ConfigCompositionException, match="projct"):
+            compose("config", overrides=["logger=wandb", "logger.projct=x"])
+        with pytest.raises(ConfigError, match="logger.init_timeout must be > 0"):
+            load_config(compose("config", overrides=["experiment=smoke", "logger=wandb", "logger.init_timeout=0"]))
+        with pytest.raises(ConfigError, match="train.target_val_loss must be > 0"):
+            load_config(compose("config", overrides=["experiment=smoke", "train.target_val_loss=0"]))
