@@ -144,6 +144,7 @@ def train(cfg: Config, dist: D.DistInfo, run_dir: Path) -> dict:
     t0 = time.perf_counter()
     for step in range(tc.max_steps + 1):
         last = step == tc.max_steps
+        model.set_train_progress(step, tc.max_steps)  # time-dependent architecture (sliding-window schedule)
         if last or (tc.val_every and step % tc.val_every == 0):
             if step > 0:  # stop the clock: validation is not training time
                 sync(device)
@@ -153,6 +154,8 @@ def train(cfg: Config, dist: D.DistInfo, run_dir: Path) -> dict:
                      "train_time_ms": train_time_ms, "val_loss": last_val})
             if not math.isfinite(last_val):
                 raise NonFiniteLoss(f"validation loss is {last_val} at step {step}")
+            if tc.stop_at_val_loss is not None and last_val <= tc.stop_at_val_loss:
+                break  # time-to-target run: the target is reached, stop here
             sync(device)
             t0 = time.perf_counter()
         if last:
@@ -168,7 +171,8 @@ def train(cfg: Config, dist: D.DistInfo, run_dir: Path) -> dict:
                 raise NonFiniteLoss(f"train loss is {loss_value} at step {step + 1}; lower optim.lr or "
                                     "enable train.grad_clip")
 
-    summary = {"final_val_loss": last_val, "steps": tc.max_steps, "tokens": tc.max_steps * tc.global_batch_tokens,
+    summary = {"final_val_loss": last_val, "steps": step, "tokens": step * tc.global_batch_tokens,
+               "reached_target": tc.stop_at_val_loss is not None and last_val <= tc.stop_at_val_loss,
                "train_time_ms": train_time_ms, "parameters": n_params, "world_size": dist.world_size}
     if device.type == "cuda":
         summary["peak_memory_mib"] = torch.cuda.max_memory_allocated(device) / 2**20

@@ -52,6 +52,7 @@ class TrainConfig:
     compile_warmup_steps: int = 3   # untimed steps run (then undone) so compilation is excluded
     precision: Precision = Precision.auto
     log_every: int = 1              # train-loss events every N steps
+    stop_at_val_loss: Optional[float] = None  # stop at the first validation with val_loss <= this (time-to-target)
     target_val_loss: float = 3.28   # the speedrun's target; summaries record when val loss first reaches it
 
     def check(self) -> None:
@@ -67,6 +68,8 @@ class TrainConfig:
         if self.warmup_frac + self.warmdown_frac > 1.0:
             raise ValueError(f"train.warmup_frac + train.warmdown_frac must be <= 1 "
                              f"(got {self.warmup_frac} + {self.warmdown_frac})")
+        if self.stop_at_val_loss is not None and not self.stop_at_val_loss > 0:
+            raise ValueError(f"train.stop_at_val_loss must be > 0 or null (got {self.stop_at_val_loss})")
         if self.grad_clip < 0:
             raise ValueError(f"train.grad_clip must be >= 0 (got {self.grad_clip})")
         if not self.target_val_loss > 0:
