@@ -9,7 +9,6 @@ from __future__ import annotations
 import contextlib
 import copy
 import math
-import os
 import sys
 import time
 from pathlib import Path
@@ -25,8 +24,9 @@ from data.loader import DataError
 from data.shards import ShardError
 from harness import distributed as D
 from harness.config import Config, ConfigError, Precision, load_config, register_configs
-from harness.metrics import ConsoleSink, JsonlSink, MetricsLogger
+from harness.launch import allow_submitit_pickling, nonzero_rank_overrides
 from harness.schedule import lr_factor
+from harness.tracking import make_logger  # console, metrics.jsonl, wandb (rank 0)
 from model.gpt import GPT
 from optim import build_optimizer
 
@@ -61,12 +61,6 @@ def autocast_context(cfg: Config, device: torch.device):
 def sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
-
-
-def make_logger(cfg: Config, dist: D.DistInfo, run_dir: Path) -> MetricsLogger:
-    if not dist.is_main:
-        return MetricsLogger([])
-    return MetricsLogger([ConsoleSink(cfg.train.max_steps), JsonlSink(run_dir / "metrics.jsonl")])
 
 
 @torch.no_grad()
@@ -210,8 +204,7 @@ def main(hydra_cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
-    if int(os.environ.get("RANK", "0")) > 0:
-        # Only rank 0 gets a Hydra output folder; the others must not create (racing) folders or logs.
-        sys.argv += ["hydra.run.dir=.", "hydra.output_subdir=null",
-                     "hydra/job_logging=disabled", "hydra/hydra_logging=disabled"]
+    # Only rank 0 gets a Hydra output folder; the others must not create (racing) folders or logs.
+    sys.argv += nonzero_rank_overrides()
+    allow_submitit_pickling()  # hydra/launcher=slurm ships this script's functions to the SLURM tasks
     main()
