@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import os
 import sys
 import time
 from pathlib import Path
@@ -25,10 +24,11 @@ from data.shards import ShardError
 from harness import distributed as D
 from harness.checkpoint import Checkpointer, CheckpointError
 from harness.config import Config, ConfigError, Precision, load_config, register_configs
-from harness.metrics import ConsoleSink, JsonlSink, MetricsLogger
+from harness.launch import allow_submitit_pickling, nonzero_rank_overrides
 from harness.nonfinite import NonFiniteGuard, NonFiniteLoss
 from harness.preemption import Preempted, StopRequest
 from harness.schedule import lr_factor
+from harness.tracking import make_logger  # console, metrics.jsonl, wandb (rank 0)
 from model.gpt import GPT
 from optim import build_optimizer
 
@@ -59,12 +59,6 @@ def autocast_context(cfg: Config, device: torch.device):
 def sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
-
-
-def make_logger(cfg: Config, dist: D.DistInfo, run_dir: Path) -> MetricsLogger:
-    if not dist.is_main:
-        return MetricsLogger([])
-    return MetricsLogger([ConsoleSink(cfg.train.max_steps), JsonlSink(run_dir / "metrics.jsonl")])
 
 
 @torch.no_grad()
@@ -149,7 +143,7 @@ def train(cfg: Config, dist: D.DistInfo, run_dir: Path, stop: StopRequest | None
         loader = make_loader()
 
     start_step, train_time_ms, counters = ckpt.restore(model, optimizer, loader)  # (0, 0, {}) when starting fresh
-    log = make_logger(cfg, dist, run_dir)  # after restore: metrics.jsonl now ends at the resumed step
+    log = make_logger(cfg, dist, run_dir, ckpt.history)  # after restore: metrics.jsonl ends at the resumed step
     guard.skipped, last_val = counters.get("skipped_steps", 0), float("nan")
     sync(device)
     t0 = time.perf_counter()
@@ -226,8 +220,7 @@ def main(hydra_cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
-    if int(os.environ.get("RANK", "0")) > 0:
-        # Only rank 0 gets a Hydra output folder; the others must not create (racing) folders or logs.
-        sys.argv += ["hydra.run.dir=.", "hydra.output_subdir=null",
-                     "hydra/job_logging=disabled", "hydra/hydra_logging=disabled"]
+    # Only rank 0 gets a Hydra output folder; the others must not create (racing) folders or logs.
+    sys.argv += nonzero_rank_overrides()
+    allow_submitit_pickling()  # hydra/launcher=slurm ships this script's functions to the SLURM tasks
     main()

@@ -42,8 +42,10 @@ from harness.checkpoint_store import (CheckpointError, PendingCheckpoint, descri
                                       save_file, set_aside, step_name, verify, write_text_atomic)
 from harness.config import Config
 from harness.nonfinite import NonFiniteLoss
+from harness.run_info import run_info
 
 METRICS = "metrics.jsonl"
+RESUMES = "resumes.jsonl"  # one line per resume: step, checkpoint, time, code version and hardware
 
 
 class Resumed(NamedTuple):
@@ -173,6 +175,7 @@ class Checkpointer:
         self.config = model_optim_config(cfg)
         self.last_saved: int | None = None
         self.resume_path: Path | None = None
+        self.history: list[dict] = []  # rank 0, after restore: the metrics events up to the resumed step
         path = on_main(self._prepare)
         self.resume_path = Path(path) if path is not None else None
 
@@ -234,6 +237,17 @@ class Checkpointer:
         except OSError as e:
             raise CheckpointError(f"cannot rename old checkpoints in {self.root}: {describe_os_error(e)}") from None
         self._rewrite_metrics(metrics)
+
+    def _record_resume(self, step: int) -> None:
+        """Append who resumed what, when, with which code, to resumes.jsonl (metrics.jsonl stays as an
+        uninterrupted run's)."""
+        record = {"event": "resume", "step": step, "checkpoint": str(self.resume_path),
+                  "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), **run_info(self.dist.device, self.dist.world_size)}
+        try:
+            with open(self.run_dir / RESUMES, "a", encoding="utf-8") as f:
+                f.write(json.dumps(record) + "\n")
+        except OSError as e:
+            print(f"warning: could not append to {self.run_dir / RESUMES}: {describe_os_error(e)}", flush=True)
 
     def _warn_run_changes(self, saved: dict, world: int) -> None:
         changed = config_diff(saved, run_config(self.cfg))
@@ -298,6 +312,9 @@ class Checkpointer:
         loader.load_state_dict(mine["loader"])
         on_main(lambda: self._commit_resume(int(trainer["step"]), trainer["metrics"]))
         self.last_saved = int(trainer["step"])
+        if self.dist.is_main:
+            self.history = [json.loads(line) for line in trainer["metrics"].splitlines() if line.strip()]
+            self._record_resume(int(trainer["step"]))
         if self.dist.is_main:
             print(f"resumed from {path} at step {trainer['step']} (train_time {trainer['train_time_ms']:.0f} ms)",
                   flush=True)

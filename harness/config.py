@@ -60,6 +60,7 @@ class TrainConfig:
     precision: Precision = Precision.auto
     log_every: int = 1              # train-loss events every N steps
     stop_at_val_loss: Optional[float] = None  # stop at the first validation with val_loss <= this (time-to-target)
+    target_val_loss: float = 3.28   # the speedrun's target; summaries record when val loss first reaches it
     nonfinite: NonFinitePolicy = NonFinitePolicy.stop
     max_nonfinite_skips: int = 10   # with nonfinite=skip: stop once this many steps were skipped
 
@@ -81,6 +82,8 @@ class TrainConfig:
             raise ValueError(f"train.stop_at_val_loss must be > 0 or null (got {self.stop_at_val_loss})")
         if self.grad_clip < 0:
             raise ValueError(f"train.grad_clip must be >= 0 (got {self.grad_clip})")
+        if not self.target_val_loss > 0:
+            raise ValueError(f"train.target_val_loss must be > 0 (got {self.target_val_loss})")
 
 
 @dataclass
@@ -111,6 +114,36 @@ class LoggerConfig:
 
     name: str = "none"
 
+    def check(self) -> None:
+        pass
+
+
+class WandbMode(Enum):
+    online = "online"      # stream to the wandb server (needs `wandb login` and network)
+    offline = "offline"    # write <run folder>/wandb/offline-run-*; upload later with `wandb sync`
+    disabled = "disabled"  # no wandb at all (same as logger=none)
+
+
+@dataclass
+class WandbLoggerConfig(LoggerConfig):
+    """Weights & Biases run tracking (harness/wandb_sink.py); rank 0 only, never fatal to training."""
+
+    name: str = "wandb"
+    project: str = "nanogpt-speedrun"
+    entity: Optional[str] = None    # team or user; None = the logged-in user's default entity
+    mode: WandbMode = WandbMode.online
+    group: Optional[str] = None     # None = the experiment name, or <experiment>-<sweep folder> under -m
+    tags: list[str] = field(default_factory=list)
+    run_name: Optional[str] = None  # None = the sweep job's overrides (e.g. optim.lr=0.003,seed=1)
+    dir: Optional[str] = None       # where wandb keeps its files; None = the run folder
+    init_timeout: float = 90.0      # seconds wandb.init may take before training goes on without it
+
+    def check(self) -> None:
+        if not self.project:
+            raise ValueError("logger.project must not be empty")
+        if not self.init_timeout > 0:
+            raise ValueError(f"logger.init_timeout must be > 0 seconds (got {self.init_timeout})")
+
 
 @dataclass
 class Config:
@@ -127,7 +160,7 @@ class Config:
     resume_force: bool = False  # load a checkpoint whose model/optim config differs (or start over with resume=none)
 
 
-LOGGER_SCHEMAS: dict[str, type] = {"none_schema": LoggerConfig}
+LOGGER_SCHEMAS: dict[str, type] = {"none_schema": LoggerConfig, "wandb_schema": WandbLoggerConfig}
 
 
 def default_run_name() -> str:
@@ -155,7 +188,7 @@ def load_config(cfg: DictConfig) -> Config:
     """Typed, range-checked config object from Hydra's composed DictConfig."""
     obj: Config = OmegaConf.to_object(cfg)
     try:
-        for part in (obj.model, obj.optim, obj.data, obj.train, obj.checkpoint):
+        for part in (obj.model, obj.optim, obj.data, obj.train, obj.logger, obj.checkpoint):
             part.check()
         if not obj.resume:
             raise ValueError("resume must be auto, none or a checkpoint path (got an empty string)")

@@ -85,7 +85,7 @@ def test_record_runs_five_steps_on_cpu(rec, runs):
 def test_stop_at_val_loss_ends_a_time_to_target_run(runs):
     # a target every validation meets: the run stops at its first validation, before any training step
     events = events_of(runs, "record12_flexattn", 50.0)
-    assert [e["event"] for e in events] == ["val", "summary"]
+    assert [e["event"] for e in events] == ["run", "val", "summary"]  # "run": git commit and hardware
     assert events[-1]["steps"] == 0 and events[-1]["reached_target"] is True
 
 
