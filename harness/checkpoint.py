@@ -1,6 +1,6 @@
 """Save and resume the whole training state, exactly: a resumed run logs what an uninterrupted one would.
 
-What a checkpoint holds (on-disk format: harness/checkpoint_store.py):
+What a checkpoint holds (on-disk format: harness/checkpoint_store.py; configs and RNG: checkpoint_state.py):
     model.pt      the model's state_dict (the raw module: no DDP / compile prefixes)
     optimizer.pt  the optimizer's state_dict: every param group / role, with its own counters. Written
                   by rank 0 when every rank holds the same state (the hybrid optimizer keeps it whole
@@ -16,23 +16,19 @@ torch.load(weights_only=True). `resume=auto` takes the newest complete checkpoin
 checkpoint folder (so relaunching with the same hydra.run.dir, or a torchrun elastic restart,
 continues the run) or starts fresh; `resume=PATH` a given one; `resume=none` starts fresh. On resume
 rank 0 rewrites metrics.jsonl to the checkpoint's lines (new file, then rename; the replaced file is
-kept as metrics.jsonl.bakN), so the run's final metrics equal an uninterrupted run's.
+kept as metrics.jsonl.bakN), so the run's final metrics equal an uninterrupted run's; each resume is
+recorded in resumes.jsonl (step, checkpoint, time, code version, hardware).
 
 Rank 0 decides and writes; every decision and error is broadcast, so all ranks raise the same one-line
 CheckpointError together instead of some of them hanging in a collective.
 """
 from __future__ import annotations
 
-import dataclasses
-import hashlib
 import json
-import random
 import time
-from enum import Enum
 from pathlib import Path
 from typing import Any, Callable, NamedTuple
 
-import numpy as np
 import torch
 import torch.distributed as dist
 
@@ -40,6 +36,8 @@ from harness import distributed as D
 from harness.checkpoint_store import (CheckpointError, PendingCheckpoint, describe_os_error, find_checkpoint,
                                       latest, list_checkpoints, load_file, prune, read_manifest, remove_stale,
                                       save_file, set_aside, step_name, verify, write_text_atomic)
+from harness.checkpoint_state import (config_diff, config_hash, model_optim_config, optimizer_fingerprint,
+                                      rng_state, run_config, set_rng_state)
 from harness.config import Config
 from harness.nonfinite import NonFiniteLoss
 from harness.run_info import run_info
@@ -52,92 +50,6 @@ class Resumed(NamedTuple):
     step: int             # optimizer steps already done: the loop starts here
     train_time_ms: float
     counters: dict
-
-
-# ---- configs: what must match to resume ----------------------------------------------------------
-
-def _plain(obj: Any) -> Any:
-    """Dataclasses / enums / tuples -> JSON-able dicts, strings and lists."""
-    if dataclasses.is_dataclass(obj):
-        return {f.name: _plain(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
-    if isinstance(obj, Enum):
-        return obj.value
-    if isinstance(obj, dict):
-        return {str(k): _plain(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_plain(v) for v in obj]
-    return obj
-
-
-def _flatten(tree: dict, prefix: str = "") -> dict:
-    flat = {}
-    for key, value in tree.items():
-        if isinstance(value, dict):
-            flat.update(_flatten(value, f"{prefix}{key}."))
-        else:
-            flat[f"{prefix}{key}"] = value
-    return flat
-
-
-def model_optim_config(cfg: Config) -> dict:
-    """The keys a checkpoint must agree on: every model.* and optim.* value (flat, JSON-able)."""
-    return _flatten({"model": _plain(cfg.model), "optim": _plain(cfg.optim)})
-
-
-def run_config(cfg: Config) -> dict:
-    """Keys that may change on resume (with a warning): train.*, data.*, seed."""
-    return _flatten({"train": _plain(cfg.train), "data": _plain(cfg.data), "seed": cfg.seed})
-
-
-def config_hash(flat: dict) -> str:
-    return hashlib.sha256(json.dumps(flat, sort_keys=True).encode()).hexdigest()[:16]
-
-
-def config_diff(saved: dict, now: dict) -> list[str]:
-    """'key (checkpoint A, now B)' for every key whose value differs or exists on one side only.
-
-    Most telling first: a changed optimizer/model *name*, then values both sides have, then keys only
-    one side has (which follow from a changed name, or from a newer version of the code)."""
-    missing = "<absent>"
-    keys = [k for k in set(saved) | set(now) if saved.get(k, missing) != now.get(k, missing)]
-    keys.sort(key=lambda k: (not k.endswith(".name"), not (k in saved and k in now), k))
-    return [f"{k} (checkpoint {saved.get(k, missing)!r}, now {now.get(k, missing)!r})" for k in keys]
-
-
-# ---- per-rank state ----------------------------------------------------------------------------
-
-def rng_state(device: torch.device) -> dict:
-    np_state = np.random.get_state()
-    py_version, py_state, py_gauss = random.getstate()
-    return {"torch": torch.get_rng_state(),
-            "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
-            "numpy": {"keys": torch.from_numpy(np_state[1].astype(np.int64)), "pos": int(np_state[2]),
-                      "has_gauss": int(np_state[3]), "cached_gaussian": float(np_state[4])},
-            "python": {"version": py_version, "state": list(py_state), "gauss": py_gauss}}
-
-
-def set_rng_state(state: dict, device: torch.device) -> None:
-    torch.set_rng_state(state["torch"])
-    if device.type == "cuda" and state.get("cuda") is not None:
-        torch.cuda.set_rng_state(state["cuda"], device)
-    n = state["numpy"]
-    np.random.set_state(("MT19937", n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"],
-                         n["cached_gaussian"]))
-    p = state["python"]
-    random.setstate((p["version"], tuple(p["state"]), p["gauss"]))
-
-
-def _optimizer_fingerprint(optimizer: torch.optim.Optimizer) -> tuple:
-    """Cheap summary of the optimizer state (entries, elements, float64 sum): equal on every rank
-    when the state is replicated, different when each rank holds its own shard."""
-    entries, numel, total = 0, 0, 0.0
-    for state in optimizer.state.values():
-        for value in state.values():
-            if torch.is_tensor(value):
-                entries += 1
-                numel += value.numel()
-                total += float(value.detach().double().sum())
-    return entries, numel, total
 
 
 def _all_gather(obj: Any) -> list:
@@ -340,7 +252,7 @@ class Checkpointer:
             raise NonFiniteLoss(f"the model has non-finite weights at step {step}; checkpoint not written; "
                                 f"{self.last_good(step)}")
         per_rank = _all_gather({"rng": rng_state(self.dist.device), "loader": loader.state_dict()})
-        prints = _all_gather(_optimizer_fingerprint(optimizer))
+        prints = _all_gather(optimizer_fingerprint(optimizer))
         sharded = any(p != prints[0] for p in prints)
         pending: PendingCheckpoint | None = None
 
