@@ -56,8 +56,11 @@ def init_distributed(choice: Device) -> DistInfo:
         # The env:// store outlives a process group under torchrun, and a sweep (`-m`) makes one group
         # per job in the same processes: a fresh key prefix per group keeps a rank from reading the
         # previous job's rendezvous keys (which hangs when it connects to a peer's stale address).
+        # torchrun also keeps that store across elastic restarts, whose new processes count groups
+        # from 0 again: the restart count makes their keys fresh too.
+        attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
         store, _, _ = next(dist.rendezvous("env://", rank, world, timeout=timeout))
-        dist.init_process_group(backend, store=dist.PrefixStore(f"speedrun_pg{next(_GROUPS)}", store),
+        dist.init_process_group(backend, store=dist.PrefixStore(f"speedrun_a{attempt}_pg{next(_GROUPS)}", store),
                                 rank=rank, world_size=world, timeout=timeout,
                                 device_id=device if device.type == "cuda" else None)
     return DistInfo(rank, local_rank, world, device)

@@ -36,7 +36,10 @@ def run_identity(cfg: Config) -> tuple[str | None, str | None, list[str]]:
     return group, ",".join(kept) or None, overrides
 
 
-def make_logger(cfg: Config, dist: DistInfo, run_dir: Path) -> MetricsLogger:
+def make_logger(cfg: Config, dist: DistInfo, run_dir: Path, history: list[dict] | None = None) -> MetricsLogger:
+    """history: the metrics.jsonl events of a resumed run up to its checkpoint (already in the file):
+    they feed the best/target tracking, and the file keeps its first "run" event (so it stays
+    identical to an uninterrupted run's; harness/checkpoint.py records resumes in resumes.jsonl)."""
     if not dist.is_main:
         return MetricsLogger([])
     group, name, overrides = run_identity(cfg)
@@ -49,5 +52,8 @@ def make_logger(cfg: Config, dist: DistInfo, run_dir: Path) -> MetricsLogger:
         sinks.append(WandbSink(cfg.logger, {**config, "run": info}, run_dir,
                                group=cfg.logger.group or group, name=cfg.logger.run_name or name))
     log = MetricsLogger(sinks, target_val_loss=cfg.train.target_val_loss)
-    log.log({"event": "run", **info})
+    for event in history or []:
+        log.tracker.update(event)
+    if not history:
+        log.log({"event": "run", **info})
     return log
