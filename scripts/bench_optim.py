@@ -114,6 +114,10 @@ def main() -> None:
     ap.add_argument("--out-runs", default=str(ROOT / "outputs" / "bench_optim"))
     ap.add_argument("--report", default=str(ROOT / "results" / "benchmarks" / "optim_cpu.md"))
     ap.add_argument("--extra", nargs="*", default=[], help="NAME:override (e.g. muon:optim.embed_lr=0.06)")
+    ap.add_argument("--report-only", action="store_true",
+                    help="launch nothing: report from the finished runs in --out-runs (a partial benchmark)")
+    ap.add_argument("--probe-dirs", nargs="*", default=[],
+                    help="folders of extra short runs (any train.py run folders) to list in the report")
     args = ap.parse_args()
     lrs = parse_lrs(args.lrs)
     extra: dict[str, list[str]] = {}
@@ -127,7 +131,14 @@ def main() -> None:
     results: dict[tuple[str, float, int], dict] = {}
     pending_sweeps = {opt: len(lrs[opt]) for opt in args.optimizers}
     t_start = time.time()
-    with ThreadPoolExecutor(max_workers=args.jobs) as pool:
+    if args.report_only:
+        for opt in args.optimizers:
+            for lr in lrs[opt]:
+                for seed in range(args.seeds):
+                    res = load_run(Path(args.out_runs) / run_name(opt, lr, seed))
+                    if res is not None:
+                        results[(opt, lr, seed)] = res
+    with _NoPool() if args.report_only else ThreadPoolExecutor(max_workers=args.jobs) as pool:
         # Priority order (the pool starts jobs in submission order), so that if the budget runs out
         # the most useful runs exist: every optimizer's middle lr, then the other seeds of that middle
         # lr (speculatively: the likely winner), then the rest of the sweep. If the sweep picks another
@@ -137,7 +148,7 @@ def main() -> None:
         jobs += [(o, mid[o], s) for s in range(1, args.seeds) for o in args.optimizers]
         jobs += [(o, lr, 0) for lr_i in range(max(map(len, lrs.values()))) for o in args.optimizers
                  for lr in lrs[o][lr_i:lr_i + 1] if lr != mid[o]]
-        futures = {pool.submit(launch, args, o, lr, s) for o, lr, s in jobs}
+        futures = {pool.submit(launch, args, o, lr, s) for o, lr, s in jobs} if not args.report_only else set()
         submitted = set(jobs)
         while futures:
             done, futures = wait(futures, return_when=FIRST_COMPLETED)
@@ -153,11 +164,35 @@ def main() -> None:
                         futures |= {pool.submit(launch, args, *job) for job in extra_jobs}
                         submitted |= extra_jobs
     chosen = {opt: chosen_lr(results, opt, lrs[opt]) for opt in args.optimizers}
+    expected = {(o, lr, 0) for o in args.optimizers for lr in lrs[o]}
+    expected |= {(o, chosen[o], s) for o in args.optimizers if chosen[o] for s in range(1, args.seeds)}
+    missing = sorted(run_name(*k) for k in expected - results.keys())
     setup = {"steps": args.steps, "warmup_frac": args.warmup_frac, "batch_seqs": args.batch_seqs, "seq_len": args.seq_len,
              "val_every": args.val_every, "val_tokens": args.val_tokens, "jobs": args.jobs, "threads": args.threads,
              "seeds": args.seeds, "extra": extra, "wall_min": (time.time() - t_start) / 60,
-             "command": " ".join(["python scripts/bench_optim.py", *sys.argv[1:]])}
+             "command": " ".join(["python scripts/bench_optim.py", *sys.argv[1:]]), "missing": missing,
+             "probes": {str(p): load_probes(Path(p)) for p in args.probe_dirs}}
     write_report(Path(args.report), results, lrs, chosen, setup)
+
+
+class _NoPool:
+    """Stands in for the process pool with --report-only."""
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+
+def load_probes(folder: Path) -> list[tuple[str, dict, dict]]:
+    """(run name, optim config, metrics) of every finished run folder under `folder`."""
+    from omegaconf import OmegaConf
+    out = []
+    for run_dir in sorted(p for p in folder.iterdir() if p.is_dir()):
+        res = load_run(run_dir)
+        if res is not None and (run_dir / "config.yaml").exists():
+            out.append((run_dir.name, OmegaConf.to_container(OmegaConf.load(run_dir / "config.yaml"))["optim"], res))
+    return out
 
 
 def chosen_lr(results: dict, opt: str, lrs: list[float]) -> float | None:

@@ -82,8 +82,13 @@ def write_report(path: Path, results: dict, lrs: dict, chosen: dict, setup: dict
         if chosen[o] is not None and lrs[o] and chosen[o] in (min(lrs[o]), max(lrs[o])) and len(lrs[o]) > 1:
             edge = " (edge of the sweep)"
         L.append(f"| {o} | " + " | ".join(cells) + f" | {chosen[o]:g}{edge} |" if chosen[o] else f"| {o} | all failed | - |")
+    if setup.get("missing"):
+        L += ["", f"**Incomplete benchmark**: {len(setup['missing'])} planned runs did not finish in the time "
+              f"available ({', '.join(setup['missing'])}); a sweep with missing points chose among the finished "
+              "ones. Rerun the same command to complete it (finished runs are reused)."]
+    tail = probe_section(setup.get("probes") or {})
     if "adamw" not in runs:
-        path.write_text("\n".join(L + ["", "AdamW did not finish: no target to compare against.", ""]))
+        path.write_text("\n".join(L + ["", "AdamW did not finish: no target to compare against.", ""] + tail))
         return
     target = mean(r["final"] for r in runs["adamw"])
     curves = {o: mean_curve(rs) for o, rs in runs.items()}
@@ -125,7 +130,7 @@ def write_report(path: Path, results: dict, lrs: dict, chosen: dict, setup: dict
     png = path.with_suffix(".png")
     plot(png, runs, seeds, chosen, target)
     L += ["", f"![val loss vs step and vs train time]({png.name})", ""]
-    path.write_text("\n".join(L))
+    path.write_text("\n".join(L + tail))
     print(f"wrote {path} and {png}")
 
 
@@ -149,3 +154,24 @@ def plot(png: Path, runs: dict, seeds: dict, chosen: dict, target: float) -> Non
     fig.tight_layout()
     fig.savefig(png, dpi=120)
     plt.close(fig)
+
+
+PROBE_KEYS = ("name", "lr", "rate_mode", "embed_map", "embed_lr", "embed_eps", "scale", "ns_method",
+              "momentum_warmup_steps")
+
+
+def probe_section(probes: dict) -> list[str]:
+    """Table of short exploratory runs: their optimizer settings and val losses."""
+    rows = [(folder, name, cfg, res) for folder, items in probes.items() for name, cfg, res in items]
+    if not rows:
+        return []
+    steps = sorted({s for *_, res in rows for s in res["steps"] if s > 0})
+    L = ["", "## Short probes (exploration before the benchmark; val loss)", "",
+         "| run | optimizer settings | " + " | ".join(f"val @ {s}" for s in steps) + " | ms / step |",
+         "|---|---|" + "---|" * (len(steps) + 1)]
+    for folder, name, cfg, res in rows:
+        settings = ", ".join(f"{k}={cfg[k]}" for k in PROBE_KEYS if k in cfg and (k in ("name", "lr") or cfg["name"] != "adamw"))
+        L.append(f"| {Path(folder).name}/{name} | {settings} | " +
+                 " | ".join(f"{val_at(res, s):.3f}" if not math.isnan(val_at(res, s)) else "-" for s in steps) +
+                 f" | {res['ms_per_step']:.0f} |")
+    return L + [""]
