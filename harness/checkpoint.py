@@ -95,9 +95,11 @@ class Checkpointer:
 
     def _prepare(self) -> str | None:
         """Rank 0: check the checkpoint folder, pick and validate the checkpoint to resume (no writes)."""
-        try:
-            self.root.mkdir(parents=True, exist_ok=True)
-            probe = self.root / f".tmp-probe-{time.time_ns()}"
+        try:  # fail now, not at the first checkpoint; the folder itself is made by the first save
+            existing = self.root
+            while not existing.exists():
+                existing = existing.parent
+            probe = existing / f".tmp-probe-{time.time_ns()}"
             probe.mkdir()
             probe.rmdir()
         except OSError as e:
