@@ -93,7 +93,8 @@ def adam_direction(grad: torch.Tensor, exp_avg: torch.Tensor, exp_avg_sq: torch.
     exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
     bias1 = 1 - beta1**step
     bias2 = 1 - beta2**step
-    return (exp_avg / bias1) / ((exp_avg_sq / bias2).sqrt() + eps)
+    denom = (exp_avg_sq / bias2).sqrt_().add_(eps)  # in place on one temporary: big tables (head) are memory-bound
+    return torch.div(exp_avg, denom).div_(bias1)
 
 
 # ---- norms (for tests, diagnostics and the modular norm) -------------------------------------

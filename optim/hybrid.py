@@ -109,7 +109,7 @@ class HybridOptimizer(torch.optim.Optimizer):
         diag_on = self.diag_every > 0 and t % self.diag_every == 0
         diag: dict[str, float] = {}
 
-        linear_items = []  # (param, group, momentum direction u), every rank, same order
+        linear_items = []  # (param, group), every rank, same order
         for group in self.param_groups:
             for p in group["params"]:
                 if p.grad is None:
@@ -119,24 +119,30 @@ class HybridOptimizer(torch.optim.Optimizer):
                     if diag_on:  # elementwise step: its RMS is the meaningful size
                         _accumulate(diag, f"update_rms/{group['role']}", d.pow(2).mean().sqrt() * group["lr"])
                     continue
-                u = self._momentum(p, beta)
+                buf = self._momentum_buffer(p, beta)  # every rank: keeps the state complete everywhere
                 if group["map"] == "embed":
-                    d = dualize_embed(u, self.embed_eps)
+                    d = dualize_embed(self._direction(p, buf, beta), self.embed_eps)
                     self._apply(p, group, d)
                     if diag_on:
                         _accumulate(diag, f"update_norm/{group['role']}", embed_norm(d) * group["lr"])
                 else:
-                    linear_items.append((p, group, u))
+                    linear_items.append((p, group))
 
         rank, world = rank_and_world(self.process_group)
-        order = shard_round_robin([u.numel() for _, _, u in linear_items], world)
+        order = shard_round_robin([p.numel() for p, _ in linear_items], world)
         mine = order[rank]
-        outputs = [self._dualize_linear(linear_items[i][2], linear_items[i][1]["role"]) for i in mine]
-        if diag_on and rank == 0 and mine:
-            diag.update(self._ns_error(linear_items[mine[(t // self.diag_every) % len(mine)]]))
-        updates = gather_updates(outputs, order, [u.shape for _, _, u in linear_items], rank, world,
+        outputs, sample = [], None
+        for k, i in enumerate(mine):  # only this rank's share: the Newton-Schulz work is split
+            p, group = linear_items[i]
+            u = self._direction(p, self.state[p]["momentum_buffer"], beta)
+            outputs.append(self._dualize_linear(u, group["role"]))
+            if diag_on and rank == 0 and k == (t // self.diag_every) % len(mine):
+                sample = (group, u)
+        if sample is not None:
+            diag.update(self._ns_error(*sample))
+        updates = gather_updates(outputs, order, [p.shape for p, _ in linear_items], rank, world,
                                  self.process_group)
-        for (p, group, _), d in zip(linear_items, updates):
+        for (p, group), d in zip(linear_items, updates):
             self._apply(p, group, d)
             if diag_on and rank == 0:
                 _accumulate(diag, f"update_norm/{group['role']}",
@@ -150,15 +156,18 @@ class HybridOptimizer(torch.optim.Optimizer):
 
     # ---- pieces ---------------------------------------------------------------------------
 
-    def _momentum(self, p: torch.Tensor, beta: float) -> torch.Tensor:
-        """fp32 momentum buffer update; returns the Nesterov direction (or the buffer)."""
+    def _momentum_buffer(self, p: torch.Tensor, beta: float) -> torch.Tensor:
+        """buf <- beta buf + (1 - beta) g, in fp32 whatever the parameter's dtype."""
         state = self.state[p]
-        g = p.grad.float()
         if "momentum_buffer" not in state:
-            state["momentum_buffer"] = torch.zeros_like(g)
+            state["momentum_buffer"] = torch.zeros_like(p, dtype=torch.float32)
         buf = state["momentum_buffer"]
-        buf.lerp_(g, 1 - beta)
-        return g.lerp(buf, beta) if self.nesterov else buf.clone()
+        buf.lerp_(p.grad.float(), 1 - beta)
+        return buf
+
+    def _direction(self, p: torch.Tensor, buf: torch.Tensor, beta: float) -> torch.Tensor:
+        """What gets dualized: Nesterov's (1 - beta) g + beta buf, or the buffer itself."""
+        return p.grad.float().lerp(buf, beta) if self.nesterov else buf
 
     def _dualize_linear(self, u: torch.Tensor, role: str) -> torch.Tensor:
         """Linear map of u, per block for fused roles; fp32 result of u's shape."""
@@ -182,10 +191,9 @@ class HybridOptimizer(torch.optim.Optimizer):
         self._apply(p, group, d)
         return d
 
-    def _ns_error(self, item) -> dict[str, float]:
+    def _ns_error(self, group: dict, u: torch.Tensor) -> dict[str, float]:
         """Relative error of Newton-Schulz against the exact polar factor on one matrix, and the
         range of the singular values it produced (ideal: all 1)."""
-        _, group, u = item
         blocks = FUSED_BLOCKS.get(group["role"], 1)
         x = u.view(blocks, u.size(0) // blocks, u.size(1))[0] if (blocks > 1 and u.ndim == 2) else u
         x = x.reshape(-1, *x.shape[-2:])[0]

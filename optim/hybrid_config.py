@@ -78,12 +78,14 @@ class HybridConfig:
 
 @dataclass
 class DualConfig(HybridConfig):
-    """Ours: Embed map for embeddings, spectral-scaled Polar Express for hidden matrices, Adam for the
-    head and scalars, one global lr split by the modular-norm mass rule."""
+    """Ours: Embed map for embeddings (relative floor 0.01 for rare rows), spectral-scaled Polar Express
+    for hidden matrices, Adam for the head and scalars, Muon's momentum warmup; manual rates by default
+    (rate_mode=mass splits one global lr by the modular-norm mass rule instead)."""
     name: str = "dual"
-    lr: float = 0.2
-    rate_mode: str = "mass"
-    embed_eps: float = 0.0
+    lr: float = 0.05
+    rate_mode: str = "manual"
+    embed_eps: float = 0.01
+    momentum_warmup_steps: int = 300
 
 
 @dataclass
@@ -96,6 +98,7 @@ class MuonConfig(HybridConfig):
     embed_map: str = "adam"
     scale: str = "muon"
     ns_method: str = "quintic"
+    ns_steps: Optional[int] = 5
     momentum_warmup_steps: int = 300
 
 

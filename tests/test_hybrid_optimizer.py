@@ -146,7 +146,7 @@ def test_manual_rates_and_role_override():
 @pytest.mark.parametrize("n_layer", [1, 3])
 def test_mass_rates_are_depth_independent(n_layer):
     named, roles = toy_params(n_layer=n_layer)
-    opt = build_hybrid(cfg_of(DualConfig, lr=0.21), named, roles)
+    opt = build_hybrid(cfg_of(DualConfig, lr=0.21, rate_mode="mass"), named, roles)
     lrs = {g["role"]: g["initial_lr"] for g in opt.param_groups}
     assert lrs["embed"] == pytest.approx(0.03) and lrs["attn_out"] == pytest.approx(0.05)
     assert lrs["attn_qkv"] == pytest.approx(0.15) and lrs["mlp_in"] == pytest.approx(0.05)
@@ -159,7 +159,7 @@ def test_mass_rule_update_has_modular_norm_lr(method, lo, hi):
     n_layer, lr = 3, 0.3
     named, roles = toy_params(n_layer=n_layer, fused=False)
     before = snapshot(named)
-    cfg = cfg_of(DualConfig, lr=lr, head_map="linear", ns_method=method)
+    cfg = cfg_of(DualConfig, lr=lr, rate_mode="mass", head_map="linear", ns_method=method)
     build_hybrid(cfg, named, roles).step()
     delta = {n: before[n] - p.detach() for n, p in named}
     norms = {"embed": embed_norm(delta["wte.weight"]).item(), "head": linear_norm(delta["lm_head.weight"]).item()}
@@ -244,7 +244,7 @@ def test_momentum_warmup_and_weight_decay():
     opt = build_hybrid(cfg_of(MuonConfig, momentum_warmup_steps=300), named, roles)
     assert opt.beta(1) == pytest.approx(0.85) and opt.beta(151) == pytest.approx(0.90)
     assert opt.beta(301) == pytest.approx(0.95) and opt.beta(10_000) == pytest.approx(0.95)
-    assert build_hybrid(cfg_of(DualConfig), named, roles).beta(1) == 0.95  # no warmup configured
+    assert build_hybrid(cfg_of(DualConfig, momentum_warmup_steps=0), named, roles).beta(1) == 0.95  # no warmup
     # decoupled weight decay: a zero gradient leaves p * (1 - lr * wd) on the linear map
     name = "h.0.attn.proj.weight"
     p = dict(named)[name]
