@@ -199,6 +199,10 @@ class Checkpointer:
             on_main(lambda: self._commit_resume(0, ""))
             return Resumed(0, 0.0, {})
         path, rank, world = self.resume_path, self.dist.rank, self.dist.world_size
+        blind = [r for r, seen in enumerate(_all_gather((path / "trainer.pt").is_file())) if not seen]
+        if blind:  # every rank reads the checkpoint itself: on several nodes it must be on shared storage
+            raise CheckpointError(f"ranks {blind} cannot see checkpoint {path}: put checkpoint.dir (or hydra.run.dir) "
+                                  "on a filesystem every node shares")
         trainer = load_file(path / "trainer.pt", "trainer state")
         try:
             model.load_state_dict(load_file(path / "model.pt", "model state"))
