@@ -95,9 +95,11 @@ class Checkpointer:
 
     def _prepare(self) -> str | None:
         """Rank 0: check the checkpoint folder, pick and validate the checkpoint to resume (no writes)."""
-        try:
-            self.root.mkdir(parents=True, exist_ok=True)
-            probe = self.root / f".tmp-probe-{time.time_ns()}"
+        try:  # fail now, not at the first checkpoint; the folder itself is made by the first save
+            existing = self.root
+            while not existing.exists():
+                existing = existing.parent
+            probe = existing / f".tmp-probe-{time.time_ns()}"
             probe.mkdir()
             probe.rmdir()
         except OSError as e:
@@ -197,6 +199,10 @@ class Checkpointer:
             on_main(lambda: self._commit_resume(0, ""))
             return Resumed(0, 0.0, {})
         path, rank, world = self.resume_path, self.dist.rank, self.dist.world_size
+        blind = [r for r, seen in enumerate(_all_gather((path / "trainer.pt").is_file())) if not seen]
+        if blind:  # every rank reads the checkpoint itself: on several nodes it must be on shared storage
+            raise CheckpointError(f"ranks {blind} cannot see checkpoint {path}: put checkpoint.dir (or hydra.run.dir) "
+                                  "on a filesystem every node shares")
         trainer = load_file(path / "trainer.pt", "trainer state")
         try:
             model.load_state_dict(load_file(path / "model.pt", "model state"))

@@ -115,6 +115,7 @@ def bench_train(cfg_args: tuple, steps: int, work: Path) -> list[dict]:
         try:
             cfg = config(*cfg_args, f"train.max_steps={steps}", f"checkpoint.every={every}", "checkpoint.keep=1")
             run_dir = work / f"train_every{every}"
+            run_dir.mkdir(parents=True, exist_ok=True)  # train.py's main() makes the run folder
             t0 = time.perf_counter()
             summary = trainer.train(cfg, CPU, run_dir)
             wall = time.perf_counter() - t0
