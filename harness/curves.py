@@ -50,16 +50,26 @@ class Curve:
         return all(p.time_ms is not None for p in self.points[1:])
 
 
-def _read_metrics(path: Path, name: str) -> Curve:
-    points = []
-    for line in path.read_text(encoding="utf-8").splitlines():
+def read_metrics(path: str | Path) -> list[dict]:
+    """All events of a metrics.jsonl, in file order (skips a torn last line left by a crash)."""
+    events = []
+    for line in Path(path).read_text(encoding="utf-8").splitlines():
         try:
-            ev = json.loads(line)
+            events.append(json.loads(line))
         except json.JSONDecodeError:
-            continue  # a torn last line from a crash
-        if ev.get("event") == "val" and ev.get("val_loss") is not None:
-            points.append(Point(int(ev["step"]), int(ev["tokens"]), float(ev["train_time_ms"]), float(ev["val_loss"])))
-    return Curve(name, points)
+            continue
+    return events
+
+
+def val_point(event: dict) -> Optional[Point]:
+    """The curve point of a metrics event: a "val" event with a loss, else None."""
+    if event.get("event") != "val" or event.get("val_loss") is None:
+        return None
+    return Point(int(event["step"]), int(event["tokens"]), float(event["train_time_ms"]), float(event["val_loss"]))
+
+
+def _read_metrics(path: Path, name: str) -> Curve:
+    return Curve(name, [p for p in map(val_point, read_metrics(path)) if p is not None])
 
 
 def _read_log(path: Path, name: str, tokens_per_step: int) -> Curve:

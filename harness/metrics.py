@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 from typing import Protocol
 
+from harness.curves import Curve, Point, first_crossing, read_metrics, val_point  # noqa: F401 (read_metrics re-exported)
 from harness.run_info import peak_host_memory_mib
 
 
@@ -126,29 +127,27 @@ class JsonlSink:
 class ValTracker:
     """Best val loss, and the first validation at which val loss reached the target (val_loss <= target).
 
-    The one place these are computed: MetricsLogger feeds it live events for every sink's summary, and
-    scripts/summarize.py feeds it the events of a metrics.jsonl. Validation runs every train.val_every
-    steps, so "reached at" means at the first validation that saw it.
+    MetricsLogger feeds it live events for every sink's summary, and scripts/summarize.py feeds it
+    the events of a metrics.jsonl; the crossing itself is harness.curves.first_crossing, the same rule
+    compare.py applies to records. Validation runs every train.val_every steps, so "reached at" means
+    at the first validation that saw it.
     """
 
     def __init__(self, target_val_loss: float | None):
         self.target = target_val_loss
-        self.best: float | None = None
-        self.reached: dict | None = None  # the first val event at or below the target
+        self.points: list[Point] = []  # finite validations, in arrival order
 
     def update(self, event: dict) -> None:
-        loss = event.get("val_loss")
-        if event.get("event") != "val" or loss is None or not math.isfinite(loss):
-            return
-        self.best = loss if self.best is None else min(self.best, loss)
-        if self.reached is None and self.target is not None and loss <= self.target:
-            self.reached = event
+        point = val_point(event)
+        if point is not None and math.isfinite(point.val_loss):
+            self.points.append(point)
 
     def summary(self) -> dict:
-        hit = self.reached or {}
-        return {"best_val_loss": self.best, "target_val_loss": self.target,
-                "target_reached_step": hit.get("step"), "target_reached_train_time_ms": hit.get("train_time_ms"),
-                "target_reached_tokens": hit.get("tokens")}
+        best = min((p.val_loss for p in self.points), default=None)
+        hit = first_crossing(Curve("live", self.points), self.target) if self.target is not None else None
+        return {"best_val_loss": best, "target_val_loss": self.target,
+                "target_reached_step": hit and hit.step, "target_reached_train_time_ms": hit and hit.time_ms,
+                "target_reached_tokens": hit and hit.tokens}
 
 
 def summary_extras(summary: dict, tracker: ValTracker) -> dict:
@@ -173,14 +172,3 @@ class MetricsLogger:
         summary = {**summary_extras(summary, self.tracker), "peak_host_memory_mib": peak_host_memory_mib()}
         for sink in self.sinks:
             sink.close(summary)
-
-
-def read_metrics(path: str | Path) -> list[dict]:
-    """All events of a metrics.jsonl (skips a torn last line left by a crash)."""
-    events = []
-    for line in Path(path).read_text(encoding="utf-8").splitlines():
-        try:
-            events.append(json.loads(line))
-        except json.JSONDecodeError:
-            continue
-    return events
