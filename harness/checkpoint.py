@@ -33,9 +33,10 @@ import torch
 import torch.distributed as dist
 
 from harness import distributed as D
+from harness.atomic_io import write_text_atomic
 from harness.checkpoint_store import (CheckpointError, PendingCheckpoint, describe_os_error, find_checkpoint,
                                       latest, list_checkpoints, load_file, prune, read_manifest, remove_stale,
-                                      save_file, set_aside, step_name, verify, write_text_atomic)
+                                      save_file, set_aside, step_name, verify)
 from harness.checkpoint_state import (config_diff, config_hash, model_optim_config, optimizer_fingerprint,
                                       rng_state, run_config, set_rng_state)
 from harness.config import Config

@@ -31,6 +31,8 @@ from typing import Any
 
 import torch
 
+from harness.atomic_io import fsync_dir
+
 FORMAT = "speedrun-checkpoint"
 VERSION = 1
 MANIFEST = "manifest.json"
@@ -78,29 +80,6 @@ def save_file(obj: Any, path: Path) -> dict:
         f.flush()
         os.fsync(f.fileno())
     return {"bytes": writer.nbytes, "sha256": writer.sha.hexdigest()}
-
-
-def fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def write_text_atomic(path: Path, text: str) -> None:
-    """Replace `path` by `text` all at once: temp file in the same folder, fsync, rename, fsync folder."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    fsync_dir(path.parent)
 
 
 class PendingCheckpoint:

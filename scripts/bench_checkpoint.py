@@ -33,6 +33,7 @@ sys.path.insert(0, str(REPO))
 import train as trainer  # noqa: E402
 from data.build import build_train_loader, prepare_data  # noqa: E402
 from harness import distributed as D  # noqa: E402
+from harness.atomic_io import write_text_atomic  # noqa: E402
 from harness.checkpoint import Checkpointer  # noqa: E402
 from harness.checkpoint_store import read_manifest  # noqa: E402
 from model.gpt import GPT  # noqa: E402
@@ -196,7 +197,7 @@ def main() -> None:
     text = report(args, state, rows)
     out = REPO / args.out
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(text)
+    write_text_atomic(out, text)
     print(text)
 
 

@@ -30,6 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from data.bos import BOSAlignedLoader  # noqa: E402
 from data.loader import ContiguousLoader  # noqa: E402
 from data.shards import EOT_TOKEN, find_shards, write_shard  # noqa: E402
+from harness.atomic_io import write_text_atomic  # noqa: E402
 
 
 def synthesize(folder: Path, shards: int = 2, tokens_per_shard: int = 25_000_000, seed: int = 0) -> list[Path]:
@@ -135,7 +136,7 @@ def main() -> int:
     ]
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text("\n".join(lines))
+    write_text_atomic(out, "\n".join(lines))
     print(f"wrote {out}")
     if tmp is not None:
         tmp.cleanup()

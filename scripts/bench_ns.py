@@ -21,6 +21,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from harness.atomic_io import write_text_atomic  # noqa: E402
 from optim import orthogonalize  # noqa: E402
 from optim.newton_schulz import METHODS, default_dtype, schedule  # noqa: E402
 
@@ -94,7 +95,7 @@ def write_report(path: Path, rows, device, work_dtype, reps, load) -> None:
         lines.append(f"| {'x'.join(map(str, shape))} | {method} | {steps} | {t_ns * 1e3:.1f} | {t_svd * 1e3:.1f} | "
                      f"{t_svd / t_ns:.2f} | {err:.4f} | {smin:.3f} | {smax:.3f} |")
     lines.append("")
-    path.write_text("\n".join(lines))
+    write_text_atomic(path, "\n".join(lines))
     print(f"wrote {path}")
 
 

@@ -21,6 +21,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+from harness.atomic_io import write_text_atomic  # noqa: E402
 
 
 def overrides(args) -> list[str]:
@@ -114,7 +115,7 @@ def main() -> None:
         "",
     ]
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text("\n".join(lines))
+    write_text_atomic(Path(args.out), "\n".join(lines))
     print(f"median ratio {ratio:.3f} -> {args.out}")
 
 

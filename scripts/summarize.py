@@ -28,6 +28,7 @@ from pathlib import Path
 from omegaconf import OmegaConf
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from harness.atomic_io import write_text_atomic  # noqa: E402
 from harness.metrics import ValTracker, read_metrics  # noqa: E402
 
 DEFAULT_TARGET = 3.28
@@ -236,7 +237,7 @@ def main(argv: list[str] | None = None) -> None:
     print(text)
     if args.out:
         args.out.mkdir(parents=True, exist_ok=True)
-        (args.out / "summary.md").write_text(text)
+        write_text_atomic(args.out / "summary.md", text)
         write_csvs(runs, names, args.out)
         plot(runs, names, args.out)
         print(f"wrote {args.out}/summary.md, runs.csv, groups.csv, val_loss_vs_time.png, val_loss_vs_time.csv")
