@@ -76,6 +76,12 @@ def launch(args, opt: str, lr: float, seed: int) -> tuple[str, float, int, dict 
     if cached is not None:
         print(f"[cached] {run_dir.name}: final val {cached['final']:.4f}", flush=True)
         return opt, lr, seed, cached
+    if run_dir.exists():
+        # An unfinished run (killed or crashed): metrics.jsonl is appended to, so a rerun in the same
+        # folder would mix two runs. Keep the partial one aside rather than deleting anything.
+        stale = run_dir.with_name(f"{run_dir.name}.incomplete-{time.strftime('%Y%m%d-%H%M%S')}")
+        run_dir.rename(stale)
+        print(f"[moved aside] unfinished {run_dir.name} -> {stale.name}", flush=True)
     tokens = args.batch_seqs * args.seq_len
     cmd = [sys.executable, str(ROOT / "train.py"), "experiment=cpu_fineweb", f"data.dir={args.data}",
            f"optim={opt}", f"optim.lr={lr}", f"seed={seed}", "model.tie_embeddings=false",
@@ -118,6 +124,7 @@ def main() -> None:
                     help="launch nothing: report from the finished runs in --out-runs (a partial benchmark)")
     ap.add_argument("--probe-dirs", nargs="*", default=[],
                     help="folders of extra short runs (any train.py run folders) to list in the report")
+    ap.add_argument("--notes", default=None, help="markdown file appended to the report (context, caveats)")
     args = ap.parse_args()
     lrs = parse_lrs(args.lrs)
     extra: dict[str, list[str]] = {}
@@ -171,7 +178,8 @@ def main() -> None:
              "val_every": args.val_every, "val_tokens": args.val_tokens, "jobs": args.jobs, "threads": args.threads,
              "seeds": args.seeds, "extra": extra, "wall_min": (time.time() - t_start) / 60,
              "command": " ".join(["python scripts/bench_optim.py", *sys.argv[1:]]), "missing": missing,
-             "probes": {str(p): load_probes(Path(p)) for p in args.probe_dirs}}
+             "probes": {str(p): load_probes(Path(p)) for p in args.probe_dirs},
+             "notes": Path(args.notes).read_text() if args.notes else ""}
     write_report(Path(args.report), results, lrs, chosen, setup)
 
 
