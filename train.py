@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import math
-import os
 import sys
 import time
 from pathlib import Path
@@ -24,18 +22,18 @@ from data.build import build_train_loader, build_val_batches, prepare_data
 from data.loader import DataError
 from data.shards import ShardError
 from harness import distributed as D
+from harness.checkpoint import Checkpointer, CheckpointError
 from harness.config import Config, ConfigError, Precision, load_config, register_configs
-from harness.metrics import ConsoleSink, JsonlSink, MetricsLogger
+from harness.launch import allow_submitit_pickling, nonzero_rank_overrides
+from harness.nonfinite import NonFiniteGuard, NonFiniteLoss
+from harness.preemption import Preempted, StopRequest
 from harness.schedule import lr_factor
+from harness.tracking import make_logger  # console, metrics.jsonl, wandb (rank 0)
 from model.gpt import GPT
 from optim import build_optimizer
 
-USER_ERRORS = (ConfigError, DataError, ShardError)  # reported as one line, exit 2
+USER_ERRORS = (ConfigError, DataError, ShardError, CheckpointError)  # reported as one line, exit 2
 register_configs()
-
-
-class NonFiniteLoss(RuntimeError):
-    pass
 
 
 def grad_accum_steps(cfg: Config, world: int) -> int:
@@ -63,12 +61,6 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def make_logger(cfg: Config, dist: D.DistInfo, run_dir: Path) -> MetricsLogger:
-    if not dist.is_main:
-        return MetricsLogger([])
-    return MetricsLogger([ConsoleSink(cfg.train.max_steps), JsonlSink(run_dir / "metrics.jsonl")])
-
-
 @torch.no_grad()
 def evaluate(model: torch.nn.Module, val_set, device: torch.device, autocast) -> float:
     """Mean val loss (nats/token) over the fixed val tokens, averaged over ranks."""
@@ -82,9 +74,11 @@ def evaluate(model: torch.nn.Module, val_set, device: torch.device, autocast) ->
     return D.all_reduce_mean(total / batches).item()
 
 
-def train(cfg: Config, dist: D.DistInfo, run_dir: Path) -> dict:
+def train(cfg: Config, dist: D.DistInfo, run_dir: Path, stop: StopRequest | None = None) -> dict:
     device, tc = dist.device, cfg.train
     accum = grad_accum_steps(cfg, dist.world_size)
+    ckpt = Checkpointer(cfg, dist, run_dir)  # checks checkpoint.dir and resolves resume=... (reads only)
+    stop = stop or StopRequest(False, 1, device)
     torch.manual_seed(cfg.seed)  # same init on every rank (DDP also broadcasts rank 0's weights)
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True
@@ -108,7 +102,7 @@ def train(cfg: Config, dist: D.DistInfo, run_dir: Path) -> dict:
     if dist.world_size > 1:
         net = DDP(net, device_ids=[device.index] if device.type == "cuda" else None)
     autocast = autocast_context(cfg, device)
-    log = make_logger(cfg, dist, run_dir)
+    guard = NonFiniteGuard(tc, ckpt.last_good)
     if dist.is_main:
         print(f"parameters: {n_params:,} | world {dist.world_size} x micro {tc.micro_batch_seqs} x seq "
               f"{tc.seq_len} x accum {accum} = {tc.global_batch_tokens:,} tokens/step | device {device} "
@@ -130,6 +124,9 @@ def train(cfg: Config, dist: D.DistInfo, run_dir: Path) -> dict:
                     loss = net(x, y)
                 (loss / accum).backward()
             loss_sum += loss.detach()
+        if guard.skip_step(step, loss_sum):  # train.nonfinite=skip: a NaN/inf step's update is dropped on every rank
+            optimizer.zero_grad(set_to_none=True)
+            return loss_sum / accum
         if tc.grad_clip > 0:
             torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip)
         optimizer.step()
@@ -145,20 +142,33 @@ def train(cfg: Config, dist: D.DistInfo, run_dir: Path) -> dict:
         optimizer.load_state_dict(saved[1])
         loader = make_loader()
 
-    train_time_ms, last_val = 0.0, float("nan")
+    start_step, train_time_ms, counters = ckpt.restore(model, optimizer, loader)  # (0, 0, {}) when starting fresh
+    log = make_logger(cfg, dist, run_dir, ckpt.history)  # after restore: metrics.jsonl ends at the resumed step
+    guard.skipped, last_val = counters.get("skipped_steps", 0), float("nan")
     sync(device)
     t0 = time.perf_counter()
-    for step in range(tc.max_steps + 1):
+    for step in range(start_step, tc.max_steps + 1):
         last = step == tc.max_steps
-        if last or (tc.val_every and step % tc.val_every == 0):
-            if step > 0:  # stop the clock: validation is not training time
+        model.set_train_progress(step, tc.max_steps)  # time-dependent architecture (sliding-window schedule)
+        stopping = stop.requested(step)  # SIGTERM/SIGINT on any rank: every rank stops here
+        validate = last or (tc.val_every and step % tc.val_every == 0)
+        checkpoint = stopping or ckpt.due(step, last)
+        if validate or checkpoint:
+            if step > start_step:  # stop the clock: validation and checkpoints are not training time
                 sync(device)
                 train_time_ms += 1000 * (time.perf_counter() - t0)
-            last_val = evaluate(model, val_set, device, autocast)
-            log.log({"event": "val", "step": step, "tokens": step * tc.global_batch_tokens,
-                     "train_time_ms": train_time_ms, "val_loss": last_val})
-            if not math.isfinite(last_val):
-                raise NonFiniteLoss(f"validation loss is {last_val} at step {step}")
+            if checkpoint:
+                path = ckpt.save(step, train_time_ms, model, optimizer, loader, {"skipped_steps": guard.skipped})
+                if stopping:
+                    raise Preempted(f"stopped by {stop.reason()} after step {step}: checkpoint {path} written; "
+                                    "relaunch with the same hydra.run.dir (resume=auto) to continue")
+            if validate:
+                last_val = evaluate(model, val_set, device, autocast)
+                log.log({"event": "val", "step": step, "tokens": step * tc.global_batch_tokens,
+                         "train_time_ms": train_time_ms, "val_loss": last_val})
+                guard.check(step, last_val, "validation")
+                if tc.stop_at_val_loss is not None and last_val <= tc.stop_at_val_loss:
+                    break  # time-to-target run: the target is reached, stop here
             sync(device)
             t0 = time.perf_counter()
         if last:
@@ -170,12 +180,12 @@ def train(cfg: Config, dist: D.DistInfo, run_dir: Path) -> dict:
             log.log({"event": "train", "step": step + 1, "tokens": (step + 1) * tc.global_batch_tokens,
                      "train_time_ms": now_ms, "step_avg_ms": now_ms / (step + 1),
                      "train_loss": loss_value, "lr": optimizer.param_groups[0]["lr"]})
-            if not math.isfinite(loss_value):
-                raise NonFiniteLoss(f"train loss is {loss_value} at step {step + 1}; lower optim.lr or "
-                                    "enable train.grad_clip")
+            guard.check(step + 1, loss_value)  # names the step, the loss and the last good checkpoint
 
-    summary = {"final_val_loss": last_val, "steps": tc.max_steps, "tokens": tc.max_steps * tc.global_batch_tokens,
-               "train_time_ms": train_time_ms, "parameters": n_params, "world_size": dist.world_size}
+    summary = {"final_val_loss": last_val, "steps": step, "tokens": step * tc.global_batch_tokens,
+               "reached_target": tc.stop_at_val_loss is not None and last_val <= tc.stop_at_val_loss,
+               "train_time_ms": train_time_ms, "parameters": n_params, "world_size": dist.world_size,
+               "skipped_steps": guard.skipped}
     if device.type == "cuda":
         summary["peak_memory_mib"] = torch.cuda.max_memory_allocated(device) / 2**20
     log.close(summary)
@@ -193,7 +203,11 @@ def main(hydra_cfg: DictConfig) -> None:
         if dist.is_main:
             run_dir.mkdir(parents=True, exist_ok=True)
             (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(hydra_cfg, resolve=True))
-        train(cfg, dist, run_dir)
+        with StopRequest(cfg.checkpoint.on_signal, cfg.checkpoint.stop_check_every, dist.device) as stop:
+            train(cfg, dist, run_dir, stop)
+    except Preempted as e:
+        if dist.is_main:
+            print(e, flush=True)
     except USER_ERRORS as e:
         where = f" (rank {dist.rank})" if dist is not None and dist.world_size > 1 else ""
         print(f"error{where}: {e}", file=sys.stderr, flush=True)
@@ -206,8 +220,7 @@ def main(hydra_cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
-    if int(os.environ.get("RANK", "0")) > 0:
-        # Only rank 0 gets a Hydra output folder; the others must not create (racing) folders or logs.
-        sys.argv += ["hydra.run.dir=.", "hydra.output_subdir=null",
-                     "hydra/job_logging=disabled", "hydra/hydra_logging=disabled"]
+    # Only rank 0 gets a Hydra output folder; the others must not create (racing) folders or logs.
+    sys.argv += nonzero_rank_overrides()
+    allow_submitit_pickling()  # hydra/launcher=slurm ships this script's functions to the SLURM tasks
     main()

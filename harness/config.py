@@ -6,7 +6,9 @@ key or a wrongly typed value fails at start naming the key (OmegaConf), and
 """
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
+from datetime import datetime
 from enum import Enum
 from typing import Any, Optional
 
@@ -34,6 +36,11 @@ class Precision(Enum):
     bf16 = "bf16"
 
 
+class NonFinitePolicy(Enum):
+    stop = "stop"  # raise at the first non-finite logged loss (no per-step sync)
+    skip = "skip"  # check every step (one sync); drop a non-finite step's update on every rank
+
+
 @dataclass
 class TrainConfig:
     """Batch geometry, schedule and loop cadence. Token counts are per optimizer step / eval."""
@@ -52,9 +59,14 @@ class TrainConfig:
     compile_warmup_steps: int = 3   # untimed steps run (then undone) so compilation is excluded
     precision: Precision = Precision.auto
     log_every: int = 1              # train-loss events every N steps
+    stop_at_val_loss: Optional[float] = None  # stop at the first validation with val_loss <= this (time-to-target)
+    target_val_loss: float = 3.28   # the speedrun's target; summaries record when val loss first reaches it
+    nonfinite: NonFinitePolicy = NonFinitePolicy.stop
+    max_nonfinite_skips: int = 10   # with nonfinite=skip: stop once this many steps were skipped
 
     def check(self) -> None:
-        for key in ("max_steps", "val_tokens", "global_batch_tokens", "seq_len", "micro_batch_seqs", "log_every"):
+        for key in ("max_steps", "val_tokens", "global_batch_tokens", "seq_len", "micro_batch_seqs", "log_every",
+                    "max_nonfinite_skips"):
             if getattr(self, key) <= 0:
                 raise ValueError(f"train.{key} must be > 0 (got {getattr(self, key)})")
         for key in ("val_every", "compile_warmup_steps"):
@@ -66,8 +78,34 @@ class TrainConfig:
         if self.warmup_frac + self.warmdown_frac > 1.0:
             raise ValueError(f"train.warmup_frac + train.warmdown_frac must be <= 1 "
                              f"(got {self.warmup_frac} + {self.warmdown_frac})")
+        if self.stop_at_val_loss is not None and not self.stop_at_val_loss > 0:
+            raise ValueError(f"train.stop_at_val_loss must be > 0 or null (got {self.stop_at_val_loss})")
         if self.grad_clip < 0:
             raise ValueError(f"train.grad_clip must be >= 0 (got {self.grad_clip})")
+        if not self.target_val_loss > 0:
+            raise ValueError(f"train.target_val_loss must be > 0 (got {self.target_val_loss})")
+
+
+@dataclass
+class CheckpointConfig:
+    """Checkpoints of the whole training state (see harness/checkpoint.py).
+
+    A checkpoint is also written when the run is told to stop (SIGTERM/SIGINT), whatever `every` says.
+    """
+
+    every: int = 0           # write one every N optimizer steps; 0 = only on a stop signal (and `final`)
+    keep: int = 2            # keep the newest K checkpoints; 0 = keep all
+    dir: str = ""            # "" = <run dir>/checkpoints
+    final: bool = False      # also write one after the last step (the trained model)
+    on_signal: bool = True   # SIGTERM/SIGINT: finish the step, write a checkpoint, exit 0
+    stop_check_every: int = 1  # agree across ranks on a stop signal every N steps (one tiny all-reduce)
+
+    def check(self) -> None:
+        for key in ("every", "keep"):
+            if getattr(self, key) < 0:
+                raise ValueError(f"checkpoint.{key} must be >= 0 (got {getattr(self, key)})")
+        if self.stop_check_every <= 0:
+            raise ValueError(f"checkpoint.stop_check_every must be > 0 (got {self.stop_check_every})")
 
 
 @dataclass
@@ -75,6 +113,36 @@ class LoggerConfig:
     """Where metrics go besides the console and metrics.jsonl (`none`: nowhere else)."""
 
     name: str = "none"
+
+    def check(self) -> None:
+        pass
+
+
+class WandbMode(Enum):
+    online = "online"      # stream to the wandb server (needs `wandb login` and network)
+    offline = "offline"    # write <run folder>/wandb/offline-run-*; upload later with `wandb sync`
+    disabled = "disabled"  # no wandb at all (same as logger=none)
+
+
+@dataclass
+class WandbLoggerConfig(LoggerConfig):
+    """Weights & Biases run tracking (harness/wandb_sink.py); rank 0 only, never fatal to training."""
+
+    name: str = "wandb"
+    project: str = "nanogpt-speedrun"
+    entity: Optional[str] = None    # team or user; None = the logged-in user's default entity
+    mode: WandbMode = WandbMode.online
+    group: Optional[str] = None     # None = the experiment name, or <experiment>-<sweep folder> under -m
+    tags: list[str] = field(default_factory=list)
+    run_name: Optional[str] = None  # None = the sweep job's overrides (e.g. optim.lr=0.003,seed=1)
+    dir: Optional[str] = None       # where wandb keeps its files; None = the run folder
+    init_timeout: float = 90.0      # seconds wandb.init may take before training goes on without it
+
+    def check(self) -> None:
+        if not self.project:
+            raise ValueError("logger.project must not be empty")
+        if not self.init_timeout > 0:
+            raise ValueError(f"logger.init_timeout must be > 0 seconds (got {self.init_timeout})")
 
 
 @dataclass
@@ -87,13 +155,27 @@ class Config:
     seed: int = 0
     device: Device = Device.auto
     experiment: Optional[str] = None  # name of the experiment file, for grouping runs
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    resume: str = "auto"        # auto: newest checkpoint of this run folder, if any | none | PATH
+    resume_force: bool = False  # load a checkpoint whose model/optim config differs (or start over with resume=none)
 
 
-LOGGER_SCHEMAS: dict[str, type] = {"none_schema": LoggerConfig}
+LOGGER_SCHEMAS: dict[str, type] = {"none_schema": LoggerConfig, "wandb_schema": WandbLoggerConfig}
+
+
+def default_run_name() -> str:
+    """Run folder name: the torchrun job id when there is one, so an elastic restart (a new process
+    that must find the previous attempt's checkpoints) lands in the same folder; else the time."""
+    run_id = os.environ.get("TORCHELASTIC_RUN_ID", "")
+    if run_id and run_id != "none":  # "none" is torchrun's default id without --standalone/--rdzv-id
+        return f"torchrun-{run_id}"
+    return datetime.now().strftime("%Y-%m-%d_%H-%M-%S-%f")
 
 
 def register_configs() -> None:
     """Register the schemas so configs/*.yaml are type-checked against them."""
+    if not OmegaConf.has_resolver("run_name"):
+        OmegaConf.register_new_resolver("run_name", default_run_name)
     cs = ConfigStore.instance()
     cs.store(name="base_config", node=Config)
     for name, schema in OPTIM_SCHEMAS.items():
@@ -106,8 +188,10 @@ def load_config(cfg: DictConfig) -> Config:
     """Typed, range-checked config object from Hydra's composed DictConfig."""
     obj: Config = OmegaConf.to_object(cfg)
     try:
-        for part in (obj.model, obj.optim, obj.data, obj.train):
+        for part in (obj.model, obj.optim, obj.data, obj.train, obj.logger, obj.checkpoint):
             part.check()
+        if not obj.resume:
+            raise ValueError("resume must be auto, none or a checkpoint path (got an empty string)")
     except ValueError as e:
         raise ConfigError(str(e)) from None
     return obj

@@ -1,6 +1,7 @@
-"""Process-group setup for torchrun (RANK / WORLD_SIZE / LOCAL_RANK) or a plain `python` run."""
+"""Process-group setup for torchrun (RANK / WORLD_SIZE / LOCAL_RANK), SLURM/submitit tasks, or a plain `python` run."""
 from __future__ import annotations
 
+import itertools
 import os
 from dataclasses import dataclass
 from datetime import timedelta
@@ -9,6 +10,10 @@ import torch
 import torch.distributed as dist
 
 from harness.config import ConfigError, Device
+from harness.launch import export_torch_env
+
+
+_GROUPS = itertools.count()  # process groups this process has made (one per sweep job)
 
 
 @dataclass(frozen=True)
@@ -39,6 +44,7 @@ def pick_device(choice: Device, local_rank: int) -> torch.device:
 
 def init_distributed(choice: Device) -> DistInfo:
     """Join the process group torchrun describes (NCCL on CUDA, gloo on CPU), or run alone."""
+    export_torch_env()  # SLURM / submitit tasks: their rank and rendezvous, in torchrun's variables
     rank = int(os.environ.get("RANK", 0))
     world = int(os.environ.get("WORLD_SIZE", 1))
     local_rank = int(os.environ.get("LOCAL_RANK", 0))
@@ -46,8 +52,16 @@ def init_distributed(choice: Device) -> DistInfo:
     if device.type == "cuda":
         torch.cuda.set_device(device)
     if world > 1 and not dist.is_initialized():
-        backend = "nccl" if device.type == "cuda" else "gloo"
-        dist.init_process_group(backend, timeout=timedelta(minutes=30),
+        backend, timeout = ("nccl" if device.type == "cuda" else "gloo"), timedelta(minutes=30)
+        # The env:// store outlives a process group under torchrun, and a sweep (`-m`) makes one group
+        # per job in the same processes: a fresh key prefix per group keeps a rank from reading the
+        # previous job's rendezvous keys (which hangs when it connects to a peer's stale address).
+        # torchrun also keeps that store across elastic restarts, whose new processes count groups
+        # from 0 again: the restart count makes their keys fresh too.
+        attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
+        store, _, _ = next(dist.rendezvous("env://", rank, world, timeout=timeout))
+        dist.init_process_group(backend, store=dist.PrefixStore(f"speedrun_a{attempt}_pg{next(_GROUPS)}", store),
+                                rank=rank, world_size=world, timeout=timeout,
                                 device_id=device if device.type == "cuda" else None)
     return DistInfo(rank, local_rank, world, device)
 

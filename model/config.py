@@ -1,12 +1,14 @@
 """Model configuration schema (Hydra group `model`).
 
 Every architectural choice is a field, so speedrun variants are config changes,
-not code forks. Defaults describe GPT-2 small exactly as nanoGPT/llm.c build it.
+not code forks. Defaults describe GPT-2 small exactly as nanoGPT/llm.c build it;
+every speedrun switch below is off by default.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import Enum
+from typing import Optional
 
 
 class Norm(Enum):
@@ -16,12 +18,38 @@ class Norm(Enum):
 
 class MlpAct(Enum):
     gelu = "gelu"    # GPT-2 (tanh approximation, as in the original)
+    gelu_exact = "gelu_exact"  # erf GELU, torch's default F.gelu (records 2 and 4)
     relu2 = "relu2"  # ReLU squared (speedrun record 5 onwards)
 
 
 class PosEmb(Enum):
     learned = "learned"  # GPT-2's absolute position table
+    rotary = "rotary"    # rotary embeddings on q and k (model.rope_*)
     none = "none"
+
+
+class QKNorm(Enum):
+    none = "none"
+    before_rope = "before_rope"  # rms-normalize q, k per head, then rotate (record 8 onwards)
+    after_rope = "after_rope"    # rotate, then normalize (record 5)
+
+
+class SoftCap(Enum):
+    none = "none"
+    tanh = "tanh"        # softcap_scale * tanh(z / softcap_div)      (record 9: 30, 30)
+    sigmoid = "sigmoid"  # softcap_scale * sigmoid(z / softcap_div)   (record 20: 30, 7.5)
+
+
+class Init(Enum):
+    gpt2 = "gpt2"                      # N(0, init_std); residual projections / sqrt(2L) (scale_proj_init)
+    pytorch = "pytorch"                # torch defaults: Linear U(+-1/sqrt(fan_in)), Embedding N(0, 1) (records 2-12)
+    scaled_uniform = "scaled_uniform"  # Linear U(+-sqrt(3) * 0.5 / sqrt(fan_in)), Embedding N(0, 1) (record 20)
+
+
+class AttnImpl(Enum):
+    auto = "auto"  # FlexAttention for masked (document / window) attention on CUDA, SDPA otherwise
+    sdpa = "sdpa"  # always scaled_dot_product_attention (an explicit boolean mask when masked)
+    flex = "flex"  # FlexAttention wherever masked attention is needed (on CPU: unfused and forward-only, tests)
 
 
 @dataclass
@@ -32,8 +60,9 @@ class ModelConfig:
     n_head: int = 12
     n_embd: int = 768
     vocab_size: int = 50257      # tokenizer vocabulary (GPT-2: 50257)
-    pad_vocab_to: int = 1        # round the embedding/head rows up to a multiple (64/128 helps matmul kernels)
-    block_size: int = 1024       # longest sequence (size of the learned position table)
+    pad_vocab_to: int = 1        # round the head's rows up to a multiple (64/128 helps matmul kernels)
+    pad_embeddings: bool = True  # pad the input tables too (false: embed 50257 rows, head 50304; needs untied)
+    block_size: int = 1024       # longest sequence (size of the learned position table; a bound otherwise)
     mlp_ratio: int = 4           # hidden width of the MLP = mlp_ratio * n_embd
     norm: Norm = Norm.layernorm
     norm_affine: bool = True     # learnable norm gain (and bias, for LayerNorm with bias=true)
@@ -41,14 +70,59 @@ class ModelConfig:
     mlp_act: MlpAct = MlpAct.gelu
     pos_emb: PosEmb = PosEmb.learned
     tie_embeddings: bool = True  # LM head shares the token embedding matrix (GPT-2)
-    fused_qkv: bool = True       # one [3d, d] projection for Q, K, V (GPT-2) or three [d, d]
-    init_std: float = 0.02
-    scale_proj_init: bool = True  # residual projections init std / sqrt(2 * n_layer) (GPT-2)
+    fused_qkv: bool = True       # one [3d, d] projection for Q, K, V (GPT-2, records 2/4/20) or three [d, d]
+    init: Init = Init.gpt2
+    init_std: float = 0.02       # init=gpt2 only
+    scale_proj_init: bool = True  # init=gpt2: residual projections init std / sqrt(2 * n_layer)
+
+    # --- speedrun switches (all off by default) ---
+    rope_base: float = 10000.0     # rotary: frequency of pair i is rope_base^(-2i/head_dim)
+    rope_half_truncated: bool = False  # rotary: head_dim/4 frequencies (1/rope_base)^linspace(0, 1) + head_dim/4 zeros
+    qk_norm: QKNorm = QKNorm.none
+    attn_scale: Optional[float] = None  # softmax scale; null = 1/sqrt(head_dim) (record 20: 0.12)
+    scale_attn_residual: bool = False   # x + attn(.) / sqrt(2 * n_layer) (records 2 and 4)
+    zero_init_proj: bool = False   # attention and MLP output projections start at zero (blocks = identity)
+    zero_init_head: bool = False   # untied LM head starts at zero (uniform first prediction)
+    softcap: SoftCap = SoftCap.none
+    softcap_scale: float = 30.0
+    softcap_div: float = 30.0
+    embed_norm: bool = False       # normalize the token embedding before the first block (record 8 on)
+    value_residual: bool = False   # v = (1 - l) v + l v1, v1 = first attention layer's v, l learnable (init 0.5)
+    x0_mix: bool = False           # each block starts with x = a x + b x0 (x0 = embedding), a=1, b=0 at init
+    unet_skips: bool = False       # decoder layer j adds w_j * output of encoder layer (L/2 - 1 - j), w init 1
+    value_embed_tables: int = 0    # number of value-embedding tables ...
+    value_embed_layers: list[int] = field(default_factory=list)  # ... the layers using them, the k-th listed
+                                   # layer uses table k % value_embed_tables (record 20: 3, [0,1,2,9,10,11])
+    no_attn_layers: list[int] = field(default_factory=list)  # blocks without attention (record 20: [7])
+    # document-causal sliding-window attention over long packed sequences
+    doc_causal: bool = False       # never attend across a document start (a bos_token in the input)
+    bos_token: int = 50256
+    window_size: int = 0           # sliding window in tokens (0 = none): query q sees keys k with q - k < window
+    window_block: int = 0          # > 0: the window is whole blocks of this many tokens (FlexAttention blocks):
+                                   # query block i sees key blocks > i - window/window_block (record 20: 128)
+    window_grow: bool = False      # the window grows linearly from 0 to window_size over training, rounded up
+                                   # to whole window_blocks (record 20: 1728, 128 -> 128 ... 1792 tokens)
+    short_window_layers: list[int] = field(default_factory=list)  # layers with half the window (record 20)
+    attn_impl: AttnImpl = AttnImpl.auto
 
     @property
     def padded_vocab_size(self) -> int:
         m = self.pad_vocab_to
         return (self.vocab_size + m - 1) // m * m
+
+    @property
+    def embed_rows(self) -> int:
+        """Rows of the input tables (token and value embeddings)."""
+        return self.padded_vocab_size if self.pad_embeddings else self.vocab_size
+
+    @property
+    def head_dim(self) -> int:
+        return self.n_embd // self.n_head
+
+    @property
+    def masked_attention(self) -> bool:
+        """True when attention needs more than the plain causal mask."""
+        return self.doc_causal or self.window_size > 0
 
     def check(self) -> None:
         for key in ("n_layer", "n_head", "n_embd", "vocab_size", "pad_vocab_to", "block_size", "mlp_ratio"):
@@ -58,3 +132,47 @@ class ModelConfig:
             raise ValueError(f"model.n_embd={self.n_embd} must be divisible by model.n_head={self.n_head}")
         if self.init_std <= 0:
             raise ValueError(f"model.init_std must be > 0 (got {self.init_std})")
+        if self.tie_embeddings and not self.pad_embeddings:
+            raise ValueError("model.pad_embeddings=false needs model.tie_embeddings=false (a tied table has one shape)")
+        if self.zero_init_head and self.tie_embeddings:
+            raise ValueError("model.zero_init_head=true needs model.tie_embeddings=false (a zero tied table "
+                             "would zero the input embedding too)")
+        if self.pos_emb is PosEmb.rotary:
+            if self.head_dim % (4 if self.rope_half_truncated else 2):
+                raise ValueError(f"rotary needs head_dim={self.head_dim} divisible by "
+                                 f"{4 if self.rope_half_truncated else 2} (model.n_embd / model.n_head)")
+            if self.rope_base <= 1:
+                raise ValueError(f"model.rope_base must be > 1 (got {self.rope_base})")
+        if self.attn_scale is not None and self.attn_scale <= 0:
+            raise ValueError(f"model.attn_scale must be > 0 or null (got {self.attn_scale})")
+        if self.softcap is not SoftCap.none and (self.softcap_scale <= 0 or self.softcap_div <= 0):
+            raise ValueError(f"model.softcap_scale and model.softcap_div must be > 0 "
+                             f"(got {self.softcap_scale}, {self.softcap_div})")
+        if self.unet_skips and self.n_layer % 2:
+            raise ValueError(f"model.unet_skips pairs encoder and decoder layers: model.n_layer={self.n_layer} must be even")
+        self._check_layers("no_attn_layers", self.no_attn_layers)
+        self._check_layers("value_embed_layers", self.value_embed_layers)
+        self._check_layers("short_window_layers", self.short_window_layers)
+        if len(self.no_attn_layers) >= self.n_layer:
+            raise ValueError("model.no_attn_layers removes attention from every layer; keep at least one")
+        if (self.value_embed_tables > 0) != bool(self.value_embed_layers):
+            raise ValueError(f"model.value_embed_tables={self.value_embed_tables} and model.value_embed_layers="
+                             f"{list(self.value_embed_layers)} must both be set (or both empty/0)")
+        if self.value_embed_tables < 0:
+            raise ValueError(f"model.value_embed_tables must be >= 0 (got {self.value_embed_tables})")
+        clash = set(self.value_embed_layers) & set(self.no_attn_layers)
+        if clash:
+            raise ValueError(f"model.value_embed_layers {sorted(clash)} have no attention (model.no_attn_layers)")
+        if self.window_size < 0 or self.window_block < 0:
+            raise ValueError(f"model.window_size and model.window_block must be >= 0 "
+                             f"(got {self.window_size}, {self.window_block})")
+        if (self.window_grow or self.short_window_layers) and self.window_size == 0:
+            raise ValueError("model.window_grow / model.short_window_layers need a model.window_size > 0")
+        if self.window_block and self.window_size and self.window_size % self.window_block and not self.window_grow:
+            raise ValueError(f"model.window_size={self.window_size} must be a multiple of "
+                             f"model.window_block={self.window_block}")
+
+    def _check_layers(self, key: str, layers: list[int]) -> None:
+        bad = [i for i in layers if not 0 <= i < self.n_layer]
+        if bad or len(set(layers)) != len(layers):
+            raise ValueError(f"model.{key}={list(layers)} must list distinct layer indices in [0, {self.n_layer})")

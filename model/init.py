@@ -1,0 +1,70 @@
+"""Weight initialization schemes (model.init), then the zero-init switches.
+
+- gpt2:           N(0, init_std) for every Linear and Embedding; residual output projections
+                  N(0, init_std / sqrt(2L)) when scale_proj_init (GPT-2 / nanoGPT / llm.c).
+- pytorch:        PyTorch's own defaults, which records 2-12 used: Linear weights (and biases)
+                  U(+-1/sqrt(fan_in)), Embedding N(0, 1). A tied table is initialized as the
+                  head Linear, U(+-1/sqrt(C)), because those records tie by handing the head's
+                  weight to the embedding.
+- scaled_uniform: record 20: Linear U(+-sqrt(3) * 0.5 / sqrt(fan_in)) (std 0.5/sqrt(fan_in)),
+                  Embedding N(0, 1).
+Always: norm gains 1, norm biases 0, learnable scalars at their documented start values. Then
+zero_init_proj zeroes the attention and MLP output projections (every block starts as the
+identity) and zero_init_head zeroes the untied LM head (first prediction uniform).
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn as nn
+
+from model.config import Init, ModelConfig
+from model.layers import RMSNorm
+
+
+def _uniform_fan_in(t: torch.Tensor, fan_in: int, gain: float) -> None:
+    bound = gain / math.sqrt(fan_in)
+    nn.init.uniform_(t, -bound, bound)
+
+
+@torch.no_grad()
+def init_weights(model: nn.Module, cfg: ModelConfig) -> None:
+    """(Re)initialize every parameter of a GPT `model` built from `cfg`."""
+    std = cfg.init_std
+    proj_std = std / math.sqrt(2 * cfg.n_layer) if cfg.scale_proj_init else std
+    tied = getattr(model, "wte", None) if cfg.tie_embeddings else None
+    for m in model.modules():
+        if isinstance(m, nn.Linear):
+            fan_in = m.in_features
+            if cfg.init is Init.gpt2:
+                nn.init.normal_(m.weight, 0.0, proj_std if getattr(m, "residual_out", False) else std)
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
+            else:
+                gain = 1.0 if cfg.init is Init.pytorch else math.sqrt(3) * 0.5
+                _uniform_fan_in(m.weight, fan_in, gain)
+                if m.bias is not None:
+                    _uniform_fan_in(m.bias, fan_in, 1.0) if cfg.init is Init.pytorch else nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.Embedding):
+            if cfg.init is Init.gpt2:
+                nn.init.normal_(m.weight, 0.0, std)
+            elif m is tied and cfg.init is Init.pytorch:
+                _uniform_fan_in(m.weight, cfg.n_embd, 1.0)
+            else:
+                nn.init.normal_(m.weight, 0.0, 1.0)
+        elif isinstance(m, (nn.LayerNorm, RMSNorm)):
+            if m.weight is not None:
+                nn.init.ones_(m.weight)
+            if getattr(m, "bias", None) is not None:
+                nn.init.zeros_(m.bias)
+        if hasattr(m, "reset_scalars"):
+            m.reset_scalars()
+    if cfg.zero_init_proj:
+        for m in model.modules():
+            if isinstance(m, nn.Linear) and getattr(m, "residual_out", False):
+                nn.init.zeros_(m.weight)
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
+    if cfg.zero_init_head and not cfg.tie_embeddings:
+        nn.init.zeros_(model.lm_head.weight)

@@ -1,0 +1,81 @@
+"""Small building blocks shared by the model files: role tags, norms, the MLP.
+
+Each parameter carries a *role* (see optim/roles.py): the module kind that decides
+its norm and hence how the optimizer updates it. `tagged` marks a module's weight;
+`tag_param` marks any other parameter of a module (scalars, lambdas, skip weights).
+`GPT.param_roles()` reads the tags back and refuses untagged parameters.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from model.config import MlpAct, ModelConfig, Norm
+
+
+def tagged(module: nn.Module, role: str) -> nn.Module:
+    """Mark a module's weight with its optimizer role (biases are always role 'bias')."""
+    module.weight_role = role
+    return module
+
+
+def tag_param(module: nn.Module, name: str, value: torch.Tensor, role: str) -> nn.Parameter:
+    """Register `value` as parameter `name` of `module` with its optimizer role."""
+    param = nn.Parameter(value)
+    module.register_parameter(name, param)
+    if "param_role_tags" not in module.__dict__:
+        module.param_role_tags = {}
+    module.param_role_tags[name] = role
+    return param
+
+
+def role_of(module: nn.Module, name: str) -> str | None:
+    """The role tagged on `module`'s own parameter `name`, or None when it was never tagged."""
+    tags = module.__dict__.get("param_role_tags", {})
+    if name in tags:
+        return tags[name]
+    if name == "weight":
+        return getattr(module, "weight_role", None)
+    if name == "bias":
+        return "bias"
+    return None
+
+
+class RMSNorm(nn.Module):
+    """x / rms(x) over the last dim, with an optional learnable gain."""
+
+    def __init__(self, dim: int, affine: bool):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(dim)) if affine else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.rms_norm(x, (x.size(-1),), self.weight)
+
+
+def make_norm(cfg: ModelConfig, dim: int | None = None) -> nn.Module:
+    """The configured norm over `dim` features (default n_embd); its gain has role 'gain'."""
+    dim = dim or cfg.n_embd
+    if cfg.norm is Norm.rmsnorm:
+        return tagged(RMSNorm(dim, cfg.norm_affine), "gain")
+    return tagged(nn.LayerNorm(dim, elementwise_affine=cfg.norm_affine, bias=cfg.bias and cfg.norm_affine), "gain")
+
+
+class MLP(nn.Module):
+    """x [B, T, C] -> proj(act(fc(x))) [B, T, C]; hidden width mlp_ratio * C."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        hidden = cfg.mlp_ratio * cfg.n_embd
+        self.fc = tagged(nn.Linear(cfg.n_embd, hidden, bias=cfg.bias), "mlp_in")
+        self.proj = tagged(nn.Linear(hidden, cfg.n_embd, bias=cfg.bias), "mlp_out")
+        self.proj.residual_out = True
+        self.act = cfg.mlp_act
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.fc(x)
+        if self.act is MlpAct.relu2:
+            h = F.relu(h).square()
+        else:
+            h = F.gelu(h, approximate="tanh" if self.act is MlpAct.gelu else "none")
+        return self.proj(h)

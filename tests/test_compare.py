@@ -1,0 +1,138 @@
+"""scripts/compare.py and scripts/significance.py on the reference curves and on synthetic runs."""
+import importlib.util
+import json
+import math
+import subprocess
+import sys
+
+import pytest
+
+from harness.curves import CurveError, first_crossing, one_sided_ttest, read_curve, record_curve
+from tests.conftest import REPO
+
+RECORDS = ["record02_adamw", "record04_muon", "record05_modernarch", "record08_untie", "record09_shortcuts",
+           "record12_flexattn", "record20_sub3min"]
+# (first validation <= 3.28: step, val loss, train ms; final: step, val loss, train ms), from the public logs
+REFERENCE = {
+    "record02_adamw": ((9472, 3.27796, None), (9536, 3.275959, None)),
+    "record04_muon": ((6200, 3.2785, 1339067), (6200, 3.2785, 1339067)),
+    "record05_modernarch": ((5000, 3.2776, 892894), (5100, 3.2741, 910546)),
+    "record08_untie": ((4500, 3.279, 636785), (4578, 3.2762, 648063)),
+    "record09_shortcuts": ((3200, 3.2791, 493742), (3200, 3.2791, 493742)),
+    "record12_flexattn": ((1875, 3.2783, 301825), (1875, 3.2783, 301825)),
+    "record20_sub3min": ((1393, 3.2785, 179527), (1393, 3.2785, 179527)),
+}
+
+
+def script(name: str, *args: str) -> subprocess.CompletedProcess:
+    """Run a script as a user does (a subprocess)."""
+    return subprocess.run([sys.executable, str(REPO / "scripts" / name), *args], cwd=REPO,
+                          capture_output=True, text=True, timeout=120)
+
+
+def main_of(name: str):
+    """A script's main(argv), in-process (cheaper than a subprocess for the remaining cases)."""
+    spec = importlib.util.spec_from_file_location(name.removesuffix(".py"), REPO / "scripts" / name)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.main
+
+
+def write_run(folder, losses, every=100, ms_per_step=50.0, tokens_per_step=4096):
+    """A run folder like train.py writes: val events every `every` steps, then a summary."""
+    folder.mkdir(parents=True)
+    with open(folder / "metrics.jsonl", "w") as f:
+        for i, loss in enumerate(losses):
+            s = i * every
+            f.write(json.dumps({"event": "val", "step": s, "tokens": s * tokens_per_step,
+                                "train_time_ms": s * ms_per_step, "val_loss": loss}) + "\n")
+            f.write(json.dumps({"event": "train", "step": s + 1, "tokens": 0, "train_time_ms": 0,
+                                "step_avg_ms": 0, "train_loss": 9.0, "lr": 1.0}) + "\n")
+        f.write(json.dumps({"event": "summary", "final_val_loss": losses[-1]}) + "\n")
+    return folder
+
+
+@pytest.mark.parametrize("record", RECORDS)
+def test_reference_curves_read_and_cross_where_the_logs_say(record):
+    curve = record_curve(record)
+    (cs, cl, ct), (fs, fl, ft) = REFERENCE[record]
+    c = first_crossing(curve, 3.28)
+    assert (c.step, c.time_ms) == (cs, ct) and math.isclose(c.val_loss, cl)
+    assert (curve.final.step, curve.final.time_ms) == (fs, ft) and math.isclose(curve.final.val_loss, fl)
+    assert curve.final.tokens == fs * 524_288
+    assert curve.points[0].step == 0 and curve.has_time == (record != "record02_adamw")
+
+
+def test_interpolated_crossing_on_record5():
+    c = first_crossing(record_curve("record05_modernarch"), 3.28, interpolate=True)
+    f = (3.2857 - 3.28) / (3.2857 - 3.2776)  # between step 4875 (3.2857, 870349 ms) and 5000 (3.2776, 892894 ms)
+    assert c.interpolated and math.isclose(c.step, 4875 + 125 * f) and math.isclose(c.time_ms, 870349 + 22545 * f)
+
+
+def test_speedrun_log_format_is_parsed(tmp_path):
+    log = tmp_path / "0a1b.txt"
+    log.write_text("import torch\n# code...\nstep:0/500 val_loss:10.8258 train_time:0ms step_avg:nanms\n"
+                   "step:1/500 train_time:4005ms step_avg:nanms\n"
+                   "step:250/500 val_loss:3.5000 train_time:30000ms step_avg:120.00ms\n"
+                   "step:500/500 val_loss:3.2700 train_time:60000ms step_avg:120.00ms\npeak memory 1 MiB\n")
+    curve = read_curve(log)
+    assert [(p.step, p.val_loss, p.time_ms) for p in curve.points] == [(0, 10.8258, 0), (250, 3.5, 30000), (500, 3.27, 60000)]
+    assert curve.final.tokens == 500 * 524_288
+    with pytest.raises(CurveError, match="no validation points"):
+        (tmp_path / "empty.txt").write_text("nothing here\n")
+        read_curve(tmp_path / "empty.txt")
+
+
+def test_compare_reports_known_crossings_and_plots(tmp_path):
+    # crosses 3.28 first at step 300 (3.279), after 300 * 50 ms = 15 s
+    fast = write_run(tmp_path / "fast", [10.9, 4.0, 3.5, 3.279, 3.27])
+    slow = write_run(tmp_path / "slow", [10.9, 4.2, 3.6, 3.4, 3.3], ms_per_step=80.0)
+    out = tmp_path / "plot.png"
+    proc = script("compare.py", str(fast), str(slow), "--record", "record20_sub3min", "--out", str(out))
+    assert proc.returncode == 0, proc.stderr
+    lines = {ln.split()[0]: ln.split() for ln in proc.stdout.splitlines() if ln.split()}
+    assert lines["fast"][1:4] == ["300", "0.001B", "15.0"]
+    assert math.isclose(float(lines["fast"][5]), 15000 / 179527, rel_tol=1e-3)  # time ratio to the record
+    assert "not" in lines["slow"] and lines["slow"][1] == "-"
+    assert out.stat().st_size > 10_000
+    # one run folder: the plot lands in it by default
+    proc = script("compare.py", str(fast), "--record", "record05_modernarch")
+    assert proc.returncode == 0 and (fast / "compare_record05_modernarch.png").exists()
+    assert "record record05_modernarch: reached at step 5000" in proc.stdout
+
+
+def test_compare_names_a_bad_input(tmp_path, capsys):
+    main = main_of("compare.py")
+    assert main([str(tmp_path), "--record", "record05_modernarch"]) == 2
+    assert "no metrics.jsonl" in capsys.readouterr().err
+    assert main([str(tmp_path), "--record", "record99"]) == 2
+    assert "no reference curve for record 'record99'" in capsys.readouterr().err
+
+
+def test_ttest_p_values_match_the_closed_form():
+    # df = 2: P(T <= t) = 1/2 + t / (2 sqrt(2 + t^2)), an independent check of scipy's value
+    closed = lambda t: 0.5 + t / (2 * math.sqrt(2 + t * t))
+    r = one_sided_ttest([3.270, 3.272, 3.274], 3.28)  # mean 3.272, std 0.002 -> t = -4 sqrt(3)
+    assert math.isclose(r.t, -4 * math.sqrt(3), rel_tol=1e-9) and math.isclose(r.p, closed(r.t), rel_tol=1e-9)
+    assert math.isclose(r.p, 0.010102, abs_tol=1e-6) and not r.significant  # just misses p < 0.01
+    r = one_sided_ttest([3.270, 3.271, 3.272], 3.28)  # t = -9 sqrt(3)
+    assert math.isclose(r.p, closed(-9 * math.sqrt(3)), rel_tol=1e-9) and r.significant
+    assert one_sided_ttest([3.29, 3.30, 3.31]).p > 0.5
+    with pytest.raises(ValueError, match="at least 2"):
+        one_sided_ttest([3.2])
+
+
+def test_significance_cli_on_run_folders(tmp_path):
+    runs = [write_run(tmp_path / f"seed{i}", [10.9, 3.5, v]) for i, v in enumerate([3.270, 3.271, 3.272])]
+    proc = script("significance.py", *map(str, runs))
+    assert proc.returncode == 0, proc.stderr
+    assert "n=3 mean=3.27100 std=0.00100" in proc.stdout and "verdict: SIGNIFICANT" in proc.stdout
+
+def test_significance_verdicts_and_errors(capsys):
+    main = main_of("significance.py")
+    assert main(["--values", "3.270", "3.272", "3.274"]) == 1
+    out = capsys.readouterr().out
+    assert "p=0.0101" in out and "NOT SIGNIFICANT" in out
+    # the records' own final losses (one run each): a single run cannot be tested
+    assert main([str(REPO / "results/records/record20_sub3min.csv")]) == 2
+    assert "at least 2" in capsys.readouterr().err
