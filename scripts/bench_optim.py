@@ -69,9 +69,19 @@ def load_run(run_dir: Path) -> dict | None:
             "train_steps": [e["step"] for e in trains], "train_loss": [e["train_loss"] for e in trains]}
 
 
-def launch(args, opt: str, lr: float, seed: int) -> tuple[str, float, int, dict | None]:
-    """Run train.py for one (optimizer, lr, seed) unless cached; returns its parsed metrics."""
+def launch(args, opt: str, lr: float, seed: int, attempts: int = 6) -> tuple[str, float, int, dict | None]:
+    """Run train.py for one (optimizer, lr, seed) unless cached; returns its parsed metrics.
+
+    A run stopped by SIGTERM writes a checkpoint and exits; it is relaunched in the same folder and
+    resumes (resume=auto), so the curve continues exactly. A run that died without a checkpoint is
+    moved aside and restarted from scratch (metrics.jsonl is appended to, so two runs must not share
+    a folder)."""
     run_dir = Path(args.out_runs) / run_name(opt, lr, seed)
+    # Another driver may be running this very run (its log still grows): wait for it rather than
+    # start a second copy in the same folder.
+    log_file = run_dir / "stdout.log"
+    while load_run(run_dir) is None and log_file.exists() and time.time() - log_file.stat().st_mtime < 300:
+        time.sleep(30)
     cached = load_run(run_dir)
     if cached is not None:
         print(f"[cached] {run_dir.name}: final val {cached['final']:.4f}", flush=True)
@@ -82,16 +92,26 @@ def launch(args, opt: str, lr: float, seed: int) -> tuple[str, float, int, dict 
            f"train.max_steps={args.steps}", f"train.val_every={args.val_every}", f"train.val_tokens={args.val_tokens}",
            f"train.seq_len={args.seq_len}", f"train.micro_batch_seqs={args.batch_seqs}",
            f"train.global_batch_tokens={tokens}", f"train.warmup_frac={args.warmup_frac}", "train.log_every=10",
-           f"hydra.run.dir={run_dir}",
-           *args.extra.get(opt, [])]
+           f"hydra.run.dir={run_dir}", *args.extra.get(opt, [])]
     # One thread per run: on a shared 2-core machine, oversubscribed OpenMP threads spin and
     # make a step ~10x slower than a single thread.
     env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "MKL_NUM_THREADS": str(args.threads)}
-    run_dir.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
-    with open(run_dir / "stdout.log", "w") as log:
-        rc = subprocess.call(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
-    result = load_run(run_dir)
+    result, rc = None, None
+    for attempt in range(attempts):
+        resumable = (run_dir / "checkpoints").is_dir() and any((run_dir / "checkpoints").iterdir())
+        if run_dir.exists() and not resumable:
+            stale = run_dir.with_name(f"{run_dir.name}.incomplete-{time.strftime('%Y%m%d-%H%M%S')}")
+            run_dir.rename(stale)
+            print(f"[moved aside] unfinished {run_dir.name} -> {stale.name}", flush=True)
+        elif resumable:
+            print(f"[resume] {run_dir.name} (attempt {attempt + 1})", flush=True)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        with open(run_dir / "stdout.log", "a") as log:
+            rc = subprocess.call(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+        result = load_run(run_dir)
+        if result is not None or rc not in (0, -15, -9, 143, 137):  # finished, or a real error: stop
+            break
     status = f"final val {result['final']:.4f}" if result else f"FAILED rc={rc} (see {run_dir}/stdout.log)"
     print(f"[done {time.time() - t0:.0f}s] {run_dir.name}: {status}", flush=True)
     return opt, lr, seed, result
@@ -118,6 +138,7 @@ def main() -> None:
                     help="launch nothing: report from the finished runs in --out-runs (a partial benchmark)")
     ap.add_argument("--probe-dirs", nargs="*", default=[],
                     help="folders of extra short runs (any train.py run folders) to list in the report")
+    ap.add_argument("--notes", default=None, help="markdown file appended to the report (context, caveats)")
     args = ap.parse_args()
     lrs = parse_lrs(args.lrs)
     extra: dict[str, list[str]] = {}
@@ -171,7 +192,8 @@ def main() -> None:
              "val_every": args.val_every, "val_tokens": args.val_tokens, "jobs": args.jobs, "threads": args.threads,
              "seeds": args.seeds, "extra": extra, "wall_min": (time.time() - t_start) / 60,
              "command": " ".join(["python scripts/bench_optim.py", *sys.argv[1:]]), "missing": missing,
-             "probes": {str(p): load_probes(Path(p)) for p in args.probe_dirs}}
+             "probes": {str(p): load_probes(Path(p)) for p in args.probe_dirs},
+             "notes": Path(args.notes).read_text() if args.notes else ""}
     write_report(Path(args.report), results, lrs, chosen, setup)
 
 

@@ -86,7 +86,7 @@ def write_report(path: Path, results: dict, lrs: dict, chosen: dict, setup: dict
         L += ["", f"**Incomplete benchmark**: {len(setup['missing'])} planned runs did not finish in the time "
               f"available ({', '.join(setup['missing'])}); a sweep with missing points chose among the finished "
               "ones. Rerun the same command to complete it (finished runs are reused)."]
-    tail = probe_section(setup.get("probes") or {})
+    tail = probe_section(setup.get("probes") or {}) + ([setup["notes"]] if setup.get("notes") else [])
     if "adamw" not in runs:
         path.write_text("\n".join(L + ["", "AdamW did not finish: no target to compare against.", ""] + tail))
         return
