@@ -7,7 +7,7 @@ val loss at its chosen lr, averaged over seeds), linearly interpolated between v
 from __future__ import annotations
 
 import math
-import os
+import sys
 from pathlib import Path
 from statistics import mean, median
 
@@ -16,19 +16,22 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from harness.atomic_io import write_text_atomic  # noqa: E402
+from harness.curves import Curve, Point, first_crossing  # noqa: E402
+
 COLORS = {"adamw": "tab:blue", "muon": "tab:orange", "dual": "tab:green"}
 
 
 def steps_to(run: dict, target: float, key: str = "steps") -> float:
-    """First (interpolated) step, or train-seconds with key="time_s", where val <= target; inf if never."""
-    xs, ys = run[key], run["val"]
-    for i, (x, y) in enumerate(zip(xs, ys)):
-        if y <= target:
-            if i == 0:
-                return float(x)
-            x0, y0 = xs[i - 1], ys[i - 1]
-            return x0 + (x - x0) * (y0 - target) / (y0 - y)
-    return math.inf
+    """First (interpolated) step, or train-seconds with key="time_s", where val <= target; inf if never.
+
+    The crossing rule is harness.curves.first_crossing (the one compare.py and the trainer use)."""
+    curve = Curve("run", [Point(s, 0, 1000 * t, v) for s, t, v in zip(run["steps"], run["time_s"], run["val"])])
+    hit = first_crossing(curve, target, interpolate=True)
+    if hit is None:
+        return math.inf
+    return float(hit.step) if key == "steps" else hit.time_ms / 1000
 
 
 def mean_curve(rs: list[dict]) -> dict:
@@ -88,7 +91,7 @@ def write_report(path: Path, results: dict, lrs: dict, chosen: dict, setup: dict
               "ones. Rerun the same command to complete it (finished runs are reused)."]
     tail = probe_section(setup.get("probes") or {}) + ([setup["notes"]] if setup.get("notes") else [])
     if "adamw" not in runs:
-        path.write_text("\n".join(L + ["", "AdamW did not finish: no target to compare against.", ""] + tail))
+        write_text_atomic(path, "\n".join(L + ["", "AdamW did not finish: no target to compare against.", ""] + tail))
         return
     target = mean(r["final"] for r in runs["adamw"])
     curves = {o: mean_curve(rs) for o, rs in runs.items()}
@@ -130,7 +133,7 @@ def write_report(path: Path, results: dict, lrs: dict, chosen: dict, setup: dict
     png = path.with_suffix(".png")
     plot(png, runs, seeds, chosen, target)
     L += ["", f"![val loss vs step and vs train time]({png.name})", ""]
-    path.write_text("\n".join(L + tail))
+    write_text_atomic(path, "\n".join(L + tail))
     print(f"wrote {path} and {png}")
 
 
