@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import platform
 import statistics
 import subprocess
 import sys
@@ -29,12 +31,17 @@ def overrides(args) -> list[str]:
             "train.val_every=0", "train.log_every=1", "train.val_tokens=4096", *args.override]
 
 
+def torch_version() -> str:
+    import torch
+    return torch.__version__
+
+
 def bare_loop(args) -> list[float]:
     """Per-step wall times (s) of the bare loop, built from the same config as train.py."""
     import torch
     from hydra import compose, initialize_config_dir
 
-    from data.build import build_train_loader
+    from data.build import build_train_loader, prepare_data
     from harness.config import load_config, register_configs
     from model.gpt import GPT
     from optim import build_optimizer
@@ -46,6 +53,7 @@ def bare_loop(args) -> list[float]:
     torch.manual_seed(cfg.seed)
     model = GPT(cfg.model)
     opt = build_optimizer(cfg.optim, list(model.named_parameters()), model.param_roles())
+    prepare_data(cfg.data)  # synthetic shards (smoke) are generated on first use, as train.py does
     loader = build_train_loader(cfg.data, tc.seq_len, tc.micro_batch_seqs, 0, 1)
     accum = tc.global_batch_tokens // (tc.micro_batch_seqs * tc.seq_len)
     times = []
@@ -54,6 +62,8 @@ def bare_loop(args) -> list[float]:
         for _ in range(accum):
             x, y = loader.next_batch()
             (model(x, y) / accum).backward()
+        if tc.grad_clip > 0:  # part of the recipe, not of the harness
+            torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip)
         opt.step()
         opt.zero_grad(set_to_none=True)
         times.append(time.perf_counter() - t0)
@@ -93,20 +103,23 @@ def main() -> None:
                                  cwd=REPO, check=True).stdout
             bare = json.loads(out.strip().splitlines()[-1])[args.skip:]
             ours = harness_steps(args, Path(tmp) / f"run{r}")[args.skip:]
-            bare_means.append(statistics.mean(bare))
-            harness_means.append(statistics.mean(ours))
+            # Medians: a step that a neighbour on the machine slowed down is an outlier, not overhead.
+            bare_means.append(statistics.median(bare))
+            harness_means.append(statistics.median(ours))
             print(f"repeat {r}: bare {1000 * bare_means[-1]:.1f} ms/step, harness {1000 * harness_means[-1]:.1f} ms/step",
                   flush=True)
     ratio = statistics.median(h / b for h, b in zip(harness_means, bare_means))
+    noise = max(bare_means) / min(bare_means) - 1
     lines = [
         "# Harness overhead (CPU)",
         "",
-        f"Command: `python scripts/bench_overhead.py --experiment {args.experiment} --data-dir {args.data_dir} "
-        f"--steps {args.steps} --repeats {args.repeats}{''.join(' ' + o for o in args.override)}`",
+        f"Command: `python scripts/bench_overhead.py {' '.join(sys.argv[1:])}` on {platform.node() or 'this machine'} "
+        f"({os.cpu_count()} CPUs, torch {torch_version()}).",
         "",
-        f"Mean step time over steps {args.skip}..{args.steps} (warm-up excluded); bare and harness runs alternate.",
+        f"Median step time over steps {args.skip}..{args.steps} (warm-up excluded); bare and harness runs alternate. "
+        f"Run-to-run noise: the bare loop alone varies by {noise:.1%} (max/min of its repeats).",
         "",
-        "| repeat | bare loop ms/step | train.py ms/step | ratio |",
+        "| repeat | bare loop ms/step (median) | train.py ms/step (median) | ratio |",
         "|---|---|---|---|",
         *[f"| {i} | {1000 * b:.1f} | {1000 * h:.1f} | {h / b:.3f} |"
           for i, (b, h) in enumerate(zip(bare_means, harness_means))],
