@@ -22,6 +22,7 @@ from data.build import build_train_loader, build_val_batches, prepare_data
 from data.loader import DataError
 from data.shards import ShardError
 from harness import distributed as D
+from harness.atomic_io import write_text_atomic
 from harness.checkpoint import Checkpointer, CheckpointError
 from harness.config import Config, ConfigError, Precision, load_config, register_configs
 from harness.launch import allow_submitit_pickling, nonzero_rank_overrides
@@ -202,7 +203,7 @@ def main(hydra_cfg: DictConfig) -> None:
         run_dir = Path(D.broadcast_object(HydraConfig.get().runtime.output_dir if dist.is_main else None))
         if dist.is_main:
             run_dir.mkdir(parents=True, exist_ok=True)
-            (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(hydra_cfg, resolve=True))
+            write_text_atomic(run_dir / "config.yaml", OmegaConf.to_yaml(hydra_cfg, resolve=True))
         with StopRequest(cfg.checkpoint.on_signal, cfg.checkpoint.stop_check_every, dist.device) as stop:
             train(cfg, dist, run_dir, stop)
     except Preempted as e:
