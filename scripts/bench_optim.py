@@ -1,4 +1,4 @@
-"""Side-by-side optimizer benchmark on CPU: AdamW vs Muon vs dual, driven through train.py.
+"""Side-by-side optimizer benchmark: AdamW vs Muon vs dual, driven through train.py (CPU or one GPU).
 
 Every run is `train.py experiment=cpu_fineweb` (4 layers x 128, GPT-2 vocabulary, untied head,
 seq 256) on the FineWeb sample, with the same data order (the contiguous loader does not depend on
@@ -9,7 +9,9 @@ metrics.jsonl already holds a summary is reused, so an interrupted benchmark res
 
     python scripts/bench_optim.py --data /work/shared/corpora/fineweb-sample/tokens --jobs 2
 
-Writes results/benchmarks/optim_cpu.md and optim_cpu.png (see scripts/optim_report.py).
+Writes results/benchmarks/optim_cpu.md and optim_cpu.png (see scripts/optim_report.py). On a GPU,
+`--device cuda --jobs 4 --report results/benchmarks/optim_gpu.md` runs the same benchmark with the
+trainer's CUDA defaults (bf16 autocast, NS in bf16), several runs sharing the one GPU.
 """
 from __future__ import annotations
 
@@ -92,7 +94,7 @@ def launch(args, opt: str, lr: float, seed: int, attempts: int = 6) -> tuple[str
            f"train.max_steps={args.steps}", f"train.val_every={args.val_every}", f"train.val_tokens={args.val_tokens}",
            f"train.seq_len={args.seq_len}", f"train.micro_batch_seqs={args.batch_seqs}",
            f"train.global_batch_tokens={tokens}", f"train.warmup_frac={args.warmup_frac}", "train.log_every=10",
-           f"hydra.run.dir={run_dir}", *args.extra.get(opt, [])]
+           f"device={args.device}", f"hydra.run.dir={run_dir}", *args.extra.get(opt, [])]
     # One thread per run: on a shared 2-core machine, oversubscribed OpenMP threads spin and
     # make a step ~10x slower than a single thread.
     env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "MKL_NUM_THREADS": str(args.threads)}
@@ -129,6 +131,7 @@ def main() -> None:
     ap.add_argument("--warmup-frac", type=float, default=0.05, help="same LR warmup for every optimizer")
     ap.add_argument("--val-every", type=int, default=50)
     ap.add_argument("--val-tokens", type=int, default=4096)
+    ap.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     ap.add_argument("--jobs", type=int, default=2, help="runs at once")
     ap.add_argument("--threads", type=int, default=1, help="torch threads per run")
     ap.add_argument("--out-runs", default=str(ROOT / "outputs" / "bench_optim"))
@@ -188,13 +191,22 @@ def main() -> None:
     expected = {(o, lr, 0) for o in args.optimizers for lr in lrs[o]}
     expected |= {(o, chosen[o], s) for o in args.optimizers if chosen[o] for s in range(1, args.seeds)}
     missing = sorted(run_name(*k) for k in expected - results.keys())
-    setup = {"steps": args.steps, "warmup_frac": args.warmup_frac, "batch_seqs": args.batch_seqs, "seq_len": args.seq_len,
+    setup = {"device": args.device, "machine": machine(args.device), "steps": args.steps, "warmup_frac": args.warmup_frac, "batch_seqs": args.batch_seqs, "seq_len": args.seq_len,
              "val_every": args.val_every, "val_tokens": args.val_tokens, "jobs": args.jobs, "threads": args.threads,
              "seeds": args.seeds, "extra": extra, "wall_min": (time.time() - t_start) / 60,
              "command": " ".join(["python scripts/bench_optim.py", *sys.argv[1:]]), "missing": missing,
              "probes": {str(p): load_probes(Path(p)) for p in args.probe_dirs},
              "notes": Path(args.notes).read_text() if args.notes else ""}
     write_report(Path(args.report), results, lrs, chosen, setup)
+
+
+def machine(device: str) -> str:
+    """One line naming the hardware the runs shared, for the report."""
+    cores = f"{os.cpu_count()} CPU cores"
+    if device == "cuda":
+        import torch
+        return f"one {torch.cuda.get_device_name(0)} and {cores}"
+    return f"a {cores.replace(' CPU cores', '-core')} machine with no GPU"
 
 
 class _NoPool:

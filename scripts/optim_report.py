@@ -62,7 +62,9 @@ def write_report(path: Path, results: dict, lrs: dict, chosen: dict, setup: dict
     opts = [o for o in ("adamw", "muon", "dual") if o in chosen] + [o for o in chosen if o not in COLORS]
     runs = {o: [results[k] for k in sorted(results) if k[0] == o and k[1] == chosen[o]] for o in opts if chosen[o]}
     seeds = {o: sorted(k[2] for k in results if k[0] == o and k[1] == chosen[o]) for o in runs}
-    L = [f"# Optimizer benchmark on CPU: AdamW vs Muon vs dual", "",
+    device = setup.get("device", "cpu")
+    ncol = max(len(v) for v in lrs.values())
+    L = [f"# Optimizer benchmark on {device.upper()}: AdamW vs Muon vs dual", "",
          f"Command: `{setup['command']}` ({setup['wall_min']:.0f} min wall).  ",
          f"Model: `experiment=cpu_fineweb model.tie_embeddings=false` (GPT-2 small family: 4 layers x 128, 4 heads, "
          f"GPT-2 vocabulary 50257, learned positions, LayerNorm, GELU, untied head), FineWeb sample "
@@ -71,16 +73,17 @@ def write_report(path: Path, results: dict, lrs: dict, chosen: dict, setup: dict
          f"{setup['steps'] * setup['batch_seqs'] * setup['seq_len']:,} tokens; one schedule for all: linear warmup over "
          f"the first {setup['warmup_frac']:.0%} of steps, constant, linear warmdown over the last 30% to 0 (cpu_fineweb). Validation: the first {setup['val_tokens']:,} val tokens every "
          f"{setup['val_every']} steps (the same tokens for every run).  ",
-         f"Runs: {setup['jobs']} at a time, {setup['threads']} thread each, on a 2-core machine shared with other "
-         f"work, so wall times are indicative only.  " + (f"Per-optimizer overrides: {setup['extra']}." if setup['extra'] else ""),
+         f"Runs: {setup['jobs']} at a time, {setup['threads']} CPU thread(s) each, on {setup.get('machine', 'a 2-core machine')}; "
+         f"with several runs sharing it, wall times are indicative only.  " + (f"Per-optimizer overrides: {setup['extra']}." if setup['extra'] else ""),
          "", "## Learning-rate sweep (seed 0, full length; final val loss)", "",
-         "| optimizer | " + " | ".join(f"lr #{i + 1}" for i in range(max(len(v) for v in lrs.values()))) + " | chosen |",
-         "|---|" + "---|" * (max(len(v) for v in lrs.values()) + 1)]
+          "| optimizer | " + " | ".join(f"lr #{i + 1}" for i in range(ncol)) + " | chosen |",
+         "|---|" + "---|" * (ncol + 1)]
     for o in opts:
         cells = []
         for lr in lrs.get(o, []):
             r = results.get((o, lr, 0))
             cells.append(f"{lr:g}: {r['final']:.4f}" if r else f"{lr:g}: failed")
+        cells += ["-"] * (ncol - len(cells))  # shorter sweeps keep the "chosen" column aligned
         edge = ""
         if chosen[o] is not None and lrs[o] and chosen[o] in (min(lrs[o]), max(lrs[o])) and len(lrs[o]) > 1:
             edge = " (edge of the sweep)"
@@ -131,13 +134,13 @@ def write_report(path: Path, results: dict, lrs: dict, chosen: dict, setup: dict
         L.append(f"- Seed noise: the largest seed-to-seed spread of a final val loss is {spread:.3f}; differences "
                  "smaller than that are not resolved by 2 seeds.")
     png = path.with_suffix(".png")
-    plot(png, runs, seeds, chosen, target)
+    plot(png, runs, seeds, chosen, target, device)
     L += ["", f"![val loss vs step and vs train time]({png.name})", ""]
     write_text_atomic(path, "\n".join(L + tail))
     print(f"wrote {path} and {png}")
 
 
-def plot(png: Path, runs: dict, seeds: dict, chosen: dict, target: float) -> None:
+def plot(png: Path, runs: dict, seeds: dict, chosen: dict, target: float, device: str = "cpu") -> None:
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
     for o, rs in runs.items():
         for r, s in zip(rs, seeds[o]):
@@ -145,7 +148,7 @@ def plot(png: Path, runs: dict, seeds: dict, chosen: dict, target: float) -> Non
             label = f"{o} lr {chosen[o]:g} seed {s}"
             axes[0].plot(r["steps"], r["val"], style, color=COLORS.get(o), label=label)
             axes[1].plot(r["time_s"], r["val"], style, color=COLORS.get(o), label=label)
-    for ax, xl in zip(axes, ("step", "train time (s, CPU)")):
+    for ax, xl in zip(axes, ("step", f"train time (s, {device.upper()})")):
         ax.axhline(target, color="gray", lw=0.8, ls=":")
         ax.set_xlabel(xl)
         ax.set_ylabel("val loss (nats/token)")
