@@ -240,7 +240,9 @@ def build_hybrid(cfg, named_params: Iterable[tuple[str, torch.nn.Parameter]], ro
     present = {roles[n] for n, _ in named_params if n in roles}
     routes = routes_from_config(cfg, present)
     n_layer = sum(1 for n, _ in named_params if roles.get(n) == "mlp_out") or 1
-    rates = rates_from_config(cfg, routes, n_layer)
+    # Embedding tables are [vocab, width]: the width sets a tied table's rate on the Embed map.
+    width = next((p.shape[1] for n, p in named_params if roles.get(n) in ("embed_head", "embed") and p.dim() == 2), None)
+    rates = rates_from_config(cfg, routes, n_layer, width)
     return HybridOptimizer(
         named_params, roles, routes, rates, scale=cfg.scale, ns_method=cfg.ns_method, ns_steps=cfg.ns_steps,
         momentum=cfg.momentum, nesterov=cfg.nesterov, momentum_warmup_start=cfg.momentum_warmup_start,

@@ -60,6 +60,10 @@ class HybridConfig:
     head_lr: float = 0.008
     scalar_lr: float = 0.04           # gains, biases, scalars
     role_lr: dict[str, float] = field(default_factory=dict)  # absolute per-role override, e.g. role_lr.attn_out=0.02
+    # A tied table on the Embed map (tied_map=embed) is also the LM head: a token row moved by RMS r
+    # moves that token's logit by up to r * width (the final norm's output has RMS 1 per coordinate),
+    # so its rate shrinks as 1/width, muP's rule for an output layer. Rate = this / n_embd (manual mode).
+    tied_embed_lr_times_width: float = 3.2
     # Adam path
     adam_betas: list[float] = field(default_factory=lambda: [0.8, 0.95])
     adam_eps: float = 1e-10
@@ -131,7 +135,7 @@ def validate(cfg: Any) -> None:
     if len(betas) != 2 or not all(0.0 <= b < 1.0 for b in betas):
         raise ValueError(f"optim.adam_betas={betas} must be two numbers in [0, 1)")
     for key in ("lr", "embed_lr", "head_lr", "scalar_lr", "weight_decay", "adam_weight_decay", "embed_eps",
-                "adam_eps", "momentum_warmup_steps", "diag_every"):
+                "adam_eps", "momentum_warmup_steps", "diag_every", "tied_embed_lr_times_width"):
         if _get(cfg, key) < 0:
             raise ValueError(f"optim.{key}={_get(cfg, key)} must be >= 0")
     for key in ("embed_mass", "blocks_mass", "head_mass"):
@@ -166,13 +170,21 @@ def routes_from_config(cfg: Any, present: set[str]) -> dict[str, str]:
     return routes
 
 
-def rates_from_config(cfg: Any, routes: dict[str, str], n_layer: int = 1) -> dict[str, float]:
-    """Role -> initial learning rate, following optim.rate_mode (see the module docstring)."""
+def rates_from_config(cfg: Any, routes: dict[str, str], n_layer: int = 1, width: int | None = None) -> dict[str, float]:
+    """Role -> initial learning rate, following optim.rate_mode (see the module docstring).
+
+    width: the model's embedding width (n_embd), needed for a tied table on the Embed map."""
     lr = float(_get(cfg, "lr"))
     absolute = {"head": _get(cfg, "head_lr"), **{r: _get(cfg, "embed_lr") for r in EMBED_ROLES},
                 **{r: _get(cfg, "scalar_lr") for r in VECTOR_ROLES}}
-    # A tied table takes the rate of the role whose map it follows: embed table or head.
-    absolute["embed_head"] = _get(cfg, "embed_lr") if routes.get("embed_head") == "embed" else _get(cfg, "head_lr")
+    # A tied table follows the head's rate on Adam or the linear map; on the Embed map its rate is
+    # set per unit of width (see tied_embed_lr_times_width): an untied table's embed_lr (0.6) would
+    # move a 768-wide head's logits by hundreds of nats in one step.
+    absolute["embed_head"] = _get(cfg, "head_lr")
+    if routes.get("embed_head") == "embed":
+        if not width:
+            raise ValueError("a tied embedding/head on the Embed map needs the model width to set its rate")
+        absolute["embed_head"] = _get(cfg, "tied_embed_lr_times_width", 3.2) / width
     rates: dict[str, float] = {}
     if _get(cfg, "rate_mode") == "mass":
         inputs = tuple(r for r in ("embed", "pos_embed", "value_embed") if r in routes) or ("embed",)

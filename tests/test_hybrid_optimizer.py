@@ -9,7 +9,7 @@ from omegaconf import OmegaConf
 
 from optim import build_hybrid, dualize_embed, dualize_linear, orthogonalize
 from optim.duality import embed_norm, linear_norm
-from optim.hybrid_config import DualConfig, MuonConfig
+from optim.hybrid_config import DualConfig, MuonConfig, rates_from_config
 from optim.mass import gpt_tree, modular_norm, update_factors
 
 V, D = 40, 16
@@ -112,6 +112,23 @@ def test_tied_embedding_needs_an_explicit_map():
     assert group_of(opt, "wte.weight")["map"] == "embed"
     opt = build_hybrid(cfg_of(DualConfig, tied_map="linear"), named, roles)
     assert group_of(opt, "wte.weight")["map"] == "linear"
+
+
+def test_a_tied_table_on_the_embed_map_steps_by_one_over_width():
+    # As the head, a row moved by RMS r moves its logit by up to r * width: the rate is
+    # tied_embed_lr_times_width / width, read off the table's [vocab, width] shape.
+    named, roles = toy_params(tied=True)
+    opt = build_hybrid(cfg_of(DualConfig, tied_map="embed", tied_embed_lr_times_width=3.2), named, roles)
+    assert group_of(opt, "wte.weight")["lr"] == pytest.approx(3.2 / D)
+    # The largest logit change of one step is then rate * width, whatever the width.
+    for width in (64, 768):
+        rate = rates_from_config(cfg_of(DualConfig, tied_map="embed"), {"embed_head": "embed"}, 1, width)["embed_head"]
+        assert rate * width == pytest.approx(DualConfig.tied_embed_lr_times_width)
+    # An explicit per-role rate still wins; Adam and the linear map keep the head's rate.
+    opt = build_hybrid(cfg_of(DualConfig, tied_map="embed", role_lr={"embed_head": 0.01}), named, roles)
+    assert group_of(opt, "wte.weight")["lr"] == pytest.approx(0.01)
+    opt = build_hybrid(cfg_of(DualConfig, tied_map="adam", head_lr=0.007), named, roles)
+    assert group_of(opt, "wte.weight")["lr"] == pytest.approx(0.007)
 
 
 def test_bad_parameters_and_configs_fail_naming_the_fix():
