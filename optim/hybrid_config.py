@@ -184,7 +184,7 @@ def rates_from_config(cfg: Any, routes: dict[str, str], n_layer: int = 1, width:
     if routes.get("embed_head") == "embed":
         if not width:
             raise ValueError("a tied embedding/head on the Embed map needs the model width to set its rate")
-        absolute["embed_head"] = _get(cfg, "tied_embed_lr_times_width", 3.2) / width
+        absolute["embed_head"] = _get(cfg, "tied_embed_lr_times_width") / width
     rates: dict[str, float] = {}
     if _get(cfg, "rate_mode") == "mass":
         inputs = tuple(r for r in ("embed", "pos_embed", "value_embed") if r in routes) or ("embed",)

@@ -191,7 +191,7 @@ def main() -> None:
     expected = {(o, lr, 0) for o in args.optimizers for lr in lrs[o]}
     expected |= {(o, chosen[o], s) for o in args.optimizers if chosen[o] for s in range(1, args.seeds)}
     missing = sorted(run_name(*k) for k in expected - results.keys())
-    setup = {"device": args.device, "machine": machine(args.device), "steps": args.steps, "warmup_frac": args.warmup_frac, "batch_seqs": args.batch_seqs, "seq_len": args.seq_len,
+    setup = {"data": args.data, "device": args.device, "machine": machine(args.device), "steps": args.steps, "warmup_frac": args.warmup_frac, "batch_seqs": args.batch_seqs, "seq_len": args.seq_len,
              "val_every": args.val_every, "val_tokens": args.val_tokens, "jobs": args.jobs, "threads": args.threads,
              "seeds": args.seeds, "extra": extra, "wall_min": (time.time() - t_start) / 60,
              "command": " ".join(["python scripts/bench_optim.py", *sys.argv[1:]]), "missing": missing,

@@ -12,7 +12,7 @@
 #
 # OUT_DIR receives the reports (ns_gpu.md, optim_gpu.md/.png), gpu.txt and runs.tgz (metrics.jsonl,
 # config.yaml and console log of every run); run folders go under $RUNS (default outputs/gpu_checks).
-# scripts/gpu_summary.py OUT_DIR turns them into results/benchmarks/gpu_h200.md.
+# results/benchmarks/gpu_h200.md is the write-up of one such call.
 set -u
 DATA=${1:?usage: scripts/gpu_checks.sh DATA_DIR OUT_DIR}
 OUT=${2:?usage: scripts/gpu_checks.sh DATA_DIR OUT_DIR}

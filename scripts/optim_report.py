@@ -68,7 +68,7 @@ def write_report(path: Path, results: dict, lrs: dict, chosen: dict, setup: dict
          f"Command: `{setup['command']}` ({setup['wall_min']:.0f} min wall).  ",
          f"Model: `experiment=cpu_fineweb model.tie_embeddings=false` (GPT-2 small family: 4 layers x 128, 4 heads, "
          f"GPT-2 vocabulary 50257, learned positions, LayerNorm, GELU, untied head), FineWeb sample "
-         f"(`../shared/corpora/fineweb-sample/tokens`), same data order for every run.  ",
+         f"(`{setup.get('data', '?')}`), same data order for every run.  ",
          f"Budget: {setup['steps']} steps x {setup['batch_seqs']} x {setup['seq_len']} tokens = "
          f"{setup['steps'] * setup['batch_seqs'] * setup['seq_len']:,} tokens; one schedule for all: linear warmup over "
          f"the first {setup['warmup_frac']:.0%} of steps, constant, linear warmdown over the last 30% to 0 (cpu_fineweb). Validation: the first {setup['val_tokens']:,} val tokens every "
@@ -76,7 +76,7 @@ def write_report(path: Path, results: dict, lrs: dict, chosen: dict, setup: dict
          f"Runs: {setup['jobs']} at a time, {setup['threads']} CPU thread(s) each, on {setup.get('machine', 'a 2-core machine')}; "
          f"with several runs sharing it, wall times are indicative only.  " + (f"Per-optimizer overrides: {setup['extra']}." if setup['extra'] else ""),
          "", "## Learning-rate sweep (seed 0, full length; final val loss)", "",
-          "| optimizer | " + " | ".join(f"lr #{i + 1}" for i in range(ncol)) + " | chosen |",
+         "| optimizer | " + " | ".join(f"lr #{i + 1}" for i in range(ncol)) + " | chosen |",
          "|---|" + "---|" * (ncol + 1)]
     for o in opts:
         cells = []
