@@ -19,6 +19,9 @@ import torch
 
 def cautious_decay_(p: torch.Tensor, u: torch.Tensor, decay: float | torch.Tensor) -> None:
     """p <- p - decay * 1[u * p >= 0] * p in place (decay = lr * wd, a float or a 0-dim tensor);
-    u: the update direction, p's shape, any float dtype (the sign test runs in fp32)."""
-    agree = (u.float() * p.float()) >= 0
-    p.mul_(1 - decay * agree.to(p.dtype))
+    u: the update direction, p's shape (fp32, as the maps return it; the sign test runs in u's dtype)."""
+    agree = (u * p.to(u.dtype) >= 0).to(p.dtype)
+    if isinstance(decay, torch.Tensor):
+        p.sub_(p * agree * decay.to(p.dtype))
+    else:
+        p.addcmul_(p, agree, value=-decay)  # one fused pass: p - decay * p * agree

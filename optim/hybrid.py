@@ -19,6 +19,10 @@ linear-map matrices are sorted by size and dealt round-robin, each rank orthogon
 share and one all_gather brings every update to every rank, so all ranks apply identical updates.
 The elementwise work (momentum, embed map, Adam) is O(params) and runs on every rank, which keeps
 the optimizer state complete and identical everywhere (any rank's state_dict() is a checkpoint).
+
+Switches, off by default: LANTON's layerwise rates (optim/lanton.py; its noise norms are sharded like
+Newton-Schulz, then all-reduced), NorMuon (optim/normuon.py; after the gather, on every rank) and
+cautious weight decay (optim/cautious.py, in `_apply`).
 """
 from __future__ import annotations
 

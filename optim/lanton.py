@@ -4,10 +4,12 @@ Neural Network Training", arXiv 2510.14009.
 
 The paper's idea: layers that share a norm (a role group here) need not share a rate. Estimate each
 layer's gradient noise online, measured in the dual norm of the layer's own LMO / duality map, and
-give the less noisy layers of a group the larger share of the group's step. The reading implemented
-here (the paper's abstract and algorithm outline: per-layer momentum B_t, a per-layer estimate of
-the gradient variance in the LMO's dual norm, time-varying rates within each group; the exact rate
-formula below is ours, see results/benchmarks/switch_cost_cpu.md for the caveat):
+give the less noisy layers of a group the larger share of the group's step. What we could read of
+the paper (its abstract and secondary summaries of Algorithm 1: per-layer momentum
+B_t = b1 B_{t-1} + (1 - b1) G_t, the gradient variance estimated online in the dual norm of the
+layer's LMO, time-varying layerwise rates within each group, ~4% overhead over D-Muon) fixes the
+ingredients; Algorithm 1's exact noise sample and rate formula were not in the copies available to
+us, so those two lines below are our reading, chosen so the switch only redistributes a group's rate:
 
   noise sample   R_t = G_t - B_t            (gradient minus the updated momentum buffer, fp32;
                                              = beta (G_t - B_{t-1}): the gradient's deviation from its

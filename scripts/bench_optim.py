@@ -41,16 +41,23 @@ def run_name(arm: str, lr: float, seed: int) -> str:
     return f"{arm}_lr{lr:g}_s{seed}"
 
 
-def lr_grid(arm: Arm, centers: list[str], mults: list[float]) -> list[float]:
-    """The arm's sweep: its center (the last matching --center GLOB=LR, else its composed optim.lr) x mults."""
-    center = float(arm.config["optim"]["lr"])
-    for spec in centers:
-        pattern, sep, value = spec.partition("=")
-        if not sep:
-            raise SystemExit(f"--center {spec!r}: expected GLOB=LR, e.g. muon=0.01 or 'dual*=0.03'")
-        if fnmatch.fnmatchcase(arm.name, pattern):
-            center = float(value)
-    return [float(f"{center * m:.6g}") for m in mults]
+def lr_grid(arm: Arm, centers: list[str], mults: list[float], grids: list[str] = ()) -> list[float]:
+    """The arm's sweep: its center (the last matching --center GLOB=LR, else its composed optim.lr) x mults,
+    or an explicit grid (the last matching --lrs GLOB=LR,LR,...)."""
+    center, grid = float(arm.config["optim"]["lr"]), None
+    for flag, specs in (("--center", centers), ("--lrs", grids)):
+        for spec in specs:
+            pattern, sep, value = spec.partition("=")
+            try:
+                values = [float(v) for v in value.split(",")] if sep else []
+            except ValueError:
+                values = []
+            if not values or (flag == "--center" and len(values) != 1):
+                raise SystemExit(f"{flag} {spec!r}: expected GLOB=LR" + (",LR,..." if flag == "--lrs" else "") +
+                                 ", e.g. muon=0.01 or 'dual*=0.03'")
+            if fnmatch.fnmatchcase(arm.name, pattern):
+                center, grid = (values[0], grid) if flag == "--center" else (center, values)
+    return grid if grid is not None else [float(f"{center * m:.6g}") for m in mults]
 
 
 def train_overrides(base: list[str], arm: Arm, lr: float, seed: int) -> list[str]:
@@ -136,12 +143,14 @@ def parse_args(argv: list[str] | None):
     ap.add_argument("--set", nargs="*", default=[], dest="common", help="more overrides for every run")
     ap.add_argument("--steps", type=int, default=None, help="train.max_steps (default: the experiment's)")
     ap.add_argument("--val-every", type=int, default=None, help="train.val_every (default: the experiment's)")
-    ap.add_argument("--arms", nargs="+", default=None, help=f"arms to run (default all: {' '.join(ARMS)})")
+    ap.add_argument("--arms", "--optimizers", nargs="+", default=None, help=f"arms to run (default all: {' '.join(ARMS)})")
     ap.add_argument("--arm", action="append", default=[], help="define or redefine an arm: 'NAME=override;override'")
     ap.add_argument("--extra", action="append", default=[], help="'GLOB:override' added to the matching arms")
     ap.add_argument("--reference", default="muon", help="the arm whose final loss is the target")
     ap.add_argument("--center", action="append", default=[], help="'GLOB=LR': sweep center (default: the arm's optim.lr)")
     ap.add_argument("--lr-mults", default="0.5,1,2", help="the sweep: center x each (the same for every arm)")
+    ap.add_argument("--lrs", nargs="*", default=[], help="'GLOB=LR,LR,...': an explicit grid instead (matching arms)")
+    ap.add_argument("--val-tokens", type=int, default=None, help="train.val_tokens (default: the experiment's)")
     ap.add_argument("--seeds", type=int, default=4, help="seeds at each arm's chosen lr (seed 0 is the sweep's run)")
     ap.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     ap.add_argument("--jobs", type=int, default=2, help="runs at once")
@@ -172,6 +181,7 @@ def main(argv: list[str] | None = None) -> None:
     base += [f"data.dir={Path(args.data).resolve()}"] if args.data else []
     base += [f"train.max_steps={args.steps}"] if args.steps else []
     base += [f"train.val_every={args.val_every}"] if args.val_every else []
+    base += [f"train.val_tokens={args.val_tokens}"] if args.val_tokens else []
     base += list(args.common)
     table = {**ARMS, **parse_arm_specs(args.arm)}
     names = args.arms or list(ARMS) + [n for n in table if n not in ARMS]
@@ -179,13 +189,13 @@ def main(argv: list[str] | None = None) -> None:
         names = [args.reference] + names
     arms = resolve_arms(names, base, table, args.extra)
     live = [a for a in arms if not a.alias_of]
-    grids = {a.name: lr_grid(a, args.center, args.mults) for a in live}
+    grids = {a.name: lr_grid(a, args.center, args.mults, args.lrs) for a in live}
     by_name = {a.name: a for a in live}
     plan = {run_name(a.name, lr, s): train_overrides(base, a, lr, s)
             for a in live for lr in grids[a.name] for s in range(args.seeds)}
-    print(f"{len(live)} arms to run ({len(arms) - len(live)} aliases), {len(args.mults)} lrs each, {args.seeds} seeds "
-          f"at the chosen lr: {len(live) * (len(args.mults) + args.seeds - 1)} runs (+ up to {args.seeds - 1} per arm "
-          f"whose best lr is not its middle one)", flush=True)
+    n_runs = sum(len(g) + args.seeds - 1 for g in grids.values())
+    print(f"{len(live)} arms to run ({len(arms) - len(live)} aliases), {args.seeds} seeds at each chosen lr: {n_runs} "
+          f"runs (+ up to {args.seeds - 1} per arm whose best lr is not its middle one)", flush=True)
     for a in arms:
         print(f"  {a.name:18s} " + (f"= {a.alias_of} (identical config)" if a.alias_of else
                                     f"lrs {grids[a.name]}  {' '.join(a.overrides)}"), flush=True)

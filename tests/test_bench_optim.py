@@ -108,6 +108,12 @@ def test_dry_run_lists_arms_aliases_and_run_count(tmp_path, monkeypatch, capsys)
     out = capsys.readouterr().out
     assert "2 arms to run (1 aliases)" in out and "dual-muon-rates    = dual" in out and "12 runs" in out
     assert fake.launched == [] and not (tmp_path / "report.md").exists()
+    # an explicit grid for some arms (--lrs), the common grid for the others
+    bench(tmp_path, monkeypatch, fake, "--dry-run", "--arms", "muon", "dual", "--lrs", "dual=0.01,0.02,0.03,0.04")
+    out = capsys.readouterr().out
+    assert "lrs [0.01, 0.02, 0.03, 0.04]" in out and "lrs [0.02, 0.04, 0.08]" in out and "13 runs" in out
+    with pytest.raises(SystemExit, match="--center 'muon': expected GLOB=LR"):
+        bench(tmp_path, monkeypatch, fake, "--dry-run", "--center", "muon")
 
 
 @pytest.mark.e2e
@@ -126,3 +132,19 @@ def test_tiny_real_benchmark_end_to_end(tmp_path):
     runs = {p.name for p in (tmp_path / "runs").iterdir() if p.is_dir()}
     assert {"muon_lr0.05_s1", "dual-normuon_lr0.05_s1", "muon_lr0.1_s0", "dual-normuon_lr0.1_s0"} <= runs
     assert 6 <= len(runs) <= 8 and not any("incomplete" in r for r in runs)
+
+
+def test_switch_cost_measures_every_arm_on_a_tiny_model():
+    import time
+
+    import torch
+
+    import bench_switch_cost as cost
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        res = cost.measure(dict(n_layer=1, n_head=2, n_embd=32, vocab_size=64), 1, 16, 1, 2, torch.device("cpu"),
+                           time.thread_time)
+    finally:
+        torch.set_num_threads(threads)
+    assert set(res) == set(cost.ARMS) and all(0 < o <= t for o, t in res.values())
