@@ -19,6 +19,10 @@ linear-map matrices are sorted by size and dealt round-robin, each rank orthogon
 share and one all_gather brings every update to every rank, so all ranks apply identical updates.
 The elementwise work (momentum, embed map, Adam) is O(params) and runs on every rank, which keeps
 the optimizer state complete and identical everywhere (any rank's state_dict() is a checkpoint).
+
+Switches, off by default: LANTON's layerwise rates (optim/lanton.py; its noise norms are sharded like
+Newton-Schulz, then all-reduced), NorMuon (optim/normuon.py; after the gather, on every rank) and
+cautious weight decay (optim/cautious.py, in `_apply`).
 """
 from __future__ import annotations
 
@@ -27,10 +31,13 @@ from typing import Callable, Iterable
 import torch
 import torch.distributed as dist
 
+from optim import lanton
+from optim.cautious import cautious_decay_
 from optim.distributed import gather_updates, rank_and_world, shard_round_robin
 from optim.duality import (adam_direction, dualize_embed, dualize_linear, embed_norm, exact_polar,
                            linear_norm)
 from optim.newton_schulz import orthogonalize
+from optim.normuon import normuon_
 from optim.hybrid_config import rates_from_config, routes_from_config, validate
 from optim.roles import FUSED_BLOCKS, check_roles
 
@@ -47,7 +54,9 @@ class HybridOptimizer(torch.optim.Optimizer):
                  nesterov: bool = True, momentum_warmup_start: float = 0.85, momentum_warmup_steps: int = 0,
                  weight_decay: float = 0.0, adam_betas: tuple[float, float] = (0.9, 0.95),
                  adam_eps: float = 1e-8, adam_weight_decay: float = 0.0, embed_eps: float = 0.0,
-                 diag_every: int = 0, process_group: dist.ProcessGroup | None = None):
+                 diag_every: int = 0, process_group: dist.ProcessGroup | None = None, lanton: bool = False,
+                 lanton_beta: float = 0.95, normuon: bool = False, normuon_beta: float = 0.95,
+                 normuon_eps: float = 1e-8, cautious_wd: bool = False):
         check_roles(roles)
         by_role: dict[str, list[tuple[str, torch.nn.Parameter]]] = {}
         for name, p in named_params:
@@ -77,6 +86,10 @@ class HybridOptimizer(torch.optim.Optimizer):
         self.warmup = (momentum_warmup_start, momentum_warmup_steps)
         self.adam_betas, self.adam_eps, self.embed_eps = tuple(adam_betas), adam_eps, embed_eps
         self.diag_every, self.process_group = diag_every, process_group
+        # switches (off by default): optim/lanton.py, optim/normuon.py, optim/cautious.py
+        self.lanton, self.lanton_beta = lanton, lanton_beta
+        self.normuon, self.normuon_beta, self.normuon_eps = normuon, normuon_beta, normuon_eps
+        self.cautious_wd = cautious_wd
         self._diag: dict[str, float] = {}
 
     # ---- public helpers ------------------------------------------------------------------
@@ -91,7 +104,9 @@ class HybridOptimizer(torch.optim.Optimizer):
         return (1 - frac) * start + frac * self.momentum
 
     def diagnostics(self) -> dict[str, float]:
-        """Scalars to log after the latest step: filled every diag_every steps, else empty."""
+        """Scalars to log after the latest step (flat: name -> float), filled every diag_every steps, else
+        empty. With optim.lanton: "lanton_lr/<param name>" (that layer's rate) and "lanton_noise/<param
+        name>" (its noise estimate, once it has one)."""
         return dict(self._diag)
 
     # ---- the step -------------------------------------------------------------------------
@@ -110,6 +125,7 @@ class HybridOptimizer(torch.optim.Optimizer):
         diag: dict[str, float] = {}
 
         linear_items = []  # (param, group), every rank, same order
+        embed_items = []   # (param, group, update): applied with the linear ones, once LANTON's rates are known
         for group in self.param_groups:
             for p in group["params"]:
                 if p.grad is None:
@@ -121,10 +137,7 @@ class HybridOptimizer(torch.optim.Optimizer):
                     continue
                 buf = self._momentum_buffer(p, beta)  # every rank: keeps the state complete everywhere
                 if group["map"] == "embed":
-                    d = dualize_embed(self._direction(p, buf, beta), self.embed_eps)
-                    self._apply(p, group, d)
-                    if diag_on:
-                        _accumulate(diag, f"update_norm/{group['role']}", embed_norm(d) * group["lr"])
+                    embed_items.append((p, group, dualize_embed(self._direction(p, buf, beta), self.embed_eps)))
                 else:
                     linear_items.append((p, group))
 
@@ -132,21 +145,32 @@ class HybridOptimizer(torch.optim.Optimizer):
         order = shard_round_robin([p.numel() for p, _ in linear_items], world)
         mine = order[rank]
         outputs, sample = [], None
+        noise: list = [None] * len(linear_items)  # LANTON's samples for this rank's share
         for k, i in enumerate(mine):  # only this rank's share: the Newton-Schulz work is split
             p, group = linear_items[i]
             u = self._direction(p, self.state[p]["momentum_buffer"], beta)
             outputs.append(self._dualize_linear(u, group["role"]))
+            if self.lanton and "lanton_noise_sq" in self.state[p]:
+                noise[i] = self._linear_noise(p, group["role"])
             if diag_on and rank == 0 and k == (t // self.diag_every) % len(mine):
                 sample = (group, u)
         if sample is not None:
             diag.update(self._ns_error(*sample))
         updates = gather_updates(outputs, order, [p.shape for p, _ in linear_items], rank, world,
                                  self.process_group)
+        factors = lanton.layer_factors(self.state, linear_items, noise, embed_items, self.lanton_beta, world,
+                                       self.process_group, diag if diag_on else None) if self.lanton else {}
+        for p, group, d in embed_items:
+            self._apply(p, group, d, factors.get(p))
+            if diag_on:
+                _accumulate(diag, f"update_norm/{group['role']}", embed_norm(d) * _rate(group, factors.get(p)))
         for (p, group), d in zip(linear_items, updates):
-            self._apply(p, group, d)
+            if self.normuon:
+                d = self._normuon(p, group["role"], d)
+            self._apply(p, group, d, factors.get(p))
             if diag_on and rank == 0:
                 _accumulate(diag, f"update_norm/{group['role']}",
-                            _linear_norm_blocks(d, group["role"]) * group["lr"])
+                            _linear_norm_blocks(d, group["role"]) * _rate(group, factors.get(p)))
 
         if diag_on:
             diag = {k: (v[0] / v[1] if isinstance(v, list) else v) for k, v in diag.items()}
@@ -176,11 +200,34 @@ class HybridOptimizer(torch.optim.Optimizer):
         d = dualize_linear(x, self.scale, self.ns_method, self.ns_steps)
         return d.reshape(u.shape).float()
 
-    def _apply(self, p: torch.Tensor, group: dict, d: torch.Tensor) -> None:
+    def _apply(self, p: torch.Tensor, group: dict, d: torch.Tensor, factor: torch.Tensor | None = None) -> None:
+        """p <- p (1 - lr wd) - lr d, at the layer's rate lr * factor when LANTON gives one (0-dim tensor);
+        with cautious_wd the decay only where d and p agree in sign."""
         lr, wd = group["lr"], group["weight_decay"]
+        if factor is not None:
+            d = d * factor
         if wd:
-            p.mul_(1 - lr * wd)
+            decay = lr * wd if factor is None else lr * wd * factor
+            if self.cautious_wd:
+                cautious_decay_(p, d, decay)
+            else:
+                p.mul_(1 - decay)
         p.add_(d.to(p.dtype), alpha=-lr)
+
+    def _blocks(self, x: torch.Tensor, role: str) -> torch.Tensor:
+        """x viewed as [blocks, d_out / blocks, d_in] for a fused 2-D weight, else x itself."""
+        blocks = FUSED_BLOCKS.get(role, 1)
+        return x.view(blocks, x.size(0) // blocks, x.size(1)) if (blocks > 1 and x.ndim == 2) else x
+
+    def _linear_noise(self, p: torch.Tensor, role: str) -> torch.Tensor:
+        """LANTON's sample for a linear-map layer: dual norm of G - B_t, per block (optim/lanton.py)."""
+        residual = p.grad.float() - self.state[p]["momentum_buffer"]
+        return lanton.linear_dual_norm_estimate(self._blocks(residual, role), self.ns_method, self.ns_steps)
+
+    def _normuon(self, p: torch.Tensor, role: str, d: torch.Tensor) -> torch.Tensor:
+        """NorMuon's per-row normalization of a linear-map update, per block (optim/normuon.py)."""
+        out = normuon_(self._blocks(d, role), self.state[p], self.normuon_beta, self.normuon_eps, self.scale)
+        return out.reshape(d.shape)
 
     def _adam(self, p: torch.Tensor, group: dict, t: int) -> torch.Tensor:
         state = self.state[p]
@@ -225,6 +272,11 @@ def _linear_norm_blocks(d: torch.Tensor, role: str) -> float:
     return float(linear_norm(x).mean())
 
 
+def _rate(group: dict, factor: torch.Tensor | None) -> float:
+    """A layer's rate: its group's lr, times LANTON's multiplier when there is one (a host sync: diagnostics only)."""
+    return group["lr"] * (float(factor) if factor is not None else 1.0)
+
+
 def _accumulate(diag: dict, key: str, value) -> None:
     """Running mean over a role's parameters: diag[key] = [sum, count]. Norms are each map's own
     (linear: RMS->RMS operator norm, embed: largest row RMS); Adam's are update RMS."""
@@ -248,4 +300,5 @@ def build_hybrid(cfg, named_params: Iterable[tuple[str, torch.nn.Parameter]], ro
         momentum=cfg.momentum, nesterov=cfg.nesterov, momentum_warmup_start=cfg.momentum_warmup_start,
         momentum_warmup_steps=cfg.momentum_warmup_steps, weight_decay=cfg.weight_decay,
         adam_betas=tuple(cfg.adam_betas), adam_eps=cfg.adam_eps, adam_weight_decay=cfg.adam_weight_decay,
-        embed_eps=cfg.embed_eps, diag_every=cfg.diag_every)
+        embed_eps=cfg.embed_eps, diag_every=cfg.diag_every, lanton=cfg.lanton, lanton_beta=cfg.lanton_beta,
+        normuon=cfg.normuon, normuon_beta=cfg.normuon_beta, normuon_eps=cfg.normuon_eps, cautious_wd=cfg.cautious_wd)

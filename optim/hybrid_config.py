@@ -74,6 +74,13 @@ class HybridConfig:
     head_mass: float = 1.0
     # diagnostics: every K steps per-role update norms + Newton-Schulz error on a sampled matrix (0 = off)
     diag_every: int = 0
+    # switches, all off by default (each module's docstring gives its formula and paper)
+    lanton: bool = False              # noise-adaptive layerwise rates within each role group (optim/lanton.py)
+    lanton_beta: float = 0.95         # EMA of each layer's squared dual-norm noise
+    normuon: bool = False             # per-row second-moment normalization of linear-map updates (optim/normuon.py)
+    normuon_beta: float = 0.95        # EMA of each row's mean square
+    normuon_eps: float = 1e-8
+    cautious_wd: bool = False         # decay only where update and weight agree in sign (optim/cautious.py)
 
     def check(self) -> None:
         """Range checks the types cannot express (called by harness.config.load_config)."""
@@ -141,11 +148,26 @@ def validate(cfg: Any) -> None:
     for key in ("embed_mass", "blocks_mass", "head_mass"):
         if _get(cfg, key) <= 0:
             raise ValueError(f"optim.{key}={_get(cfg, key)} must be > 0")
+    _check_switches(cfg)
     for role, rate in dict(_get(cfg, "role_lr") or {}).items():
         if role not in ALL_ROLES:
             raise ValueError(f"optim.role_lr.{role}: unknown role; known roles: {sorted(ALL_ROLES)}")
         if rate < 0:
             raise ValueError(f"optim.role_lr.{role}={rate} must be >= 0")
+
+
+def _check_switches(cfg: Any) -> None:
+    for key in ("lanton_beta", "normuon_beta"):
+        if not 0.0 <= _get(cfg, key, 0.0) < 1.0:
+            raise ValueError(f"optim.{key}={_get(cfg, key)} must be in [0, 1)")
+    if not _get(cfg, "normuon_eps", 1e-8) > 0:
+        raise ValueError(f"optim.normuon_eps={_get(cfg, 'normuon_eps')} must be > 0")
+    if _get(cfg, "lanton", False) and not _get(cfg, "momentum") > 0:
+        raise ValueError("optim.lanton=true measures each layer's noise against its momentum: it needs "
+                         f"optim.momentum > 0 (got {_get(cfg, 'momentum')})")
+    if _get(cfg, "cautious_wd", False) and not (_get(cfg, "weight_decay") > 0 or _get(cfg, "adam_weight_decay") > 0):
+        raise ValueError("optim.cautious_wd=true masks a weight decay, but optim.weight_decay and "
+                         "optim.adam_weight_decay are both 0: set one of them > 0 (or drop cautious_wd)")
 
 
 def routes_from_config(cfg: Any, present: set[str]) -> dict[str, str]:

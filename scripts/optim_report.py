@@ -1,15 +1,25 @@
-"""Report for scripts/bench_optim.py: markdown tables + a PNG of val loss vs step and vs train time.
+"""Report of scripts/bench_optim.py: markdown tables and a PNG of the curves, written atomically.
 
-results: {(optimizer, lr, seed): run} with run = {"steps", "val", "time_s", "final", "ms_per_step"}.
-"Steps to target" is the first step at which a run's val loss reaches the target (AdamW's final
-val loss at its chosen lr, averaged over seeds), linearly interpolated between validation points.
+Inputs: arms (scripts/bench_arms.Arm, in table order), results {(arm, lr, seed): run} (bench_stats
+`load_run`), grids {arm: [lr, ...]}, chosen {arm: lr or None} and setup (command, base overrides,
+reference arm, seeds, steps, machine, wall minutes, missing runs, notes).
+
+Definitions (per arm, at its chosen lr, over its seeds):
+- target: the reference arm's (tuned Muon's) final val loss, mean over its seeds; N_ref: the step
+  where the reference's seed-averaged curve reaches it (interpolated).
+- steps to target: where the arm's seed-averaged curve reaches the target; "vs ref" = that / N_ref.
+  Per seed: each seed's own crossing / N_ref (mean [min, max]).
+- p final: one-sided Welch t-test, H1: the arm's mean final loss < the reference's.
+- p goal: one-sided Welch, H1: the arm's val loss at step 0.9 N_ref (interpolated on each seed's
+  curve of the full-length run, so mid-warmdown: conservative) < the reference's final losses.
+  Issue 13's goal: a dual-family arm with p goal < 0.01 over >= 4 seeds.
 """
 from __future__ import annotations
 
+import io
 import math
 import sys
 from pathlib import Path
-from statistics import mean, median
 
 import matplotlib
 
@@ -17,167 +27,202 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from harness.atomic_io import write_text_atomic  # noqa: E402
-from harness.curves import Curve, Point, first_crossing  # noqa: E402
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_stats import mean_curve, spread, steps_to, val_at, welch_less  # noqa: E402
+from harness.atomic_io import atomic_open, write_text_atomic  # noqa: E402
 
-COLORS = {"adamw": "tab:blue", "muon": "tab:orange", "dual": "tab:green"}
-
-
-def steps_to(run: dict, target: float, key: str = "steps") -> float:
-    """First (interpolated) step, or train-seconds with key="time_s", where val <= target; inf if never.
-
-    The crossing rule is harness.curves.first_crossing (the one compare.py and the trainer use)."""
-    curve = Curve("run", [Point(s, 0, 1000 * t, v) for s, t, v in zip(run["steps"], run["time_s"], run["val"])])
-    hit = first_crossing(curve, target, interpolate=True)
-    if hit is None:
-        return math.inf
-    return float(hit.step) if key == "steps" else hit.time_ms / 1000
+GOAL_RATIO, GOAL_P, GOAL_SEEDS = 0.90, 0.01, 4
 
 
-def mean_curve(rs: list[dict]) -> dict:
-    """Seed-averaged val curve over the validation steps every run has."""
-    common = sorted(set.intersection(*(set(r["steps"]) for r in rs)))
-    return {"steps": common, "val": [mean(val_at(r, s) for r in rs) for s in common],
-            "time_s": [mean(dict(zip(r["steps"], r["time_s"]))[s] for r in rs) for s in common]}
+def summarize(arms: list, results: dict, chosen: dict, reference: str) -> tuple[dict, dict]:
+    """Per-arm figures at the chosen lr (see the module docstring) and the reference's (target, N_ref)."""
+    runs = {a.name: [results[k] for k in sorted(results) if k[0] == a.name and k[1] == chosen.get(a.name)]
+            for a in arms if chosen.get(a.name) is not None}
+    runs = {k: v for k, v in runs.items() if v}
+    ref = {"target": math.nan, "n_ref": math.nan, "finals": []}
+    if reference in runs:
+        ref["finals"] = [r["final"] for r in runs[reference]]
+        ref["target"] = sum(ref["finals"]) / len(ref["finals"])
+        ref["n_ref"] = steps_to(mean_curve(runs[reference]), ref["target"])
+    out = {}
+    for name, rs in runs.items():
+        curve = mean_curve(rs)
+        finals = [r["final"] for r in rs]
+        st = steps_to(curve, ref["target"]) if reference in runs else math.nan
+        per_seed = [steps_to(r, ref["target"]) / ref["n_ref"] for r in rs] if reference in runs else []
+        goal_vals = [val_at(r, GOAL_RATIO * ref["n_ref"]) for r in rs] if reference in runs else []
+        out[name] = {"runs": rs, "curve": curve, "finals": finals, "final": spread(finals),
+                     "steps_to": st, "ratio": st / ref["n_ref"] if reference in runs else math.nan,
+                     "per_seed": per_seed, "seeds": [k[2] for k in sorted(results)
+                                                     if k[0] == name and k[1] == chosen[name]],
+                     "p_final": welch_less(finals, ref["finals"])[2] if name != reference else math.nan,
+                     "p_goal": welch_less(goal_vals, ref["finals"])[2] if name != reference else math.nan,
+                     "ms_per_step": sorted(r["ms_per_step"] for r in rs)[len(rs) // 2]}
+    return out, ref
 
 
-def val_at(run: dict, step: int) -> float:
-    return dict(zip(run["steps"], run["val"])).get(step, math.nan)
+def _f(x: float, digits: int = 4) -> str:
+    return "-" if x is None or (isinstance(x, float) and math.isnan(x)) else \
+        ("not reached" if math.isinf(x) else f"{x:.{digits}f}")
 
 
-def fmt(values: list[float], digits: int = 3) -> str:
-    """mean (± half the spread) of per-seed values."""
-    vals = [v for v in values if not math.isnan(v)]
-    if not vals:
+def _p(p: float) -> str:
+    return "-" if math.isnan(p) else f"{p:.2g}" if p >= 1e-4 else f"{p:.1e}"
+
+
+def _ratio_cell(per_seed: list[float]) -> str:
+    if not per_seed:
         return "-"
-    if any(math.isinf(v) for v in vals):
-        return "not reached" if all(math.isinf(v) for v in vals) else \
-            " / ".join("not reached" if math.isinf(v) else f"{v:.{digits}f}" for v in vals)
-    m = mean(vals)
-    return f"{m:.{digits}f}" if len(vals) == 1 else f"{m:.{digits}f} ± {(max(vals) - min(vals)) / 2:.{digits}f}"
+    m, _, lo, hi = spread(per_seed)
+    missed = sum(1 for x in per_seed if math.isinf(x))
+    core = f"{m:.3f} [{lo:.3f}, {hi:.3f}]" if not math.isnan(m) else "not reached"
+    return core + (f" ({missed} of {len(per_seed)} seeds never reach it)" if missed and not math.isnan(m) else "")
 
 
-def write_report(path: Path, results: dict, lrs: dict, chosen: dict, setup: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    opts = [o for o in ("adamw", "muon", "dual") if o in chosen] + [o for o in chosen if o not in COLORS]
-    runs = {o: [results[k] for k in sorted(results) if k[0] == o and k[1] == chosen[o]] for o in opts if chosen[o]}
-    seeds = {o: sorted(k[2] for k in results if k[0] == o and k[1] == chosen[o]) for o in runs}
-    device = setup.get("device", "cpu")
-    ncol = max(len(v) for v in lrs.values())
-    L = [f"# Optimizer benchmark on {device.upper()}: AdamW vs Muon vs dual", "",
-         f"Command: `{setup['command']}` ({setup['wall_min']:.0f} min wall).  ",
-         f"Model: `experiment=cpu_fineweb model.tie_embeddings=false` (GPT-2 small family: 4 layers x 128, 4 heads, "
-         f"GPT-2 vocabulary 50257, learned positions, LayerNorm, GELU, untied head), FineWeb sample "
-         f"(`{setup.get('data', '?')}`), same data order for every run.  ",
-         f"Budget: {setup['steps']} steps x {setup['batch_seqs']} x {setup['seq_len']} tokens = "
-         f"{setup['steps'] * setup['batch_seqs'] * setup['seq_len']:,} tokens; one schedule for all: linear warmup over "
-         f"the first {setup['warmup_frac']:.0%} of steps, constant, linear warmdown over the last 30% to 0 (cpu_fineweb). Validation: the first {setup['val_tokens']:,} val tokens every "
-         f"{setup['val_every']} steps (the same tokens for every run).  ",
-         f"Runs: {setup['jobs']} at a time, {setup['threads']} CPU thread(s) each, on {setup.get('machine', 'a 2-core machine')}; "
-         f"with several runs sharing it, wall times are indicative only.  " + (f"Per-optimizer overrides: {setup['extra']}." if setup['extra'] else ""),
-         "", "## Learning-rate sweep (seed 0, full length; final val loss)", "",
-         "| optimizer | " + " | ".join(f"lr #{i + 1}" for i in range(ncol)) + " | chosen |",
-         "|---|" + "---|" * (ncol + 1)]
-    for o in opts:
-        cells = []
-        for lr in lrs.get(o, []):
-            r = results.get((o, lr, 0))
-            cells.append(f"{lr:g}: {r['final']:.4f}" if r else f"{lr:g}: failed")
-        cells += ["-"] * (ncol - len(cells))  # shorter sweeps keep the "chosen" column aligned
-        edge = ""
-        if chosen[o] is not None and lrs[o] and chosen[o] in (min(lrs[o]), max(lrs[o])) and len(lrs[o]) > 1:
-            edge = " (edge of the sweep)"
-        L.append(f"| {o} | " + " | ".join(cells) + f" | {chosen[o]:g}{edge} |" if chosen[o] else f"| {o} | all failed | - |")
-    if setup.get("missing"):
-        L += ["", f"**Incomplete benchmark**: {len(setup['missing'])} planned runs did not finish in the time "
-              f"available ({', '.join(setup['missing'])}); a sweep with missing points chose among the finished "
-              "ones. Rerun the same command to complete it (finished runs are reused)."]
-    tail = probe_section(setup.get("probes") or {}) + ([setup["notes"]] if setup.get("notes") else [])
-    if "adamw" not in runs:
-        write_text_atomic(path, "\n".join(L + ["", "AdamW did not finish: no target to compare against.", ""] + tail))
-        return
-    target = mean(r["final"] for r in runs["adamw"])
-    curves = {o: mean_curve(rs) for o, rs in runs.items()}
-    # Steps to target are read off the seed-averaged curves (AdamW's own reaches its target at its
-    # last validation by construction); per-seed values are listed beside them.
-    adam_steps = steps_to(curves["adamw"], target)
-    marks = [s for s in (50, 100, 150, 200, 300, 400) if s <= setup["steps"]]
-    if setup["steps"] not in marks:
-        marks.append(setup["steps"])
-    L += ["", f"## Chosen lrs, {max(len(s) for s in seeds.values())} seeds (mean ± half the spread)", "",
-          f"Target = AdamW's final val loss at its chosen lr, mean over seeds: **{target:.4f}**.", "",
-          "| optimizer | lr | seeds | " + " | ".join(f"val @ {s}" for s in marks) +
-          " | steps to target (mean curve; per seed) | vs AdamW | train s to target | ms / step |",
-          "|---|---|---|" + "---|" * (len(marks) + 4)]
-    for o, rs in runs.items():
-        st = steps_to(curves[o], target)
-        per_seed = ", ".join("-" if math.isinf(x) else f"{x:.0f}" for x in (steps_to(r, target) for r in rs))
-        tt = steps_to(curves[o], target, "time_s")
-        L.append(f"| {o} | {chosen[o]:g} | {','.join(map(str, seeds[o]))} | " +
-                 " | ".join(fmt([val_at(r, s) for r in rs]) for s in marks) +
-                 f" | {fmt([st], 0)} ({per_seed}) | {fmt([st / adam_steps], 2)}x | {fmt([tt], 0)} | "
-                 f"{median(r['ms_per_step'] for r in rs):.0f} |")
-    L += ["", "## Verdicts against the issue's targets", ""]
-    if "dual" in runs:
-        for o in [x for x in ("dual", "muon") if x in runs]:
-            ratio = steps_to(curves[o], target) / adam_steps
-            verdict = ("target of the issue (<= 0.6x): **" + ("met" if ratio <= 0.6 else "NOT met") + "**; ") if o == "dual" else ""
-            L.append(f"- {o} reaches AdamW's final val loss in {ratio:.2f}x AdamW's steps "
-                     f"({steps_to(curves[o], target):.0f} vs {adam_steps:.0f}, seed-averaged curves): {verdict}"
-                     f"in train time {steps_to(curves[o], target, 'time_s') / steps_to(curves['adamw'], target, 'time_s'):.2f}x.")
-    if "dual" in runs and "muon" in runs:
-        diffs = {s: mean(val_at(r, s) for r in runs["dual"]) - mean(val_at(r, s) for r in runs["muon"]) for s in marks}
-        worse = [s for s, d in diffs.items() if d > 0]
-        L.append(f"- dual no worse than Muon at equal steps: **{'met' if not worse else 'NOT met at steps ' + ', '.join(map(str, worse))}** "
-                 "(dual - Muon val loss, mean over seeds: " + ", ".join(f"@{s} {d:+.3f}" for s, d in diffs.items()) + ").")
-        spread = max(max(r["final"] for r in rs) - min(r["final"] for r in rs) for rs in runs.values())
-        L.append(f"- Seed noise: the largest seed-to-seed spread of a final val loss is {spread:.3f}; differences "
-                 "smaller than that are not resolved by 2 seeds.")
-    png = path.with_suffix(".png")
-    plot(png, runs, seeds, chosen, target, device)
-    L += ["", f"![val loss vs step and vs train time]({png.name})", ""]
-    write_text_atomic(path, "\n".join(L + tail))
-    print(f"wrote {path} and {png}")
-
-
-def plot(png: Path, runs: dict, seeds: dict, chosen: dict, target: float, device: str = "cpu") -> None:
-    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
-    for o, rs in runs.items():
-        for r, s in zip(rs, seeds[o]):
-            style = "-" if s == seeds[o][0] else "--"
-            label = f"{o} lr {chosen[o]:g} seed {s}"
-            axes[0].plot(r["steps"], r["val"], style, color=COLORS.get(o), label=label)
-            axes[1].plot(r["time_s"], r["val"], style, color=COLORS.get(o), label=label)
-    for ax, xl in zip(axes, ("step", f"train time (s, {device.upper()})")):
-        ax.axhline(target, color="gray", lw=0.8, ls=":")
-        ax.set_xlabel(xl)
-        ax.set_ylabel("val loss (nats/token)")
-        ax.set_ylim(top=min(8.0, ax.get_ylim()[1]))
-        ax.grid(alpha=0.3)
-    axes[0].legend(fontsize=8)
-    axes[0].set_title("val loss vs step")
-    axes[1].set_title("val loss vs train time")
-    fig.tight_layout()
-    fig.savefig(png, dpi=120)
-    plt.close(fig)
-
-
-PROBE_KEYS = ("name", "lr", "rate_mode", "embed_map", "embed_lr", "embed_eps", "scale", "ns_method",
-              "momentum_warmup_steps")
-
-
-def probe_section(probes: dict) -> list[str]:
-    """Table of short exploratory runs: their optimizer settings and val losses."""
-    rows = [(folder, name, cfg, res) for folder, items in probes.items() for name, cfg, res in items]
-    if not rows:
+def marks_for(steps: int, val_steps: list[int]) -> list[int]:
+    """Validation steps nearest 25/50/75/90/100% of the run."""
+    if not val_steps:
         return []
-    steps = sorted({s for *_, res in rows for s in res["steps"] if s > 0})
-    L = ["", "## Short probes (exploration before the benchmark; val loss)", "",
-         "| run | optimizer settings | " + " | ".join(f"val @ {s}" for s in steps) + " | ms / step |",
-         "|---|---|" + "---|" * (len(steps) + 1)]
-    for folder, name, cfg, res in rows:
-        settings = ", ".join(f"{k}={cfg[k]}" for k in PROBE_KEYS if k in cfg and (k in ("name", "lr") or cfg["name"] != "adamw"))
-        L.append(f"| {Path(folder).name}/{name} | {settings} | " +
-                 " | ".join(f"{val_at(res, s):.3f}" if not math.isnan(val_at(res, s)) else "-" for s in steps) +
-                 f" | {res['ms_per_step']:.0f} |")
-    return L + [""]
+    return sorted({min(val_steps, key=lambda s: abs(s - f * steps)) for f in (0.25, 0.5, 0.75, 0.9, 1.0)})
+
+
+def write_report(path: Path, arms: list, results: dict, grids: dict, chosen: dict, setup: dict) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    reference = setup.get("reference", "muon")
+    summary, ref = summarize(arms, results, chosen, reference)
+    ncol = max((len(g) for g in grids.values()), default=1)
+    L = [f"# Optimizer benchmark: {setup.get('title', 'arms over one base experiment')}", "",
+         f"Command: `{setup['command']}` ({setup['wall_min']:.0f} min wall, {setup.get('machine', '?')}).  ",
+         f"Base of every run: `{' '.join(setup.get('base', []))}`.  ",
+         f"Protocol: every arm gets the same lr sweep (its base lr x {setup.get('lr_mults', '?')}, seed 0, full length); "
+         f"the lowest final val loss picks its lr; then seeds 0..{setup.get('seeds', 1) - 1} at that lr.  "]
+    if reference in summary:
+        L.append(f"Reference: **{reference}**; target = its mean final val loss **{ref['target']:.4f}**, reached by its "
+                 f"seed-averaged curve at step N_ref = {ref['n_ref']:.0f}.")
+    L += ["", "## Arms", "", "| arm | what it measures | overrides (after the base) | note |", "|---|---|---|---|"]
+    for a in arms:
+        note = f"identical config to **{a.alias_of}**: not run" if a.alias_of else ""
+        L.append(f"| {a.name} | {a.description} | `{' '.join(a.overrides)}` | {note} |")
+    L += ["", "## Learning-rate sweep (seed 0, final val loss)", "",
+          "| arm | " + " | ".join(f"lr #{i + 1}" for i in range(ncol)) + " | chosen |", "|---|" + "---|" * (ncol + 1)]
+    for a in arms:
+        if a.alias_of:
+            continue
+        grid = grids.get(a.name, [])
+        cells = [f"{lr:.4g}: " + (f"{results[(a.name, lr, 0)]['final']:.4f}" if (a.name, lr, 0) in results else "missing")
+                 for lr in grid] + ["-"] * (ncol - len(grid))
+        c = chosen.get(a.name)
+        edge = " (edge)" if c is not None and len(grid) > 1 and c in (min(grid), max(grid)) else ""
+        L.append(f"| {a.name} | " + " | ".join(cells) + f" | {c:.4g}{edge} |" if c is not None else
+                 f"| {a.name} | " + " | ".join(cells) + " | - |")
+    if setup.get("missing"):
+        L += ["", f"**Incomplete**: {len(setup['missing'])} planned runs have not finished "
+              f"({', '.join(setup['missing'][:12])}{' ...' if len(setup['missing']) > 12 else ''}); rerun the same "
+              "command to complete them (finished runs are reused)."]
+    steps = setup.get("steps") or max((s for v in summary.values() for s in v["curve"]["steps"]), default=0)
+    marks = marks_for(steps, sorted({s for v in summary.values() for s in v["curve"]["steps"]}))
+    L += ["", "## Results at each arm's chosen lr", "",
+          "| arm | lr | seeds | " + " | ".join(f"val @ {m}" for m in marks) + " | final (mean ± sd) | steps to target | "
+          f"vs {reference} | per seed: mean [min, max] | p final < {reference} | p goal | ms/step |",
+          "|---|---|---|" + "---|" * (len(marks) + 7)]
+    for a in arms:
+        s = summary.get(a.name)
+        if s is None:
+            continue
+        m, sd, _, _ = s["final"]
+        vals = [_f(sum(val_at(r, mk) for r in s["runs"]) / len(s["runs"])) for mk in marks]
+        L.append(f"| {a.name} | {chosen[a.name]:.4g} | {len(s['runs'])} | " + " | ".join(vals) +
+                 f" | {m:.4f} ± {sd:.4f} | {_f(s['steps_to'], 0)} | {_f(s['ratio'], 3)} | {_ratio_cell(s['per_seed'])} | "
+                 f"{_p(s['p_final'])} | {_p(s['p_goal'])} | {s['ms_per_step']:.0f} |")
+    L += _ablation_section(arms, summary, reference) + _verdict_section(arms, summary, ref, reference)
+    png = path.with_suffix(".png")
+    if summary:
+        plot(png, arms, summary, ref, reference, setup.get("device", "cpu"))
+        L += ["", f"![val loss vs step]({png.name})", ""]
+    if setup.get("notes"):
+        L += ["", setup["notes"].rstrip(), ""]
+    write_text_atomic(path, "\n".join(L) + "\n")
+    print(f"wrote {path}" + (f" and {png}" if summary else ""), flush=True)
+
+
+def _ablation_section(arms: list, summary: dict, reference: str) -> list[str]:
+    """Each dual variant's final loss against dual's, and the share of dual's gap to the reference it closes."""
+    if "dual" not in summary:
+        return []
+    dual = summary["dual"]["finals"]
+    gap = summary["dual"]["final"][0] - summary[reference]["final"][0] if reference in summary else math.nan
+    L = ["", f"## dual's variants against dual (final val loss; gap dual - {reference} = {_f(gap)})", "",
+         "| arm | change | final - dual's (mean ± sd of the difference) | share of the gap closed | p (arm < dual) |",
+         "|---|---|---|---|---|"]
+    for a in arms:
+        if a.name == "dual" or a.name not in summary or a.config.get("optim", {}).get("name") != "dual":
+            continue
+        f = summary[a.name]["finals"]
+        delta = summary[a.name]["final"][0] - summary["dual"]["final"][0]
+        sd = math.sqrt((summary[a.name]["final"][1] ** 2) / len(f) + (summary["dual"]["final"][1] ** 2) / len(dual))
+        share = -delta / gap if gap and math.isfinite(gap) and gap != 0 else math.nan
+        L.append(f"| {a.name} | {a.description} | {delta:+.4f} ± {sd:.4f} | {_f(share, 2)} | {_p(welch_less(f, dual)[2])} |")
+    return L
+
+
+def _verdict_section(arms: list, summary: dict, ref: dict, reference: str) -> list[str]:
+    L = ["", "## Verdict against issue 13's goal", ""]
+    if reference not in summary:
+        return L + [f"The reference arm ({reference}) has no finished runs: no target, no verdict."]
+    family = [a.name for a in arms if a.name in summary and a.config.get("optim", {}).get("name") == "dual"]
+    met = [n for n in family if summary[n]["ratio"] <= GOAL_RATIO and summary[n]["p_goal"] < GOAL_P
+           and len(summary[n]["runs"]) >= GOAL_SEEDS]
+    best = min(family, key=lambda n: summary[n]["ratio"], default=None)
+    L.append(f"Goal: a dual-family arm reaches {reference}'s final loss in <= {GOAL_RATIO:.2f}x its steps, with "
+             f"p goal < {GOAL_P} over >= {GOAL_SEEDS} seeds.")
+    if met:
+        L.append("- **met** by " + ", ".join(f"{n} ({summary[n]['ratio']:.3f}x, p={_p(summary[n]['p_goal'])})" for n in met))
+    elif best is not None:
+        b = summary[best]
+        L.append(f"- **not met**. Best dual-family ratio: {best} at {_f(b['ratio'], 3)}x {reference}'s steps "
+                 f"(p goal {_p(b['p_goal'])}, {len(b['runs'])} seeds).")
+    sds = {n: v["final"][1] for n, v in summary.items() if len(v["runs"]) > 1}
+    if sds:
+        worst = max(sds, key=sds.get)
+        L.append(f"- Seed spread: the largest sample sd of a final loss is {sds[worst]:.4f} ({worst}); "
+                 "differences well below it are not resolved.")
+    return L
+
+
+def plot(png: Path, arms: list, summary: dict, ref: dict, reference: str, device: str = "cpu") -> None:
+    """Left: every arm's seed-averaged val curve (band: min-max over seeds). Right: the last 40% of steps."""
+    fig, axes = plt.subplots(1, 2, figsize=(13, 5))
+    colors = plt.get_cmap("tab10")
+    names = [a.name for a in arms if a.name in summary]
+    for i, name in enumerate(names):
+        s = summary[name]
+        steps = s["curve"]["steps"]
+        lo = [min(val_at(r, st) for r in s["runs"]) for st in steps]
+        hi = [max(val_at(r, st) for r in s["runs"]) for st in steps]
+        style = dict(color=colors(i % 10), ls=("-", "--", ":")[i // 10 % 3],
+                     lw=2.2 if name in (reference, "dual") else 1.2)
+        for ax in axes:
+            ax.plot(steps, s["curve"]["val"], label=f"{name} ({len(s['runs'])} seeds)", **style)
+            ax.fill_between(steps, lo, hi, color=style["color"], alpha=0.15, lw=0)
+    last = max(max(summary[n]["curve"]["steps"]) for n in names)
+    finals = [summary[n]["final"][0] for n in names]
+    axes[1].set_xlim(0.6 * last, last)
+    axes[1].set_ylim(min(finals) - 0.05, max(finals) + 0.15)
+    for ax in axes:
+        if math.isfinite(ref["target"]):
+            ax.axhline(ref["target"], color="gray", lw=0.8, ls=":")
+            ax.axvline(GOAL_RATIO * ref["n_ref"], color="gray", lw=0.8, ls="--")
+        ax.set_xlabel("step")
+        ax.set_ylabel("val loss (nats/token)")
+        ax.grid(alpha=0.3)
+    axes[0].set_ylim(top=min(axes[0].get_ylim()[1], max(finals) + 2.0))
+    axes[0].set_title(f"val loss vs step ({device.upper()}); dotted: {reference}'s final, dashed: 0.9 N_ref")
+    axes[1].set_title("the last 40% of the steps")
+    axes[1].legend(fontsize=7, ncol=2)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110)
+    plt.close(fig)
+    with atomic_open(png, "wb") as f:
+        f.write(buf.getvalue())

@@ -50,9 +50,10 @@ def make_params():
     return named, {n: r for n, (_, r) in SHAPES.items()}
 
 
-def run_steps(schema_name: str, world_info=(0, 1)):
-    """3 optimizer steps on fixed gradients (the same on every rank, as after DDP's all-reduce).
-    Returns final params and how many linear-map matrices this process orthogonalized."""
+def run_steps(schema_name: str, world_info=(0, 1), **overrides):
+    """3 optimizer steps on fixed gradients (the same on every rank, as after DDP's all-reduce), with
+    optional config overrides. Returns final params and how many linear-map matrices this process
+    orthogonalized."""
     import optim.hybrid as hybrid
     calls = []
     original = hybrid.dualize_linear
@@ -65,7 +66,7 @@ def run_steps(schema_name: str, world_info=(0, 1)):
     try:
         named, roles = make_params()
         schema = {"dual": DualConfig, "muon": MuonConfig}[schema_name]
-        opt = build_hybrid(OmegaConf.structured(schema), named, roles)
+        opt = build_hybrid(OmegaConf.structured(schema(**overrides)), named, roles)
         gen = torch.Generator().manual_seed(1)
         for _ in range(STEPS):
             for _, p in named:
@@ -111,3 +112,35 @@ def test_two_process_gloo_equals_one_process(tmp_path, schema_name):
     # and the parameters actually moved, so equality is not vacuous
     start, _ = make_params()
     assert all((single[n] - p).abs().max() > 1e-4 for n, p in start)
+
+
+# Each switch alone and all together (cautious decay needs a decay to mask). LANTON's sharded noise
+# norms travel in their own all_reduce; NorMuon runs on every rank after the gather.
+SWITCHES = {"lanton": dict(lanton=True), "normuon": dict(normuon=True),
+            "cautious_wd": dict(cautious_wd=True, weight_decay=0.5, adam_weight_decay=0.5),
+            "all": dict(lanton=True, normuon=True, cautious_wd=True, weight_decay=0.5, adam_weight_decay=0.5)}
+
+
+def _switch_worker(rank: int, world: int, port: int, out_path: str) -> None:
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
+    try:
+        torch.save({k: run_steps("dual", **ov)[0] for k, ov in SWITCHES.items()}, f"{out_path}.{rank}")
+    finally:
+        dist.destroy_process_group()
+
+
+def test_two_process_gloo_equals_one_process_with_each_switch(tmp_path):
+    single = {k: run_steps("dual", **ov)[0] for k, ov in SWITCHES.items()}
+    plain = run_steps("dual")[0]
+    decayed = run_steps("dual", weight_decay=0.5, adam_weight_decay=0.5)[0]
+    out = str(tmp_path / "params")
+    mp.spawn(_switch_worker, args=(2, free_port(), out), nprocs=2, join=True)
+    results = [torch.load(f"{out}.{r}") for r in range(2)]
+    for key, params in single.items():
+        max_diff = max((res[key][n] - p).abs().max().item() for res in results for n, p in params.items())
+        print(f"max |2-process - 1-process| after {STEPS} steps (dual, {key}): {max_diff:.3e}")
+        assert max_diff <= 1e-6, key
+        # the switch changed the result, so the equality is not vacuous
+        base = decayed if "weight_decay" in SWITCHES[key] else plain
+        assert max((params[n] - p).abs().max().item() for n, p in base.items()) > 1e-4, key

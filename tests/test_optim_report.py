@@ -1,42 +1,96 @@
-"""scripts/optim_report.py: steps-to-target, verdicts and the written report, on made-up curves."""
+"""scripts/bench_stats.py and scripts/optim_report.py on made-up curves: interpolation, steps to a
+target, Welch's one-sided test against hand-computed values, and the report's ratios and verdicts."""
 import math
 import sys
 from pathlib import Path
 
+import pytest
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
-from optim_report import steps_to, write_report  # noqa: E402
+from bench_arms import Arm  # noqa: E402
+from bench_stats import mean_curve, steps_to, val_at, welch_less  # noqa: E402
+from optim_report import summarize, write_report  # noqa: E402
 
 STEPS = [0, 100, 200, 300, 400]
 
 
 def run(vals, ms=100.0):
     return {"steps": STEPS, "val": vals, "time_s": [s * ms / 1000 for s in STEPS], "final": vals[-1],
-            "ms_per_step": ms, "train_steps": [], "train_loss": []}
+            "ms_per_step": ms}
 
 
-def test_steps_to_interpolates_in_steps_and_time():
+def test_interpolation_and_steps_to_target():
     r = run([10.0, 8.0, 7.0, 6.5, 6.0], ms=50.0)
-    assert steps_to(r, 7.5) == 150.0
-    assert steps_to(r, 7.5, "time_s") == 7.5
-    assert steps_to(r, 10.0) == 0.0
-    assert math.isinf(steps_to(r, 5.0))
+    assert steps_to(r, 7.5) == 150.0 and steps_to(r, 7.5, "time_s") == 7.5
+    assert steps_to(r, 10.0) == 0.0 and math.isinf(steps_to(r, 5.0))
+    assert val_at(r, 150) == 7.5 and val_at(r, 400) == 6.0 and math.isnan(val_at(r, 401))
+    m = mean_curve([r, run([10.0, 9.0, 8.0, 7.5, 7.0])])
+    assert m["val"] == [10.0, 8.5, 7.5, 7.0, 6.5]
 
 
-def test_report_verdicts(tmp_path):
-    lrs = {"adamw": [1e-3], "muon": [0.05], "dual": [0.05]}
-    results = {("adamw", 1e-3, 0): run([10.0, 8.5, 8.0, 7.5, 7.0]), ("adamw", 1e-3, 1): run([10.0, 8.5, 8.0, 7.5, 7.0]),
-               ("muon", 0.05, 0): run([10.0, 7.4, 6.8, 6.5, 6.3]), ("muon", 0.05, 1): run([10.0, 7.4, 6.8, 6.5, 6.3]),
-               ("dual", 0.05, 0): run([10.0, 7.0, 6.9, 6.4, 6.2]), ("dual", 0.05, 1): run([10.0, 7.0, 6.9, 6.4, 6.2])}
-    setup = {"command": "python scripts/bench_optim.py", "wall_min": 1.0, "steps": 400, "batch_seqs": 2, "seq_len": 256,
-             "warmup_frac": 0.05, "val_tokens": 4096, "val_every": 100, "jobs": 2, "threads": 1, "extra": {},
-             "missing": [], "probes": {}, "notes": "## Notes\n\nhand-written context"}
+def test_welch_one_sided_against_the_hand_computation():
+    a, b = [1.0, 2.0, 3.0, 4.0], [3.0, 4.0, 5.0, 6.0]
+    # means 2.5 and 4.5, both sample variances 5/3: se = sqrt(2 * 5/12), t = -2 / se, df = 6 exactly
+    t, df, p = welch_less(a, b)
+    assert t == pytest.approx(-2 / math.sqrt(10 / 12)) and df == pytest.approx(6.0)
+    from scipy import stats
+    assert p == pytest.approx(stats.t.cdf(t, 6))
+    assert p == pytest.approx(stats.ttest_ind(a, b, equal_var=False, alternative="less").pvalue)
+    assert 0.03 < p < 0.04  # t = -2.19 on 6 degrees of freedom
+    assert welch_less(b, a)[2] == pytest.approx(1 - p)
+    assert math.isnan(welch_less([1.0], b)[2])
+    assert welch_less([1.0, 1.0], [2.0, 2.0])[2] == 0.0  # no variance: the sign decides
+
+
+def arm(name, optim="dual"):
+    return Arm(name, [f"optim={optim}"], f"the {name} arm", {"optim": {"name": optim}})
+
+
+def fixtures():
+    # Muon: finals 6.30 / 6.32 -> target 6.31, its mean curve crosses it at step 400 (N_ref = 400).
+    # fast: crosses 6.31 at step 300 in both seeds (ratio 0.75); at 0.9 N_ref = 360 its val is
+    # 6.16 / 6.18, well below Muon's finals -> tiny p goal. slow never reaches it.
+    results = {("muon", 0.05, 0): run([10.0, 7.4, 6.8, 6.5, 6.30]), ("muon", 0.05, 1): run([10.0, 7.4, 6.8, 6.5, 6.32]),
+               ("fast", 0.1, 0): run([10.0, 7.0, 6.6, 6.31, 6.05]), ("fast", 0.1, 1): run([10.0, 7.0, 6.6, 6.30, 6.10]),
+               ("fast", 0.05, 0): run([10.0, 7.0, 6.6, 6.4, 6.2]),
+               ("slow", 0.05, 0): run([10.0, 8.0, 7.5, 7.0, 6.9]), ("slow", 0.05, 1): run([10.0, 8.0, 7.5, 7.0, 6.8])}
+    grids = {"muon": [0.05], "fast": [0.05, 0.1], "slow": [0.05]}
+    chosen = {"muon": 0.05, "fast": 0.1, "slow": 0.05}
+    return [arm("muon", "muon"), arm("fast"), arm("slow"), Arm("same", ["optim=dual"], "", {}, alias_of="fast")], \
+        results, grids, chosen
+
+
+def test_summary_ratios_and_p_values():
+    arms, results, grids, chosen = fixtures()
+    summary, ref = summarize(arms, results, chosen, "muon")
+    assert ref["target"] == pytest.approx(6.31) and ref["n_ref"] == pytest.approx(400.0)
+    fast = summary["fast"]
+    # seed 0 is at 6.31 exactly at step 300; seed 1 crosses between 200 (6.6) and 300 (6.30)
+    assert fast["per_seed"] == [pytest.approx(0.75), pytest.approx((200 + 100 * 0.29 / 0.30) / 400)]
+    # the mean curve: 6.6 at 200, 6.305 at 300
+    assert fast["ratio"] == pytest.approx((200 + 100 * 0.29 / 0.295) / 400)
+    goal_vals = [val_at(r, 360) for r in (results[("fast", 0.1, 0)], results[("fast", 0.1, 1)])]
+    assert summary["fast"]["p_goal"] == pytest.approx(welch_less(goal_vals, [6.30, 6.32])[2])
+    assert summary["fast"]["p_final"] < 0.05 and summary["slow"]["p_final"] > 0.95
+    assert math.isinf(summary["slow"]["steps_to"]) and math.isnan(summary["muon"]["p_final"])
+
+
+def test_report_tables_verdict_and_png(tmp_path):
+    arms, results, grids, chosen = fixtures()
+    setup = {"command": "python scripts/bench_optim.py --fake", "wall_min": 1.0, "base": ["experiment=smoke"],
+             "reference": "muon", "seeds": 2, "lr_mults": "1,2", "steps": 400, "machine": "a test",
+             "missing": ["slow_lr0.05_s2"], "notes": "## Notes\n\nhand-written context"}
     out = tmp_path / "optim.md"
-    write_report(out, results, lrs, {o: v[0] for o, v in lrs.items()}, setup)
+    write_report(out, arms, results, grids, chosen, setup)
     text = out.read_text()
     assert (tmp_path / "optim.png").stat().st_size > 10_000
-    assert "Target = AdamW's final val loss at its chosen lr, mean over seeds: **7.0000**" in text
-    # dual crosses 7.0 at step 100 + 100 * (7.0 - 7.0) / ... = 100; AdamW at 400 -> 0.25x
-    assert "dual reaches AdamW's final val loss in 0.25x AdamW's steps" in text and "**met**" in text
-    # dual is worse than Muon at step 200 (6.9 vs 6.8): the verdict must say so, with the step
-    assert "NOT met at steps 200" in text
+    assert "target = its mean final val loss **6.3100**" in text and "N_ref = 400" in text
+    assert "| same |" in text and "identical config to **fast**: not run" in text
+    assert "0.05: 6.2000 | 0.1: 6.0500 | 0.1 (edge) |" in text
+    assert "**Incomplete**: 1 planned runs" in text
+    # fast: 0.75x with 2 seeds is below the ratio but the goal needs >= 4 seeds
+    assert "**not met**. Best dual-family ratio: fast at 0.7" in text
+    row = next(line for line in text.splitlines() if line.startswith("| slow | 0.05 |"))
+    assert "not reached" in row
     assert text.rstrip().endswith("hand-written context")
+    assert not list(tmp_path.glob(".*.tmp"))  # atomic writes leave no temporary files

@@ -1,0 +1,27 @@
+"""Cautious weight decay (switch `optim.cautious_wd`), after Chen, Li, Liang, Su, Xie, Pierse, Liang,
+Lao & Liu, "Cautious Weight Decay", arXiv 2510.12402.
+
+Decoupled weight decay shrinks every coordinate towards 0; where the optimizer's own update pushes a
+weight away from 0, the decay fights it. CWD decays only the coordinates where the update u (the
+direction subtracted from the weights) and the weight agree in sign:
+
+    w <- w - lr * (u + wd * 1[u * w >= 0] * w)
+
+(the indicator is elementwise; u = dualize(momentum) on the linear and embed maps, Adam's direction
+on the Adam path). Everything else about the step is unchanged; it needs a weight decay to act on
+(optim.weight_decay for the linear and embed maps, optim.adam_weight_decay for Adam). Cost: one
+elementwise mask per decayed tensor.
+"""
+from __future__ import annotations
+
+import torch
+
+
+def cautious_decay_(p: torch.Tensor, u: torch.Tensor, decay: float | torch.Tensor) -> None:
+    """p <- p - decay * 1[u * p >= 0] * p in place (decay = lr * wd, a float or a 0-dim tensor);
+    u: the update direction, p's shape (fp32, as the maps return it; the sign test runs in u's dtype)."""
+    agree = (u * p.to(u.dtype) >= 0).to(p.dtype)
+    if isinstance(decay, torch.Tensor):
+        p.sub_(p * agree * decay.to(p.dtype))
+    else:
+        p.addcmul_(p, agree, value=-decay)  # one fused pass: p - decay * p * agree

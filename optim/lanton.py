@@ -1,0 +1,154 @@
+"""Noise-adaptive layerwise learning rates (switch `optim.lanton`), after LANTON: Hao, Gong, Xu, Wang
+& Liu, "Noise-Adaptive Layerwise Learning Rates: Accelerating Geometry-Aware Optimization for Deep
+Neural Network Training", arXiv 2510.14009.
+
+The paper's idea: layers that share a norm (a role group here) need not share a rate. Estimate each
+layer's gradient noise online, measured in the dual norm of the layer's own LMO / duality map, and
+give the less noisy layers of a group the larger share of the group's step. What we could read of
+the paper (its abstract and secondary summaries of Algorithm 1: per-layer momentum
+B_t = b1 B_{t-1} + (1 - b1) G_t, the gradient variance estimated online in the dual norm of the
+layer's LMO, time-varying layerwise rates within each group, ~4% overhead over D-Muon) fixes the
+ingredients; Algorithm 1's exact noise sample and rate formula were not in the copies available to
+us, so those two lines below are our reading, chosen so the switch only redistributes a group's rate:
+
+  noise sample   R_t = G_t - B_t            (gradient minus the updated momentum buffer, fp32;
+                                             = beta (G_t - B_{t-1}): the gradient's deviation from its
+                                             running mean; a factor common to a whole step)
+  dual norm      n_t = ||R_t||_*            linear map: sqrt(d_out/d_in) * nuclear(R_t), summed over
+                                             the blocks of a fused weight, with nuclear(R) estimated
+                                             without an SVD as <R, orthogonalize(R)> (the same
+                                             Newton-Schulz as the update);
+                                             embed map: sqrt(d) * sum_j ||r_j||_2 (exact, elementwise)
+  estimate       H_t = b H_{t-1} + (1 - b) n_t^2,   sigma = sqrt(H_t / (1 - b^k))   (k samples; b =
+                                             optim.lanton_beta; the first step a layer is seen gives no
+                                             sample: its momentum has no history yet)
+  rate           lr_l = lr_group * m_l,     m_l = (1 / sigma_l) / mean_{j in group}(1 / sigma_j)
+
+So within a role group (e.g. the n_layer MLP-in matrices) the rates average to the group's own rate
+(the lr sweep keeps its meaning) and are redistributed in inverse proportion to each layer's noise
+(m_l <= group size). A group of one layer, or a group with no samples yet, keeps m = 1; a layer with
+zero measured noise (no gradient) keeps m = 1 and is left out of the mean. Roles on Adam are not
+touched (Adam already adapts per coordinate). Decoupled weight decay uses the layer's rate too.
+
+Cost per step, per layer on the linear map: one extra Newton-Schulz on R_t (the same cost as the
+update's own, so the orthogonalization work doubles; sharded round-robin like the update) and
+O(params) elementwise work; embed map: O(params). One all_reduce of one float per linear-map layer
+brings the sharded norms to every rank, so every rank holds identical state. No extra tensor state:
+two scalars per layer ("lanton_noise_sq", "lanton_samples") in the optimizer's state_dict.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.distributed as dist
+
+from optim.newton_schulz import orthogonalize
+
+
+def linear_dual_norm_estimate(R: torch.Tensor, method: str, steps: int | None) -> torch.Tensor:
+    """sqrt(d_out/d_in) * sum over blocks of <R_b, orthogonalize(R_b)> ~ the linear map's dual norm.
+
+    R: [d_out, d_in] or [blocks, d_out, d_in] (fp32). <R, U V^T> = sum of singular values = nuclear(R)
+    when the polar factor is exact; Newton-Schulz makes it an estimate (the methods' output singular
+    values, optimizer.md). Returns a 0-dim fp32 tensor on R's device."""
+    polar = orthogonalize(R, method, steps).float()
+    return (R.float() * polar).sum() * math.sqrt(R.size(-2) / R.size(-1))
+
+
+def embed_dual_norm(R: torch.Tensor) -> torch.Tensor:
+    """Dual of the Embed map's l1->RMS norm: sqrt(d) * sum_j ||r_j||_2 for R [vocab, d]; 0-dim fp32."""
+    return torch.linalg.vector_norm(R.float(), dim=1).sum() * math.sqrt(R.size(1))
+
+
+def observe(state: dict, sample: torch.Tensor | None, beta: float, device: torch.device) -> None:
+    """Fold one dual-norm noise sample into a layer's state (EMA of its square). The first call for a
+    layer only starts its count at 0 and ignores `sample` (its momentum has no history yet); every rank
+    sees the same state, so every rank makes the same choice."""
+    if "lanton_noise_sq" not in state:
+        state["lanton_noise_sq"] = torch.zeros((), dtype=torch.float32, device=device)
+        state["lanton_samples"] = 0
+        return
+    if sample is None:
+        return
+    h = state["lanton_noise_sq"]
+    h.lerp_(sample.to(h.device, torch.float32).square(), 1 - beta)
+    state["lanton_samples"] += 1
+
+
+def noise_estimate(state: dict, beta: float) -> torch.Tensor | None:
+    """Bias-corrected noise level sigma = sqrt(H / (1 - beta^k)) (0-dim), or None before the first sample."""
+    k = state.get("lanton_samples", 0)
+    if not k:
+        return None
+    return (state["lanton_noise_sq"] / (1 - beta ** k)).sqrt()
+
+
+def group_factors(sigmas: list[torch.Tensor | None]) -> list[torch.Tensor | None]:
+    """m_l = (1 / sigma_l) / mean(1 / sigma_j) over the layers of one role group that have a positive
+    noise estimate; None (factor 1) for the others. Computed without a host sync (0-dim tensors)."""
+    live = [s for s in sigmas if s is not None]
+    if len(live) < 2:
+        return [None] * len(sigmas)
+    stacked = torch.stack(live)
+    positive = stacked > 0
+    inv = torch.where(positive, 1.0 / stacked.clamp_min(torch.finfo(stacked.dtype).tiny), 0.0)
+    count = positive.sum().clamp_min(1)
+    factors = torch.where(positive, inv * count / inv.sum().clamp_min(torch.finfo(stacked.dtype).tiny), 1.0)
+    out, i = [], 0
+    for s in sigmas:
+        if s is None:
+            out.append(None)
+        else:
+            out.append(factors[i])
+            i += 1
+    return out
+
+
+def share_sharded(values: list[torch.Tensor | None], device: torch.device, world: int,
+                  group: dist.ProcessGroup | None) -> list[torch.Tensor | None]:
+    """Every linear-map layer's noise sample on every rank. Each rank filled only the entries of its own
+    Newton-Schulz share (None elsewhere); one all_reduce(SUM) of the vector (zeros elsewhere) makes them
+    identical everywhere. Entries of layers seen for the first time come back as 0 and are ignored by
+    `observe`, whose choice depends only on the state every rank shares."""
+    if world == 1 or not values:
+        return values
+    vec = torch.zeros(len(values), dtype=torch.float32, device=device)
+    for i, v in enumerate(values):
+        if v is not None:
+            vec[i] = v.to(device)
+    dist.all_reduce(vec, group=group)
+    return list(vec.unbind())
+
+
+def layer_factors(states: dict, linear_items: list, noise: list, embed_items: list, beta: float, world: int,
+                  process_group: dist.ProcessGroup | None, diag: dict | None) -> dict:
+    """One optimizer step's LANTON bookkeeping, on every rank: share the linear-map samples (`noise`,
+    this rank's share filled), add each embed-map layer's sample (exact, elementwise), fold them into
+    every layer's state and return each layer's rate multiplier within its role group as
+    {param: 0-dim tensor} (absent: factor 1). linear_items: [(param, group)]; embed_items: [(param,
+    group, update)]; states: the optimizer's per-param state (momentum_buffer already updated).
+    diag, when given, gets "lanton_lr/<name>" (the layer's rate) and "lanton_noise/<name>" (sigma)."""
+    device = linear_items[0][0].device if linear_items else None
+    noise = share_sharded(noise, device, world, process_group)
+    members: dict[int, tuple[dict, list]] = {}
+    for (p, group), sample in zip(linear_items, noise):
+        observe(states[p], sample, beta, p.device)
+        members.setdefault(id(group), (group, []))[1].append(p)
+    for p, group, _ in embed_items:
+        state = states[p]
+        sample = embed_dual_norm(p.grad.float() - state["momentum_buffer"]) if "lanton_noise_sq" in state else None
+        observe(state, sample, beta, p.device)
+        members.setdefault(id(group), (group, []))[1].append(p)
+    factors = {}
+    for group, params in members.values():
+        sigmas = [noise_estimate(states[p], beta) for p in params]
+        names = dict(zip(map(id, group["params"]), group["names"]))
+        for p, sigma, m in zip(params, sigmas, group_factors(sigmas)):
+            if m is not None:
+                factors[p] = m
+            if diag is not None:  # host syncs: diagnostic steps only
+                diag[f"lanton_lr/{names[id(p)]}"] = group["lr"] * (float(m) if m is not None else 1.0)
+                if sigma is not None:
+                    diag[f"lanton_noise/{names[id(p)]}"] = float(sigma)
+    return factors
