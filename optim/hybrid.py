@@ -5,6 +5,7 @@
     adam    (gains, biases, scalars; the head by default): Adam
 
     p <- p (1 - lr wd) - lr * dualize(u),   u = (1 - beta) g + beta buf,  buf <- beta buf + (1 - beta) g
+                                            (optim.momentum_form=sum: u = g + beta buf, buf <- beta buf + g)
 
 Routing is a table role -> map built from config (optim/hybrid_config.py), never a shape test:
 two weights of the same shape get different maps when they play different roles. Fused weights
@@ -45,6 +46,7 @@ class HybridOptimizer(torch.optim.Optimizer):
                  routes: dict[str, str], rates: dict[str, float], *, scale: str = "spectral",
                  ns_method: str = "quintic", ns_steps: int | None = None, momentum: float = 0.95,
                  nesterov: bool = True, momentum_warmup_start: float = 0.85, momentum_warmup_steps: int = 0,
+                 momentum_form: str = "ema",
                  weight_decay: float = 0.0, adam_betas: tuple[float, float] = (0.9, 0.95),
                  adam_eps: float = 1e-8, adam_weight_decay: float = 0.0, embed_eps: float = 0.0,
                  diag_every: int = 0, process_group: dist.ProcessGroup | None = None):
@@ -73,7 +75,9 @@ class HybridOptimizer(torch.optim.Optimizer):
         defaults = dict(lr=0.0, weight_decay=0.0)
         super().__init__(groups, defaults)
         self.scale, self.ns_method, self.ns_steps = scale, ns_method, ns_steps
-        self.momentum, self.nesterov = momentum, nesterov
+        if momentum_form not in ("ema", "sum"):
+            raise ValueError(f"momentum_form={momentum_form!r} must be 'ema' or 'sum'")
+        self.momentum, self.nesterov, self.momentum_form = momentum, nesterov, momentum_form
         self.warmup = (momentum_warmup_start, momentum_warmup_steps)
         self.adam_betas, self.adam_eps, self.embed_eps = tuple(adam_betas), adam_eps, embed_eps
         self.diag_every, self.process_group = diag_every, process_group
@@ -157,17 +161,24 @@ class HybridOptimizer(torch.optim.Optimizer):
     # ---- pieces ---------------------------------------------------------------------------
 
     def _momentum_buffer(self, p: torch.Tensor, beta: float) -> torch.Tensor:
-        """buf <- beta buf + (1 - beta) g, in fp32 whatever the parameter's dtype."""
+        """buf <- beta buf + (1 - beta) g (ema) or beta buf + g (sum), in fp32 whatever the parameter's dtype."""
         state = self.state[p]
         if "momentum_buffer" not in state:
             state["momentum_buffer"] = torch.zeros_like(p, dtype=torch.float32)
         buf = state["momentum_buffer"]
-        buf.lerp_(p.grad.float(), 1 - beta)
+        if self.momentum_form == "sum":
+            buf.mul_(beta).add_(p.grad.float())
+        else:
+            buf.lerp_(p.grad.float(), 1 - beta)
         return buf
 
     def _direction(self, p: torch.Tensor, buf: torch.Tensor, beta: float) -> torch.Tensor:
-        """What gets dualized: Nesterov's (1 - beta) g + beta buf, or the buffer itself."""
-        return p.grad.float().lerp(buf, beta) if self.nesterov else buf
+        """What gets dualized: Nesterov's (1 - beta) g + beta buf (sum: g + beta buf), or the buffer itself."""
+        if not self.nesterov:
+            return buf
+        if self.momentum_form == "sum":
+            return p.grad.float().add(buf, alpha=beta)
+        return p.grad.float().lerp(buf, beta)
 
     def _dualize_linear(self, u: torch.Tensor, role: str) -> torch.Tensor:
         """Linear map of u, per block for fused roles; fp32 result of u's shape."""
@@ -246,6 +257,7 @@ def build_hybrid(cfg, named_params: Iterable[tuple[str, torch.nn.Parameter]], ro
     return HybridOptimizer(
         named_params, roles, routes, rates, scale=cfg.scale, ns_method=cfg.ns_method, ns_steps=cfg.ns_steps,
         momentum=cfg.momentum, nesterov=cfg.nesterov, momentum_warmup_start=cfg.momentum_warmup_start,
-        momentum_warmup_steps=cfg.momentum_warmup_steps, weight_decay=cfg.weight_decay,
+        momentum_warmup_steps=cfg.momentum_warmup_steps, momentum_form=cfg.momentum_form,
+        weight_decay=cfg.weight_decay,
         adam_betas=tuple(cfg.adam_betas), adam_eps=cfg.adam_eps, adam_weight_decay=cfg.adam_weight_decay,
         embed_eps=cfg.embed_eps, diag_every=cfg.diag_every)
