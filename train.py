@@ -90,7 +90,8 @@ def train(cfg: Config, dist: D.DistInfo, run_dir: Path, stop: StopRequest | None
         prepare_data(cfg.data)
     D.barrier()
     val_set = build_val_batches(cfg.data, tc.val_tokens, tc.micro_batch_seqs, tc.seq_len, dist.rank, dist.world_size)
-    make_loader = lambda: build_train_loader(cfg.data, tc.seq_len, tc.micro_batch_seqs, dist.rank, dist.world_size)
+    make_loader = lambda: build_train_loader(cfg.data, tc.seq_len, tc.micro_batch_seqs, dist.rank, dist.world_size,
+                                             tc.global_batch_tokens)
     loader = make_loader()
 
     # Model and optimizer: the optimizer sees raw parameters and their roles, never the wrappers.
