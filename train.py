@@ -147,10 +147,15 @@ def train(cfg: Config, dist: D.DistInfo, run_dir: Path, stop: StopRequest | None
     start_step, train_time_ms, counters = ckpt.restore(model, optimizer, loader)  # (0, 0, {}) when starting fresh
     log = make_logger(cfg, dist, run_dir, ckpt.history)  # after restore: metrics.jsonl ends at the resumed step
     guard.skipped, last_val = counters.get("skipped_steps", 0), float("nan")
+    # train.stop_after_step runs a prefix of the run: the schedule (lr, momentum, windows) stays max_steps'.
+    end = tc.max_steps if tc.stop_after_step is None else tc.stop_after_step
+    if start_step > end:
+        raise ConfigError(f"train.stop_after_step={end} is before step {start_step}, where this run resumes: "
+                          "raise it, or start a new run folder")
     sync(device)
     t0 = time.perf_counter()
-    for step in range(start_step, tc.max_steps + 1):
-        last = step == tc.max_steps
+    for step in range(start_step, end + 1):
+        last = step == end
         model.set_train_progress(step, tc.max_steps)  # time-dependent architecture (sliding-window schedule)
         stopping = stop.requested(step)  # SIGTERM/SIGINT on any rank: every rank stops here
         validate = last or (tc.val_every and step % tc.val_every == 0)
@@ -176,7 +181,7 @@ def train(cfg: Config, dist: D.DistInfo, run_dir: Path, stop: StopRequest | None
         if last:
             break
         loss = train_step(step)
-        if (step + 1) % tc.log_every == 0 or step + 1 == tc.max_steps:
+        if (step + 1) % tc.log_every == 0 or step + 1 == end:
             loss_value = D.all_reduce_mean(loss).item()  # .item() synchronizes the device
             now_ms = train_time_ms + 1000 * (time.perf_counter() - t0)
             log.log({"event": "train", "step": step + 1, "tokens": (step + 1) * tc.global_batch_tokens,
@@ -188,6 +193,11 @@ def train(cfg: Config, dist: D.DistInfo, run_dir: Path, stop: StopRequest | None
                "reached_target": tc.stop_at_val_loss is not None and last_val <= tc.stop_at_val_loss,
                "train_time_ms": train_time_ms, "parameters": n_params, "world_size": dist.world_size,
                "skipped_steps": guard.skipped}
+    if end < tc.max_steps and step == end:
+        summary["stopped_early"] = f"train.stop_after_step={end} of max_steps={tc.max_steps}"
+        if dist.is_main:
+            print(f"stopped early after step {end} of {tc.max_steps} (train.stop_after_step): the schedule was the "
+                  f"{tc.max_steps}-step run's", flush=True)
     if device.type == "cuda":
         summary["peak_memory_mib"] = torch.cuda.max_memory_allocated(device) / 2**20
     log.close(summary)
