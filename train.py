@@ -136,13 +136,18 @@ def train(cfg: Config, dist: D.DistInfo, run_dir: Path, stop: StopRequest | None
         return loss_sum / accum
 
     # Compilation happens on untimed warm-up steps that are then undone (weights, optimizer, data).
+    warmup_ms = 0.0  # their wall time (compilation + the steps themselves), reported in the summary
     if tc.compile and tc.compile_warmup_steps:
+        sync(device)
+        t_warmup = time.perf_counter()
         saved = copy.deepcopy((model.state_dict(), optimizer.state_dict()))
         for s in range(tc.compile_warmup_steps):
             train_step(s)
         model.load_state_dict(saved[0])
         optimizer.load_state_dict(saved[1])
         loader = make_loader()
+        sync(device)
+        warmup_ms = 1000 * (time.perf_counter() - t_warmup)
 
     start_step, train_time_ms, counters = ckpt.restore(model, optimizer, loader)  # (0, 0, {}) when starting fresh
     log = make_logger(cfg, dist, run_dir, ckpt.history)  # after restore: metrics.jsonl ends at the resumed step
@@ -192,7 +197,7 @@ def train(cfg: Config, dist: D.DistInfo, run_dir: Path, stop: StopRequest | None
     summary = {"final_val_loss": last_val, "steps": step, "tokens": step * tc.global_batch_tokens,
                "reached_target": tc.stop_at_val_loss is not None and last_val <= tc.stop_at_val_loss,
                "train_time_ms": train_time_ms, "parameters": n_params, "world_size": dist.world_size,
-               "skipped_steps": guard.skipped}
+               "skipped_steps": guard.skipped, "compile_warmup_ms": warmup_ms}
     if end < tc.max_steps and step == end:
         summary["stopped_early"] = f"train.stop_after_step={end} of max_steps={tc.max_steps}"
         if dist.is_main:
