@@ -19,11 +19,14 @@ What it does, printing each action:
    step time (ours / reference), compile time, wall time, peak memory and the val loss at every
    step both validated.
 A run that fails or passes --timeout is stopped and reported with what its log holds.
+--dry-run does step 1 and prints both commands (no GPU needed); --report-only redoes step 4 from the
+logs of an earlier call (e.g. fetched from a GPU machine without matplotlib: the PNG is made here).
 """
 from __future__ import annotations
 
 import argparse
 import ast
+import json
 import os
 import re
 import shutil
@@ -52,13 +55,19 @@ def script_field(text: str, name: str) -> int:
     """Value of a Hyperparameters field such as `val_tokens : int = 10485760` (simple arithmetic allowed)."""
     m = re.search(FIELD.format(name=name), text, re.M)
     if not m:
-        raise VsReferenceError(f"the reference script has no `{name} = ...` field: is it a modded-nanogpt record script?")
+        raise VsReferenceError(f"the reference script has no `{name} = ...` field: "
+                               "is it a modded-nanogpt record script?")
     return int(eval(compile(ast.parse(m["value"], mode="eval"), name, "eval"), {"__builtins__": {}}))
 
 
-def edit_script(text: str, steps: int | None, val_tokens: int | None) -> tuple[str, list[str]]:
-    """The script with the stop and val-token edits; returns (text, one line per edit)."""
+def edit_script(text: str, steps: int | None, val_tokens: int | None,
+                compile_kw: bool = True) -> tuple[str, list[str]]:
+    """The script with the stop and val-token edits; returns (text, one line per edit).
+    compile_kw=False: the target torch's create_block_mask has no `_compile` argument (record 12 passes it)."""
     edits = []
+    if not compile_kw and ", _compile=True)" in text:
+        text = text.replace(", _compile=True)", ")")
+        edits.append("this torch's create_block_mask has no `_compile` argument: `, _compile=True)` -> `)`")
     total = script_field(text, "num_iterations")
     if steps is not None and steps < total:
         found = STOP_LINE.findall(text)
@@ -74,6 +83,17 @@ def edit_script(text: str, steps: int | None, val_tokens: int | None) -> tuple[s
         text = text[:m.start()] + new + text[m.end():]
         edits.append(f"validation tokens: `{m[0].strip()}` -> `{new.strip()}`")
     return text, edits
+
+
+def torch_has_compile_kw(python: str) -> bool:
+    """Whether the interpreter's torch has create_block_mask(..., _compile=...) (older versions do)."""
+    probe = ("import inspect; from torch.nn.attention.flex_attention import create_block_mask as c; "
+             "print('_compile' in inspect.signature(c).parameters)")
+    try:
+        out = subprocess.run([python, "-c", probe], capture_output=True, text=True, timeout=120).stdout
+    except (OSError, subprocess.TimeoutExpired):
+        return True
+    return "False" not in out
 
 
 def gpu_plan(text: str, gpus: int) -> str:
@@ -98,13 +118,13 @@ def check_data(data: Path, steps: int, text: str) -> None:
         have = sum(read_header(f).num_tokens for f in train)
         need = steps * 524_288 + len(train) * 524_290  # every step's tokens, plus a tail per shard at most
         if have < need:
-            raise VsReferenceError(f"the train shards in {data} hold {have:,} tokens; {steps} steps of this script need "
-                                   f"up to {need:,} and its loader does not cycle: lower --steps or make more "
+            raise VsReferenceError(f"the train shards in {data} hold {have:,} tokens; {steps} steps of this script "
+                                   f"need up to {need:,} and its loader does not cycle: lower --steps or make more "
                                    "shards (python scripts/repeat_shards.py)")
 
 
 def prepare_scratch(out: Path, reference: Path, data: Path, steps: int | None, val_tokens: int | None,
-                    gpus: int) -> Path:
+                    gpus: int, compile_kw: bool = True) -> Path:
     """OUT/reference/ with data/fineweb10B linked and the edited script; returns the script's path."""
     text = reference.read_text()
     scratch = out / "reference"
@@ -114,7 +134,7 @@ def prepare_scratch(out: Path, reference: Path, data: Path, steps: int | None, v
         link.unlink()
     link.symlink_to(data.resolve(), target_is_directory=True)
     print(f"scratch folder {scratch}: data/fineweb10B -> {data.resolve()}")
-    edited, edits = edit_script(text, steps, val_tokens)
+    edited, edits = edit_script(text, steps, val_tokens, compile_kw)
     for line in edits:
         print(f"edit: {line}")
     print(gpu_plan(text, gpus))
@@ -169,7 +189,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, default=None, help="default outputs/vs_reference/<experiment>")
     ap.add_argument("--timeout", type=float, default=1800, help="seconds per run before it is stopped")
     ap.add_argument("--python", default=sys.executable, help="interpreter for both runs")
-    ap.add_argument("--skip-reference", action="store_true", help="reuse OUT/reference.log from an earlier call")
+    ap.add_argument("--dry-run", action="store_true", help="prepare the scratch folder, print the edits and commands")
+    ap.add_argument("--report-only", action="store_true", help="rewrite OUT/report.* from an earlier call's logs")
     ap.add_argument("--title", default=None, help="report title (default: names the script and experiment)")
     ap.add_argument("overrides", nargs="*", help="extra train.py overrides for our run (after --)")
     args = ap.parse_args(argv)
@@ -194,24 +215,32 @@ def run(args) -> int:
     val_every = script_field(text, "val_loss_every")
     out = (args.out or REPO / "outputs" / "vs_reference" / args.experiment).resolve()
     out.mkdir(parents=True, exist_ok=True)
-
-    script = prepare_scratch(out, reference, data, steps, args.val_tokens, args.gpus)
-    ref_log = out / "reference.log"
-    if args.skip_reference and ref_log.exists():
-        ref_run = RunResult(status="reused", wall_s=float("nan"))
-    else:
-        ref_run = run_logged([*torchrun(args.python, args.gpus), script.name], script.parent, ref_log, args.timeout,
-                             "reference")
-
-    ours_dir = out / "ours"
-    if ours_dir.exists():  # this tool's own output of an earlier call: start over
-        print(f"removing the earlier run folder {ours_dir}")
-        shutil.rmtree(ours_dir)
+    ours_dir, ref_log, status_file = out / "ours", out / "reference.log", out / "runs.json"
     overrides = [f"experiment={args.experiment}", f"data.dir={data.resolve()}", f"device={args.device}",
                  f"train.val_tokens={val_tokens}", f"train.val_every={val_every}", f"hydra.run.dir={ours_dir}",
                  *([f"train.stop_after_step={steps}"] if steps < total else []), *args.overrides]
-    ours_run = run_logged([*torchrun(args.python, args.gpus), str(REPO / "train.py"), *overrides], REPO,
-                          out / "ours.log", args.timeout, "ours")
+    ours_cmd = [*torchrun(args.python, args.gpus), str(REPO / "train.py"), *overrides]
+
+    compile_kw = True
+    if args.report_only:  # the logs of an earlier call (e.g. fetched from a GPU machine)
+        runs = json.loads(status_file.read_text()) if status_file.exists() else {}
+        ref_run, ours_run = (RunResult(**runs.get(k, {"status": "from logs"})) for k in ("reference", "ours"))
+        compile_kw = runs.get("compile_kw", True)
+    else:
+        compile_kw = torch_has_compile_kw(args.python)
+        script = prepare_scratch(out, reference, data, steps, args.val_tokens, args.gpus, compile_kw)
+        ref_cmd = [*torchrun(args.python, args.gpus), script.name]
+        if args.dry_run:
+            print(f"dry run: would run in {script.parent}: {' '.join(ref_cmd)}")
+            print(f"dry run: would run in {REPO}: {' '.join(ours_cmd)}")
+            return 0
+        ref_run = run_logged(ref_cmd, script.parent, ref_log, args.timeout, "reference")
+        if ours_dir.exists():  # this tool's own output of an earlier call: start over
+            print(f"removing the earlier run folder {ours_dir}")
+            shutil.rmtree(ours_dir)
+        ours_run = run_logged(ours_cmd, REPO, out / "ours.log", args.timeout, "ours")
+        status_file.write_text(json.dumps({"reference": vars(ref_run), "ours": vars(ours_run),
+                                           "compile_kw": compile_kw}))
 
     ref = parse_reference_log(ref_log.read_text(encoding="utf-8", errors="replace") if ref_log.exists() else "")
     ref.run = ref_run
@@ -220,7 +249,7 @@ def run(args) -> int:
     meta = {"title": args.title or f"{reference.stem} vs experiment={args.experiment}",
             "reference": str(args.reference), "experiment": args.experiment, "data": str(data), "steps": steps,
             "of_steps": total, "gpus": args.gpus, "device": args.device, "val_tokens": val_tokens,
-            "val_every": val_every, "edits": edit_script(text, steps, args.val_tokens)[1],
+            "val_every": val_every, "edits": edit_script(text, steps, args.val_tokens, compile_kw)[1],
             "gpu_plan": gpu_plan(text, args.gpus), "overrides": overrides}
     max_steps = re.search(r"^\s*max_steps:\s*(\d+)", (ours_dir / "config.yaml").read_text(), re.M) \
         if (ours_dir / "config.yaml").exists() else None
@@ -228,7 +257,7 @@ def run(args) -> int:
         meta["note"] = (f"**Warning: different schedules.** experiment={args.experiment} has train.max_steps="
                         f"{max_steps[1]}, the script {total} steps: lr (and window) schedules differ.")
     write_report(out, meta, ref, ours)
-    return 0 if ref_run.status in ("ok", "reused") and ours_run.status == "ok" else 1
+    return 0 if ref_run.status in ("ok", "from logs") and ours_run.status in ("ok", "from logs") else 1
 
 
 if __name__ == "__main__":

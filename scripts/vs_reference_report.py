@@ -158,7 +158,11 @@ def plot(path: Path, meta: dict, ref: Side, ours: Side) -> bool:
     """Val loss vs step and training time vs step, both runs; False when there is nothing to draw."""
     if not (ref.val or ours.val or ref.train_ms or ours.train_ms):
         return False
-    import matplotlib
+    try:
+        import matplotlib
+    except ImportError:  # a bare GPU machine: the markdown is the report; --report-only redraws it elsewhere
+        print("matplotlib is not installed: no PNG (rerun with --report-only where it is)")
+        return False
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     fig, (a, b) = plt.subplots(1, 2, figsize=(11, 4))

@@ -40,7 +40,8 @@ RECORDS = {  # experiment -> (script, our layers, input [B, T], bos positions, t
 # record 12's token window (1024, hard-coded in its forward) shrunk with the sequence, in both models
 SHRUNK_WINDOW = {"record12_flexattn": (["model.window_size=256"], {1024: 256})}
 # script parameter name -> ours, applied in order
-RENAMES = [(r"^transformer\.", ""), (r"^h\.", "blocks."), (r"^embed\.", "wte."), (r"value_embeds\.embed\.", "value_embeds."),
+RENAMES = [(r"^transformer\.", ""), (r"^h\.", "blocks."), (r"^embed\.", "wte."),
+           (r"value_embeds\.embed\.", "value_embeds."),
            (r"attn\.c_attn\.", "attn.qkv."), (r"attn\.qkv_w$", "attn.qkv.weight"), (r"attn\.c_([qkv])\.", r"attn.\1."),
            (r"attn\.c_proj\.", "attn.proj."), (r"mlp\.c_fc\.", "mlp.fc."), (r"mlp\.c_proj\.", "mlp.proj."),
            (r"attn\.lambdas$", "attn.v_lambdas"), (r"^blocks\.(\d+)\.lambdas$", r"blocks.\1.x0_lambdas")]
@@ -158,8 +159,8 @@ def test_same_loss_and_gradients(rec):
 
 def reference_optimizers(rec: str, ref, ref_model) -> dict:
     first = "hidden_matrix_params" if rec == "record20_sub3min" else "optimizer1"
-    return top_level(ref, first, "schedulers", {"raw_model": ref_model, "model": ref_model, "args": ref.Hyperparameters(),
-                                                "rank": 0, "world_size": 1})
+    env = {"raw_model": ref_model, "model": ref_model, "args": ref.Hyperparameters(), "rank": 0, "world_size": 1}
+    return top_level(ref, first, "schedulers", env)
 
 
 def set_reference_momentum(rec: str, ref, ns: dict, step: int) -> None:
@@ -224,7 +225,8 @@ def test_the_other_momentum_form_differs_during_warmup(rec):
     """The check can fail: with the other momentum form the parameters part within three warmup steps."""
     form = "ema" if rec == "record09_shortcuts" else "sum"
     diffs, _ = run_steps(rec, 0, form)
-    print(f"\n{rec} with momentum_form={form}: max |dparam| / max |param| per step {', '.join(f'{d:.2e}' for d in diffs)}")
+    per_step = ", ".join(f"{d:.2e}" for d in diffs)
+    print(f"\n{rec} with momentum_form={form}: max |dparam| / max |param| per step {per_step}")
     assert diffs[0] < 1e-6 < diffs[-1]
 
 
