@@ -18,6 +18,8 @@ which drives the momentum warmup and Adam's bias correction and travels in state
 Distributed (torch.distributed initialized, gradients already averaged by DDP): the
 linear-map matrices are sorted by size and dealt round-robin, each rank orthogonalizes only its
 share and one all_gather brings every update to every rank, so all ranks apply identical updates.
+A rank's share is orthogonalized with one batched Newton-Schulz call per matrix shape (Q/K/V blocks
+and tall matrices included), not one call per matrix.
 The elementwise work (momentum, embed map, Adam) is O(params) and runs on every rank, which keeps
 the optimizer state complete and identical everywhere (any rank's state_dict() is a checkpoint).
 """
@@ -29,7 +31,7 @@ import torch
 import torch.distributed as dist
 
 from optim.distributed import gather_updates, rank_and_world, shard_round_robin
-from optim.duality import (adam_direction, dualize_embed, dualize_linear, embed_norm, exact_polar,
+from optim.duality import (adam_direction, dualize_embed, dualize_linear_batched, embed_norm, exact_polar,
                            linear_norm)
 from optim.newton_schulz import orthogonalize
 from optim.hybrid_config import rates_from_config, routes_from_config, validate
@@ -135,13 +137,13 @@ class HybridOptimizer(torch.optim.Optimizer):
         rank, world = rank_and_world(self.process_group)
         order = shard_round_robin([p.numel() for p, _ in linear_items], world)
         mine = order[rank]
-        outputs, sample = [], None
+        dirs, sample = [], None
         for k, i in enumerate(mine):  # only this rank's share: the Newton-Schulz work is split
             p, group = linear_items[i]
-            u = self._direction(p, self.state[p]["momentum_buffer"], beta)
-            outputs.append(self._dualize_linear(u, group["role"]))
+            dirs.append(self._direction(p, self.state[p]["momentum_buffer"], beta))
             if diag_on and rank == 0 and k == (t // self.diag_every) % len(mine):
-                sample = (group, u)
+                sample = (group, dirs[-1])
+        outputs = self._dualize_linear_many(dirs, [linear_items[i][1]["role"] for i in mine])
         if sample is not None:
             diag.update(self._ns_error(*sample))
         updates = gather_updates(outputs, order, [p.shape for p, _ in linear_items], rank, world,
@@ -182,10 +184,17 @@ class HybridOptimizer(torch.optim.Optimizer):
 
     def _dualize_linear(self, u: torch.Tensor, role: str) -> torch.Tensor:
         """Linear map of u, per block for fused roles; fp32 result of u's shape."""
-        blocks = FUSED_BLOCKS.get(role, 1)
-        x = u.view(blocks, u.size(0) // blocks, u.size(1)) if (blocks > 1 and u.ndim == 2) else u
-        d = dualize_linear(x, self.scale, self.ns_method, self.ns_steps)
-        return d.reshape(u.shape).float()
+        return self._dualize_linear_many([u], [role])[0]
+
+    def _dualize_linear_many(self, us: list[torch.Tensor], roles: list[str]) -> list[torch.Tensor]:
+        """Linear map of each u (per block for fused roles), Newton-Schulz batched over same-shape
+        matrices: one call per shape instead of one per matrix. fp32 results of the u's shapes."""
+        views = []
+        for u, role in zip(us, roles):
+            blocks = FUSED_BLOCKS.get(role, 1)
+            views.append(u.view(blocks, u.size(0) // blocks, u.size(1)) if (blocks > 1 and u.ndim == 2) else u)
+        ds = dualize_linear_batched(views, self.scale, self.ns_method, self.ns_steps)
+        return [d.reshape(u.shape).float() for d, u in zip(ds, us)]
 
     def _apply(self, p: torch.Tensor, group: dict, d: torch.Tensor) -> None:
         lr, wd = group["lr"], group["weight_decay"]
