@@ -47,6 +47,7 @@ class ReplayLoader(ContiguousLoader):
                  vocab_size: int = 0, prefetch: bool = True):
         super().__init__(files, micro_batch_seqs, seq_len, rank, world, vocab_size=vocab_size, prefetch=prefetch)
         self.shard_tail = shard_tail.value  # what state_dict() records and load_state_dict() checks
+        self.per_rank = shard_tail is ShardTail.skip_micro_batch
         if shard_tail is ShardTail.skip_step:
             if step_tokens <= 0 or step_tokens % self.span:
                 raise DataError(f"data.shard_tail=skip_step needs train.global_batch_tokens ({step_tokens}) to be a "
@@ -93,7 +94,7 @@ class ReplayLoader(ContiguousLoader):
     def _tail_skipped(self, shard: int, pos: int) -> bool:
         """True when this rank does not read the global micro-batch at `pos` of `shard` (see the docstring)."""
         size = self.cache.sizes[shard]
-        if self.unit == self.span:  # skip_micro_batch: this rank's piece must leave span + 1 tokens
+        if self.per_rank:  # skip_micro_batch: this rank's piece must leave span + 1 tokens
             return pos > 0 and pos + self.rank * self.B * self.T + self.span + 1 > size
         return pos % self.unit == 0 and pos + self.unit + self.margin > size  # skip_step, same on every rank
 

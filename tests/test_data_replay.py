@@ -49,7 +49,8 @@ def expected_starts(n: int, tail: ShardTail, span: int, unit: int, offset: int, 
 
 @pytest.mark.parametrize("tail,world,accum,repeat", [
     (ShardTail.skip_micro_batch, 2, 1, False), (ShardTail.skip_micro_batch, 1, 3, True),
-    (ShardTail.skip_step, 1, 4, False), (ShardTail.skip_step, 2, 2, True)])
+    (ShardTail.skip_step, 1, 4, False), (ShardTail.skip_step, 2, 2, True),
+    (ShardTail.skip_step, 2, 1, False)])  # one micro-batch per step: still decided per step, for all ranks
 def test_each_unit_is_read_from_one_shard(shards, tail, world, accum, repeat):
     files, per_shard = shards
     span = world * B * T
