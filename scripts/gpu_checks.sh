@@ -73,7 +73,8 @@ export DRY PY CARRY DATA OUT
   nproc; } > "$OUT/gpu.txt" 2>&1
 
 if ! $PY -c "import hydra, omegaconf" 2>/dev/null; then  # the GPU machine has torch only
-    $PY -m pip install --quiet --no-index --find-links "$CARRY/wheels" hydra-core omegaconf >> "$OUT/gpu.txt" 2>&1
+    $PY -m pip install --quiet --no-index --find-links "$CARRY/wheels" hydra-core omegaconf >> "$OUT/gpu.txt" 2>&1 ||
+        $PY -m pip install --quiet --user --no-index --find-links "$CARRY/wheels" hydra-core omegaconf >> "$OUT/gpu.txt" 2>&1
 fi
 $PY scripts/repeat_shards.py --src "$CARRY/fineweb-sample" --out "$DATA" --train-tokens 40000000 | tee -a "$OUT/gpu.txt"
 
