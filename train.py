@@ -90,7 +90,8 @@ def train(cfg: Config, dist: D.DistInfo, run_dir: Path, stop: StopRequest | None
         prepare_data(cfg.data)
     D.barrier()
     val_set = build_val_batches(cfg.data, tc.val_tokens, tc.micro_batch_seqs, tc.seq_len, dist.rank, dist.world_size)
-    make_loader = lambda: build_train_loader(cfg.data, tc.seq_len, tc.micro_batch_seqs, dist.rank, dist.world_size)
+    make_loader = lambda: build_train_loader(cfg.data, tc.seq_len, tc.micro_batch_seqs, dist.rank, dist.world_size,
+                                             tc.global_batch_tokens)
     loader = make_loader()
 
     # Model and optimizer: the optimizer sees raw parameters and their roles, never the wrappers.
@@ -135,21 +136,31 @@ def train(cfg: Config, dist: D.DistInfo, run_dir: Path, stop: StopRequest | None
         return loss_sum / accum
 
     # Compilation happens on untimed warm-up steps that are then undone (weights, optimizer, data).
+    warmup_ms = 0.0  # their wall time (compilation + the steps themselves), reported in the summary
     if tc.compile and tc.compile_warmup_steps:
+        sync(device)
+        t_warmup = time.perf_counter()
         saved = copy.deepcopy((model.state_dict(), optimizer.state_dict()))
         for s in range(tc.compile_warmup_steps):
             train_step(s)
         model.load_state_dict(saved[0])
         optimizer.load_state_dict(saved[1])
         loader = make_loader()
+        sync(device)
+        warmup_ms = 1000 * (time.perf_counter() - t_warmup)
 
     start_step, train_time_ms, counters = ckpt.restore(model, optimizer, loader)  # (0, 0, {}) when starting fresh
     log = make_logger(cfg, dist, run_dir, ckpt.history)  # after restore: metrics.jsonl ends at the resumed step
     guard.skipped, last_val = counters.get("skipped_steps", 0), float("nan")
+    # train.stop_after_step runs a prefix of the run: the schedule (lr, momentum, windows) stays max_steps'.
+    end = tc.max_steps if tc.stop_after_step is None else tc.stop_after_step
+    if start_step > end:
+        raise ConfigError(f"train.stop_after_step={end} is before step {start_step}, where this run resumes: "
+                          "raise it, or start a new run folder")
     sync(device)
     t0 = time.perf_counter()
-    for step in range(start_step, tc.max_steps + 1):
-        last = step == tc.max_steps
+    for step in range(start_step, end + 1):
+        last = step == end
         model.set_train_progress(step, tc.max_steps)  # time-dependent architecture (sliding-window schedule)
         stopping = stop.requested(step)  # SIGTERM/SIGINT on any rank: every rank stops here
         validate = last or (tc.val_every and step % tc.val_every == 0)
@@ -175,7 +186,7 @@ def train(cfg: Config, dist: D.DistInfo, run_dir: Path, stop: StopRequest | None
         if last:
             break
         loss = train_step(step)
-        if (step + 1) % tc.log_every == 0 or step + 1 == tc.max_steps:
+        if (step + 1) % tc.log_every == 0 or step + 1 == end:
             loss_value = D.all_reduce_mean(loss).item()  # .item() synchronizes the device
             now_ms = train_time_ms + 1000 * (time.perf_counter() - t0)
             log.log({"event": "train", "step": step + 1, "tokens": (step + 1) * tc.global_batch_tokens,
@@ -186,7 +197,12 @@ def train(cfg: Config, dist: D.DistInfo, run_dir: Path, stop: StopRequest | None
     summary = {"final_val_loss": last_val, "steps": step, "tokens": step * tc.global_batch_tokens,
                "reached_target": tc.stop_at_val_loss is not None and last_val <= tc.stop_at_val_loss,
                "train_time_ms": train_time_ms, "parameters": n_params, "world_size": dist.world_size,
-               "skipped_steps": guard.skipped}
+               "skipped_steps": guard.skipped, "compile_warmup_ms": warmup_ms}
+    if end < tc.max_steps and step == end:
+        summary["stopped_early"] = f"train.stop_after_step={end} of max_steps={tc.max_steps}"
+        if dist.is_main:
+            print(f"stopped early after step {end} of {tc.max_steps} (train.stop_after_step): the schedule was the "
+                  f"{tc.max_steps}-step run's", flush=True)
     if device.type == "cuda":
         summary["peak_memory_mib"] = torch.cuda.max_memory_allocated(device) / 2**20
     log.close(summary)

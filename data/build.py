@@ -7,8 +7,9 @@ from typing import Iterator
 import torch
 
 from data.bos import BOSAlignedLoader
-from data.config import DataConfig, LoaderMode
+from data.config import DataConfig, LoaderMode, ShardTail
 from data.loader import ContiguousLoader, resolve_shards, validation_batches
+from data.replay import ReplayLoader
 from data.synthetic import ensure_synthetic_shards
 
 
@@ -21,15 +22,20 @@ def prepare_data(cfg: DataConfig) -> None:
 
 
 def build_train_loader(cfg: DataConfig, seq_len: int, micro_batch_seqs: int, rank: int,
-                       world: int) -> ContiguousLoader | BOSAlignedLoader:
+                       world: int, step_tokens: int = 0) -> ContiguousLoader | BOSAlignedLoader:
     """This rank's endless stream of (inputs, targets) int64 [micro_batch_seqs, seq_len], in `data.mode`.
 
-    Both loaders have `state_dict()` / `load_state_dict()` (a global position, the same on every rank).
+    step_tokens: tokens per optimizer step over all ranks (needed by data.shard_tail=skip_step).
+    Every loader has `state_dict()` / `load_state_dict()` (a global position, the same on every rank).
     """
     files = resolve_shards(cfg.dir, cfg.train_pattern, "train")
     if cfg.mode is LoaderMode.bos:
         return BOSAlignedLoader(files, micro_batch_seqs, seq_len, rank, world, max_doc_len=cfg.bos_max_doc_len,
                                 vocab_size=cfg.vocab_check, prefetch=cfg.prefetch, bos=cfg.bos_token)
+    if cfg.shard_tail is not ShardTail.read or cfg.repeat_first_batch:
+        return ReplayLoader(files, micro_batch_seqs, seq_len, rank, world, shard_tail=cfg.shard_tail,
+                            step_tokens=step_tokens, repeat_first_batch=cfg.repeat_first_batch,
+                            vocab_size=cfg.vocab_check, prefetch=cfg.prefetch)
     return ContiguousLoader(files, micro_batch_seqs, seq_len, rank, world, vocab_size=cfg.vocab_check,
                             prefetch=cfg.prefetch)
 

@@ -41,6 +41,13 @@ class LoaderMode(Enum):
     bos = "bos"                # every sequence starts at a document start (see data/bos.py)
 
 
+class ShardTail(Enum):
+    """What the contiguous train stream does at the end of a shard (see data/replay.py)."""
+    read = "read"                          # read across the boundary: no token skipped (ours)
+    skip_micro_batch = "skip_micro_batch"  # a global micro-batch that does not fit starts the next shard (records 4-12)
+    skip_step = "skip_step"                # an optimizer step that does not fit (+2 tokens) starts it (record 20)
+
+
 @dataclass
 class DataConfig:
     """Where the token shards are and how they are fed. `dir` holds `fineweb_val_*.bin` and
@@ -55,6 +62,9 @@ class DataConfig:
     mode: LoaderMode = LoaderMode.contiguous
     bos_max_doc_len: int = 0      # bos mode: documents longer than this are cut, the rest skipped (0 = no cap)
     prefetch: bool = True         # prepare the next train shard in a background thread
+    # Replaying a record's own batches (contiguous mode; data/replay.py):
+    shard_tail: ShardTail = ShardTail.read
+    repeat_first_batch: bool = False  # train global micro-batch 0 twice, as records 4-9's loop did
     vocab_check: int = 50257      # token ids must be < this, checked on a sample of each shard at open (0 = off);
                                   # the data/*.yaml configs set it to ${model.vocab_size}
     tokenizer_bpe: str = ""       # GPT-2 BPE file (.tiktoken, or encoder.json + vocab.bpe) for offline encoding;
@@ -70,6 +80,9 @@ class DataConfig:
             self.synthetic.check()
         if self.bos_max_doc_len < 0:
             raise ValueError(f"data.bos_max_doc_len must be >= 0 (0 = no cap), got {self.bos_max_doc_len}")
+        if self.mode is LoaderMode.bos and (self.shard_tail is not ShardTail.read or self.repeat_first_batch):
+            raise ValueError("data.shard_tail and data.repeat_first_batch replay the records' contiguous stream: "
+                             "use them with data.mode=contiguous")
         if self.vocab_check < 0:
             raise ValueError(f"data.vocab_check must be >= 0 (0 = off), got {self.vocab_check}")
         if self.tokenizer_bpe and not Path(self.tokenizer_bpe).expanduser().exists():

@@ -81,6 +81,7 @@ class _StreamState:
     """Bookkeeping shared by the train loaders: shard files, position, save/restore."""
 
     mode = "?"
+    shard_tail = "read"  # data.shard_tail of the stream (data/replay.py skips shard tails)
 
     def _init_state(self, cache: ShardCache) -> None:
         self.cache = cache
@@ -96,6 +97,9 @@ class _StreamState:
         if state.get("mode") != self.mode:
             raise DataError(f"loader state is for data.mode={state.get('mode')}, this run uses {self.mode}; "
                             "resume with the same data.mode")
+        if state.get("shard_tail", "read") != self.shard_tail:
+            raise DataError(f"loader state was saved with data.shard_tail={state.get('shard_tail')}, this run uses "
+                            f"{self.shard_tail}; resume with the same data.shard_tail")
         files, sizes = list(state["files"]), list(state["sizes"])
         now = [f.name for f in self.cache.files]
         if now[:len(files)] != files or self.cache.sizes[:len(sizes)] != sizes:

@@ -60,6 +60,8 @@ class TrainConfig:
     precision: Precision = Precision.auto
     log_every: int = 1              # train-loss events every N steps
     stop_at_val_loss: Optional[float] = None  # stop at the first validation with val_loss <= this (time-to-target)
+    stop_after_step: Optional[int] = None  # run only steps 1..N of the unchanged max_steps schedule (a prefix of
+                                           # the run), validate at N and exit 0; null = run to max_steps
     target_val_loss: float = 3.28   # the speedrun's target; summaries record when val loss first reaches it
     nonfinite: NonFinitePolicy = NonFinitePolicy.stop
     max_nonfinite_skips: int = 10   # with nonfinite=skip: stop once this many steps were skipped
@@ -80,6 +82,9 @@ class TrainConfig:
                              f"(got {self.warmup_frac} + {self.warmdown_frac})")
         if self.stop_at_val_loss is not None and not self.stop_at_val_loss > 0:
             raise ValueError(f"train.stop_at_val_loss must be > 0 or null (got {self.stop_at_val_loss})")
+        if self.stop_after_step is not None and not 0 <= self.stop_after_step <= self.max_steps:
+            raise ValueError(f"train.stop_after_step must lie in [0, train.max_steps={self.max_steps}] or be null "
+                             f"(got {self.stop_after_step})")
         if self.grad_clip < 0:
             raise ValueError(f"train.grad_clip must be >= 0 (got {self.grad_clip})")
         if not self.target_val_loss > 0:

@@ -9,7 +9,7 @@ def lr_factor(step: int, max_steps: int, warmup_frac: float, warmdown_frac: floa
     the last warmdown_frac*max_steps steps fall linearly to `final_frac` at the end.
     """
     warmup = round(warmup_frac * max_steps)
-    warmdown = round(warmdown_frac * max_steps)
+    warmdown = warmdown_frac * max_steps
     if step < warmup:
         return (step + 1) / warmup
     if warmdown and step >= max_steps - warmdown:

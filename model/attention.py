@@ -72,12 +72,12 @@ class CausalSelfAttention(nn.Module):
         if cfg.value_embed_tables:
             v = self.v_lambdas[0] * v + (self.v_lambdas[1] * ve.view_as(v) if ve is not None else 0)
         if cfg.qk_norm is QKNorm.before_rope:
-            q, k = F.rms_norm(q, (D,)), F.rms_norm(k, (D,))
+            q, k = F.rms_norm(q, (D,), eps=cfg.norm_eps), F.rms_norm(k, (D,), eps=cfg.norm_eps)
         if cfg.pos_emb is PosEmb.rotary:
             freqs = rotary_frequencies(D, cfg.rope_base, cfg.rope_half_truncated, device=x.device)
             q, k = apply_rotary(q, freqs), apply_rotary(k, freqs)
         if cfg.qk_norm is QKNorm.after_rope:
-            q, k = F.rms_norm(q, (D,)), F.rms_norm(k, (D,))
+            q, k = F.rms_norm(q, (D,), eps=cfg.norm_eps), F.rms_norm(k, (D,), eps=cfg.norm_eps)
         # FlexAttention needs one dtype; under autocast the norms may have returned fp32.
         q, k, v = (t.to(v.dtype).transpose(1, 2) for t in (q, k, v))  # [B, H, T, D]
         y = attend(q, k, v, masks.for_layer(self.short_window), masks.use_flex, cfg.attn_scale)

@@ -66,6 +66,9 @@ class ModelConfig:
     mlp_ratio: int = 4           # hidden width of the MLP = mlp_ratio * n_embd
     norm: Norm = Norm.layernorm
     norm_affine: bool = True     # learnable norm gain (and bias, for LayerNorm with bias=true)
+    norm_eps: Optional[float] = None  # epsilon of every norm (block, embedding, final, QK); null = the library's
+                                 # default: rms_norm uses the input dtype's eps (1.19e-7 in fp32), LayerNorm 1e-5.
+                                 # Records 2 and 4: 1e-6.
     bias: bool = True            # biases in Linear layers and LayerNorm
     mlp_act: MlpAct = MlpAct.gelu
     pos_emb: PosEmb = PosEmb.learned
@@ -130,6 +133,8 @@ class ModelConfig:
                 raise ValueError(f"model.{key} must be > 0 (got {getattr(self, key)})")
         if self.n_embd % self.n_head:
             raise ValueError(f"model.n_embd={self.n_embd} must be divisible by model.n_head={self.n_head}")
+        if self.norm_eps is not None and not self.norm_eps > 0:
+            raise ValueError(f"model.norm_eps must be > 0 or null (got {self.norm_eps})")
         if self.init_std <= 0:
             raise ValueError(f"model.init_std must be > 0 (got {self.init_std})")
         if self.tie_embeddings and not self.pad_embeddings:

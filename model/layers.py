@@ -43,22 +43,26 @@ def role_of(module: nn.Module, name: str) -> str | None:
 
 
 class RMSNorm(nn.Module):
-    """x / rms(x) over the last dim, with an optional learnable gain."""
+    """x / sqrt(mean(x^2) + eps) over the last dim, with an optional learnable gain.
+    eps None: torch's default, the eps of x's dtype."""
 
-    def __init__(self, dim: int, affine: bool):
+    def __init__(self, dim: int, affine: bool, eps: float | None = None):
         super().__init__()
         self.weight = nn.Parameter(torch.ones(dim)) if affine else None
+        self.eps = eps
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.rms_norm(x, (x.size(-1),), self.weight)
+        return F.rms_norm(x, (x.size(-1),), self.weight, self.eps)
 
 
 def make_norm(cfg: ModelConfig, dim: int | None = None) -> nn.Module:
     """The configured norm over `dim` features (default n_embd); its gain has role 'gain'."""
     dim = dim or cfg.n_embd
     if cfg.norm is Norm.rmsnorm:
-        return tagged(RMSNorm(dim, cfg.norm_affine), "gain")
-    return tagged(nn.LayerNorm(dim, elementwise_affine=cfg.norm_affine, bias=cfg.bias and cfg.norm_affine), "gain")
+        return tagged(RMSNorm(dim, cfg.norm_affine, cfg.norm_eps), "gain")
+    eps = 1e-5 if cfg.norm_eps is None else cfg.norm_eps  # nn.LayerNorm's own default
+    return tagged(nn.LayerNorm(dim, eps=eps, elementwise_affine=cfg.norm_affine, bias=cfg.bias and cfg.norm_affine),
+                  "gain")
 
 
 class MLP(nn.Module):

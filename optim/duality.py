@@ -20,7 +20,7 @@ import math
 
 import torch
 
-from optim.newton_schulz import orthogonalize
+from optim.newton_schulz import orthogonalize, orthogonalize_batched
 
 LINEAR_SCALES = ("spectral", "muon", "rms_match")
 
@@ -60,6 +60,14 @@ def dualize_linear(G: torch.Tensor, scale: str = "spectral", method: str = "quin
     """
     polar = exact_polar(G) if exact else orthogonalize(G, method, steps)
     return polar * linear_scale(G.size(-2), G.size(-1), scale)
+
+
+def dualize_linear_batched(mats: list[torch.Tensor], scale: str = "spectral", method: str = "quintic",
+                           steps: int | None = None) -> list[torch.Tensor]:
+    """`dualize_linear` of every tensor in `mats` ([..., d_out, d_in] each), Newton-Schulz batched over
+    same-shape matrices (optim.newton_schulz.orthogonalize_batched). Returns a list aligned with `mats`."""
+    polars = orthogonalize_batched(mats, method, steps)
+    return [p * linear_scale(m.size(-2), m.size(-1), scale) for p, m in zip(polars, mats)]
 
 
 def dualize_embed(G: torch.Tensor, eps: float = 0.0) -> torch.Tensor:

@@ -5,6 +5,7 @@
     adam    (gains, biases, scalars; the head by default): Adam
 
     p <- p (1 - lr wd) - lr * dualize(u),   u = (1 - beta) g + beta buf,  buf <- beta buf + (1 - beta) g
+                                            (optim.momentum_form=sum: u = g + beta buf, buf <- beta buf + g)
 
 Routing is a table role -> map built from config (optim/hybrid_config.py), never a shape test:
 two weights of the same shape get different maps when they play different roles. Fused weights
@@ -17,6 +18,8 @@ which drives the momentum warmup and Adam's bias correction and travels in state
 Distributed (torch.distributed initialized, gradients already averaged by DDP): the
 linear-map matrices are sorted by size and dealt round-robin, each rank orthogonalizes only its
 share and one all_gather brings every update to every rank, so all ranks apply identical updates.
+A rank's share is orthogonalized with one batched Newton-Schulz call per matrix shape (Q/K/V blocks
+and tall matrices included), not one call per matrix.
 The elementwise work (momentum, embed map, Adam) is O(params) and runs on every rank, which keeps
 the optimizer state complete and identical everywhere (any rank's state_dict() is a checkpoint).
 
@@ -34,7 +37,7 @@ import torch.distributed as dist
 from optim import lanton
 from optim.cautious import cautious_decay_
 from optim.distributed import gather_updates, rank_and_world, shard_round_robin
-from optim.duality import (adam_direction, dualize_embed, dualize_linear, embed_norm, exact_polar,
+from optim.duality import (adam_direction, dualize_embed, dualize_linear_batched, embed_norm, exact_polar,
                            linear_norm)
 from optim.newton_schulz import orthogonalize
 from optim.normuon import normuon_
@@ -52,6 +55,7 @@ class HybridOptimizer(torch.optim.Optimizer):
                  routes: dict[str, str], rates: dict[str, float], *, scale: str = "spectral",
                  ns_method: str = "quintic", ns_steps: int | None = None, momentum: float = 0.95,
                  nesterov: bool = True, momentum_warmup_start: float = 0.85, momentum_warmup_steps: int = 0,
+                 momentum_form: str = "ema",
                  weight_decay: float = 0.0, adam_betas: tuple[float, float] = (0.9, 0.95),
                  adam_eps: float = 1e-8, adam_weight_decay: float = 0.0, embed_eps: float = 0.0,
                  diag_every: int = 0, process_group: dist.ProcessGroup | None = None, lanton: bool = False,
@@ -82,7 +86,9 @@ class HybridOptimizer(torch.optim.Optimizer):
         defaults = dict(lr=0.0, weight_decay=0.0)
         super().__init__(groups, defaults)
         self.scale, self.ns_method, self.ns_steps = scale, ns_method, ns_steps
-        self.momentum, self.nesterov = momentum, nesterov
+        if momentum_form not in ("ema", "sum"):
+            raise ValueError(f"momentum_form={momentum_form!r} must be 'ema' or 'sum'")
+        self.momentum, self.nesterov, self.momentum_form = momentum, nesterov, momentum_form
         self.warmup = (momentum_warmup_start, momentum_warmup_steps)
         self.adam_betas, self.adam_eps, self.embed_eps = tuple(adam_betas), adam_eps, embed_eps
         self.diag_every, self.process_group = diag_every, process_group
@@ -144,16 +150,16 @@ class HybridOptimizer(torch.optim.Optimizer):
         rank, world = rank_and_world(self.process_group)
         order = shard_round_robin([p.numel() for p, _ in linear_items], world)
         mine = order[rank]
-        outputs, sample = [], None
+        dirs, sample = [], None
         noise: list = [None] * len(linear_items)  # LANTON's samples for this rank's share
         for k, i in enumerate(mine):  # only this rank's share: the Newton-Schulz work is split
             p, group = linear_items[i]
-            u = self._direction(p, self.state[p]["momentum_buffer"], beta)
-            outputs.append(self._dualize_linear(u, group["role"]))
+            dirs.append(self._direction(p, self.state[p]["momentum_buffer"], beta))
             if self.lanton and "lanton_noise_sq" in self.state[p]:
                 noise[i] = self._linear_noise(p, group["role"])
             if diag_on and rank == 0 and k == (t // self.diag_every) % len(mine):
-                sample = (group, u)
+                sample = (group, dirs[-1])
+        outputs = self._dualize_linear_many(dirs, [linear_items[i][1]["role"] for i in mine])
         if sample is not None:
             diag.update(self._ns_error(*sample))
         updates = gather_updates(outputs, order, [p.shape for p, _ in linear_items], rank, world,
@@ -181,24 +187,38 @@ class HybridOptimizer(torch.optim.Optimizer):
     # ---- pieces ---------------------------------------------------------------------------
 
     def _momentum_buffer(self, p: torch.Tensor, beta: float) -> torch.Tensor:
-        """buf <- beta buf + (1 - beta) g, in fp32 whatever the parameter's dtype."""
+        """buf <- beta buf + (1 - beta) g (ema) or beta buf + g (sum), in fp32 whatever the parameter's dtype."""
         state = self.state[p]
         if "momentum_buffer" not in state:
             state["momentum_buffer"] = torch.zeros_like(p, dtype=torch.float32)
         buf = state["momentum_buffer"]
-        buf.lerp_(p.grad.float(), 1 - beta)
+        if self.momentum_form == "sum":
+            buf.mul_(beta).add_(p.grad.float())
+        else:
+            buf.lerp_(p.grad.float(), 1 - beta)
         return buf
 
     def _direction(self, p: torch.Tensor, buf: torch.Tensor, beta: float) -> torch.Tensor:
-        """What gets dualized: Nesterov's (1 - beta) g + beta buf, or the buffer itself."""
-        return p.grad.float().lerp(buf, beta) if self.nesterov else buf
+        """What gets dualized: Nesterov's (1 - beta) g + beta buf (sum: g + beta buf), or the buffer itself."""
+        if not self.nesterov:
+            return buf
+        if self.momentum_form == "sum":
+            return p.grad.float().add(buf, alpha=beta)
+        return p.grad.float().lerp(buf, beta)
 
     def _dualize_linear(self, u: torch.Tensor, role: str) -> torch.Tensor:
         """Linear map of u, per block for fused roles; fp32 result of u's shape."""
-        blocks = FUSED_BLOCKS.get(role, 1)
-        x = u.view(blocks, u.size(0) // blocks, u.size(1)) if (blocks > 1 and u.ndim == 2) else u
-        d = dualize_linear(x, self.scale, self.ns_method, self.ns_steps)
-        return d.reshape(u.shape).float()
+        return self._dualize_linear_many([u], [role])[0]
+
+    def _dualize_linear_many(self, us: list[torch.Tensor], roles: list[str]) -> list[torch.Tensor]:
+        """Linear map of each u (per block for fused roles), Newton-Schulz batched over same-shape
+        matrices: one call per shape instead of one per matrix. fp32 results of the u's shapes."""
+        views = []
+        for u, role in zip(us, roles):
+            blocks = FUSED_BLOCKS.get(role, 1)
+            views.append(u.view(blocks, u.size(0) // blocks, u.size(1)) if (blocks > 1 and u.ndim == 2) else u)
+        ds = dualize_linear_batched(views, self.scale, self.ns_method, self.ns_steps)
+        return [d.reshape(u.shape).float() for d, u in zip(ds, us)]
 
     def _apply(self, p: torch.Tensor, group: dict, d: torch.Tensor, factor: torch.Tensor | None = None) -> None:
         """p <- p (1 - lr wd) - lr d, at the layer's rate lr * factor when LANTON gives one (0-dim tensor);
@@ -298,7 +318,8 @@ def build_hybrid(cfg, named_params: Iterable[tuple[str, torch.nn.Parameter]], ro
     return HybridOptimizer(
         named_params, roles, routes, rates, scale=cfg.scale, ns_method=cfg.ns_method, ns_steps=cfg.ns_steps,
         momentum=cfg.momentum, nesterov=cfg.nesterov, momentum_warmup_start=cfg.momentum_warmup_start,
-        momentum_warmup_steps=cfg.momentum_warmup_steps, weight_decay=cfg.weight_decay,
+        momentum_warmup_steps=cfg.momentum_warmup_steps, momentum_form=cfg.momentum_form,
+        weight_decay=cfg.weight_decay,
         adam_betas=tuple(cfg.adam_betas), adam_eps=cfg.adam_eps, adam_weight_decay=cfg.adam_weight_decay,
         embed_eps=cfg.embed_eps, diag_every=cfg.diag_every, lanton=cfg.lanton, lanton_beta=cfg.lanton_beta,
         normuon=cfg.normuon, normuon_beta=cfg.normuon_beta, normuon_eps=cfg.normuon_eps, cautious_wd=cfg.cautious_wd)

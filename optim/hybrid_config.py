@@ -32,6 +32,7 @@ from optim.newton_schulz import METHODS
 from optim.roles import ALL_ROLES, EMBED_ROLES, HIDDEN_ROLES, VECTOR_ROLES
 
 MAPS = ("linear", "embed", "adam")
+MOMENTUM_FORMS = ("ema", "sum")
 
 
 @dataclass
@@ -53,6 +54,10 @@ class HybridConfig:
     nesterov: bool = True
     momentum_warmup_start: float = 0.85  # beta ramps linearly from this to `momentum` ...
     momentum_warmup_steps: int = 0       # ... over this many steps (0 = no warmup)
+    # ema: buf <- beta buf + (1 - beta) g, Nesterov direction (1 - beta) g + beta buf (records 20+);
+    # sum: buf <- beta buf + g, direction g + beta buf (records 4-12's Muon). Under a constant beta the two
+    # differ by the factor 1 - beta, which the maps normalize away; while beta ramps they differ.
+    momentum_form: str = "ema"
     weight_decay: float = 0.0         # decoupled, p <- p (1 - lr wd), linear and embed maps
     embed_eps: float = 0.0            # embed map: relative row-RMS floor damping rare-token rows
     # absolute rates (manual mode; Adam-routed roles in mass mode)
@@ -133,6 +138,7 @@ def validate(cfg: Any) -> None:
         _choice(cfg, "tied_map", MAPS)
     _choice(cfg, "scale", LINEAR_SCALES)
     _choice(cfg, "ns_method", tuple(METHODS))
+    _choice(cfg, "momentum_form", MOMENTUM_FORMS)
     if _get(cfg, "ns_steps") is not None and _get(cfg, "ns_steps") < 1:
         raise ValueError(f"optim.ns_steps={_get(cfg, 'ns_steps')} must be >= 1 (or null for the method's default)")
     for key in ("momentum", "momentum_warmup_start"):
@@ -165,6 +171,9 @@ def _check_switches(cfg: Any) -> None:
     if _get(cfg, "lanton", False) and not _get(cfg, "momentum") > 0:
         raise ValueError("optim.lanton=true measures each layer's noise against its momentum: it needs "
                          f"optim.momentum > 0 (got {_get(cfg, 'momentum')})")
+    if _get(cfg, "lanton", False) and _get(cfg, "momentum_form", "ema") != "ema":
+        raise ValueError("optim.lanton=true measures noise as gradient minus the momentum average: it needs "
+                         f"optim.momentum_form=ema (got {_get(cfg, 'momentum_form')!r}, a running sum)")
     if _get(cfg, "cautious_wd", False) and not (_get(cfg, "weight_decay") > 0 or _get(cfg, "adam_weight_decay") > 0):
         raise ValueError("optim.cautious_wd=true masks a weight decay, but optim.weight_decay and "
                          "optim.adam_weight_decay are both 0: set one of them > 0 (or drop cautious_wd)")

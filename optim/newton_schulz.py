@@ -81,8 +81,8 @@ def orthogonalize(G: torch.Tensor, method: str = "quintic", steps: int | None = 
     norm_scale, norm_eps = METHODS[method][2]
     X = G.to(dtype or default_dtype(G.device))
     tall = X.size(-2) > X.size(-1)
-    if tall:
-        X = X.mT
+    if tall:  # contiguous: the same matmul kernels as a wide input (and orthogonalize_batched's stacks)
+        X = X.mT.contiguous()
     # Norm in fp32 whatever the working dtype: a bf16 sum over ~1e6 squares loses digits.
     fro = torch.linalg.vector_norm(X.float(), dim=(-2, -1), keepdim=True)
     X = X / (fro * norm_scale + norm_eps).to(X.dtype)
@@ -93,6 +93,39 @@ def orthogonalize(G: torch.Tensor, method: str = "quintic", steps: int | None = 
     if tall:
         X = X.mT
     return X.to(G.dtype)
+
+
+@torch.no_grad()
+def orthogonalize_batched(mats: list[torch.Tensor], method: str = "quintic", steps: int | None = None,
+                          dtype: torch.dtype | None = None) -> list[torch.Tensor]:
+    """`orthogonalize` of every tensor in `mats`, with one batched call per matrix shape.
+
+    mats: tensors [..., rows, cols] of any shapes (leading dims: independent matrices, e.g. the
+    Q, K, V blocks of a fused weight). Tall matrices are transposed to wide first, so a [r, c] and a
+    [c, r] weight share a batch (GPT-2 124M: 48 hidden matrices in 2 calls instead of 48). Each
+    matrix is still normalized by its own norm, so every result equals the per-matrix call up to
+    the rounding of batched matmuls. Returns a list aligned with `mats`, each its input's shape and
+    dtype. The stacked batch is built in the working dtype (bf16 on CUDA), so it costs one copy.
+    """
+    work = dtype or (default_dtype(mats[0].device) if mats else torch.float32)
+    groups: dict[tuple, list[int]] = {}
+    wide: list[torch.Tensor] = []
+    for i, m in enumerate(mats):
+        if m.ndim < 2:
+            raise ValueError(f"orthogonalize needs a matrix or a batch of matrices, got shape {tuple(m.shape)}")
+        x = m.reshape(-1, *m.shape[-2:])
+        x = x.mT if x.size(-2) > x.size(-1) else x
+        wide.append(x)
+        groups.setdefault((tuple(x.shape[-2:]), m.device), []).append(i)
+    out: list[torch.Tensor | None] = [None] * len(mats)
+    for members in groups.values():
+        stacked = torch.cat([wide[i].to(work) for i in members]) if len(members) > 1 else wide[members[0]]
+        polar = orthogonalize(stacked, method, steps, dtype=work)
+        for i, piece in zip(members, polar.split([wide[i].size(0) for i in members])):
+            m = mats[i]
+            piece = piece.mT if m.size(-2) > m.size(-1) else piece
+            out[i] = piece.reshape(m.shape).to(m.dtype)
+    return out  # type: ignore[return-value]
 
 
 def scalar_iteration(s: torch.Tensor, method: str = "quintic", steps: int | None = None) -> torch.Tensor:

@@ -1,31 +1,50 @@
 #!/usr/bin/env bash
-# The GPU checks of the trainer and the optimizer on one CUDA device, in priority order, each under
-# its own time limit so one failure never costs the rest:
-#   1. Newton-Schulz micro-benchmark in bf16 (scripts/bench_ns.py --device cuda)
-#   2. experiment=cpu_fineweb on CUDA (bf16 autocast), 200 steps
-#   3. model=gpt2_124m, optim=adamw, 50 steps (one GPU: 8 micro-batches of 64 x 1024 per step)
-#   4. model=gpt2_124m, optim=dual, 30 steps (step time against 3.)
-#   5. the optimizer benchmark (scripts/bench_optim.py) on the GPU, 4 runs sharing it
-#   6. model=gpt2_124m, optim=adamw, train.compile=true, 30 steps (compile time is not timed)
+# The standing GPU check: one call of at most ~10 minutes on one GPU (sized for an H200, torch 2.11),
+# in order of value. Each step has a time limit and the call a budget (BUDGET seconds): a slow step
+# costs only the steps after it, and every step's outputs are kept as they are written.
+#   1. tied_dual    GPT-2 124M (tied embedding/head) with optim=dual, compiled, 30 steps: the check owed
+#                   since the last GPU run (results/benchmarks/gpu_h200.md: dual diverged with a flat 0.05
+#                   rate on the tied table; it is now tied_embed_lr_times_width / n_embd). Same settings as
+#                   that run's compiled AdamW (val 7.562 after 30 steps), so the two compare directly.
+#   2. vs_record12  scripts/vs_reference.py: record 12's own script vs experiment=record12_flexattn, one
+#                   GPU, compiled, 40 steps of the unchanged 1875-step schedule (step-time ratio, compile
+#                   time, val loss at steps 0 and 40) -> OUT/vs_reference/record12/report.md
+#   3. vs_record20  the same for record 20, 30 of its 1393 steps -> OUT/vs_reference/record20/report.md
+#   4. mfu          GPT-2 124M, AdamW, compiled, 20 steps, if time is left; scripts/mfu.py on it and on
+#                   the runs above (the tied-dual run is GPT-2 124M compiled too, its optimizer included).
+# The sample's 3.96M train tokens are repeated to 40M (scripts/repeat_shards.py): record 20's loader
+# does not cycle. Its val shard holds 405,727 tokens, so validation uses 393,216 (6 x 65,536) in 2-3.
 #
-#   scripts/gpu_checks.sh DATA_DIR OUT_DIR      # DATA_DIR: FineWeb shards (train + val)
-#
-# OUT_DIR receives the reports (ns_gpu.md, optim_gpu.md/.png), gpu.txt and runs.tgz (metrics.jsonl,
-# config.yaml and console log of every run); run folders go under $RUNS (default outputs/gpu_checks).
-# results/benchmarks/gpu_h200.md is the write-up of one such call.
+#   bash scripts/gpu_carry.sh .carry                    # here, once (wheels, sample shards, 2 record scripts)
+#   bash scripts/gpu_checks.sh .carry "$OUT"            # on the GPU machine, with .carry carried along
+#   DRY_RUN=1 bash scripts/gpu_checks.sh .carry /tmp/o  # on CPU: composes every config (scripts/describe.py),
+#                                                       # prepares both side-by-sides (--dry-run), runs mfu.py
+#                                                       # on a short CPU run; nothing needs a GPU
+# OUT receives gpu.txt (machine, each step's status and wall time), mfu.md, vs_reference/record*/ and
+# runs.tgz (metrics.jsonl, config.yaml and logs of every run). Run folders go under $RUNS.
 set -u
-DATA=${1:?usage: scripts/gpu_checks.sh DATA_DIR OUT_DIR}
-OUT=${2:?usage: scripts/gpu_checks.sh DATA_DIR OUT_DIR}
+CARRY=${1:?usage: scripts/gpu_checks.sh CARRY_DIR OUT_DIR}
+OUT=${2:?usage: scripts/gpu_checks.sh CARRY_DIR OUT_DIR}
+BUDGET=${BUDGET:-570}
+DRY=${DRY_RUN:-0}
 RUNS=${RUNS:-outputs/gpu_checks}
 PY=${PY:-python3}
+DATA="$RUNS/data"
 export PYTHONUNBUFFERED=1
 mkdir -p "$OUT" "$RUNS"
+START=$SECONDS
 
-step() {  # step NAME SECONDS CMD...: run with a limit, record its status and wall time
+step() {  # step NAME SECONDS CMD...: run with min(SECONDS, what is left of BUDGET); record status and wall time
     local name=$1 limit=$2; shift 2
+    local left=$((BUDGET - (SECONDS - START)))
+    if [ "$left" -lt 40 ]; then
+        echo "=== $name skipped: ${left}s of the budget left" | tee -a "$OUT/gpu.txt"
+        return
+    fi
+    [ "$limit" -gt "$left" ] && limit=$left
     local t0=$SECONDS
     echo "=== $name (limit ${limit}s): $*"
-    timeout "$limit" "$@"
+    STEP_LIMIT=$limit timeout --kill-after=15 "$limit" bash -c '"$@"' _ "$@"  # bash -c: steps may be functions
     local rc=$?
     echo "=== $name rc=$rc wall=$((SECONDS - t0))s" | tee -a "$OUT/gpu.txt"
     pack
@@ -36,19 +55,44 @@ pack() {  # what the summary needs, refreshed after every step: each run's metri
         tar --null -czf "$OUT/runs.tgz.part" -T - && mv "$OUT/runs.tgz.part" "$OUT/runs.tgz")
 }
 
-{ nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv
-  $PY -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda, torch.cuda.get_device_name(0))"
+train() {  # train.py OVERRIDES...; in a dry run, compose the same config and print what it builds
+    if [ "$DRY" = 1 ]; then $PY scripts/describe.py "$@"; else $PY train.py "$@"; fi
+}
+
+side_by_side() {  # side_by_side RECORD EXPERIMENT STEPS: vs_reference.py, both runs within this step's limit
+    local per_run=$(((STEP_LIMIT - 25) / 2))  # two runs, then the report
+    $PY scripts/vs_reference.py --reference "$CARRY/reference/$1.py" --experiment "$2" --data "$DATA" \
+        --steps "$3" --gpus 1 --val-tokens 393216 --timeout "$per_run" --python "$PY" \
+        --out "$OUT/vs_reference/${1%%_*}" $([ "$DRY" = 1 ] && echo --dry-run)
+}
+
+export -f train side_by_side
+export DRY PY CARRY DATA OUT
+{ nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv 2>/dev/null || echo "no nvidia-smi"
+  $PY -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda, torch.cuda.is_available() and torch.cuda.get_device_name(0))"
   nproc; } > "$OUT/gpu.txt" 2>&1
 
-GPT2=(model=gpt2_124m "data.dir=$DATA" device=cuda train.val_every=0 train.val_tokens=262144 train.log_every=5)
-step ns_bf16 90 $PY scripts/bench_ns.py --device cuda --reps 10 --out "$OUT/ns_gpu.md"
-step cpu_fineweb_cuda 120 $PY train.py experiment=cpu_fineweb "data.dir=$DATA" device=cuda train.max_steps=200 \
-    "hydra.run.dir=$RUNS/cpu_fineweb_cuda"
-step gpt2_adamw 180 $PY train.py "${GPT2[@]}" optim=adamw train.max_steps=50 "hydra.run.dir=$RUNS/gpt2_adamw"
-step gpt2_dual 150 $PY train.py "${GPT2[@]}" optim=dual train.max_steps=30 "hydra.run.dir=$RUNS/gpt2_dual"
-step bench_optim 240 $PY scripts/bench_optim.py --device cuda --data "$DATA" --jobs 4 --threads 2 --val-tokens 8192 \
-    --lrs adamw=2.5e-4,5e-4,1e-3,2e-3,4e-3 muon=0.00375,0.0075,0.015,0.03 dual=0.0075,0.015,0.03,0.06 \
-    --out-runs "$RUNS/bench_optim" --report "$OUT/optim_gpu.md"
-step gpt2_adamw_compile 180 $PY train.py "${GPT2[@]}" optim=adamw train.max_steps=30 train.compile=true \
-    "hydra.run.dir=$RUNS/gpt2_adamw_compile"
+if ! $PY -c "import hydra, omegaconf" 2>/dev/null; then  # the GPU machine has torch only
+    $PY -m pip install --quiet --no-index --find-links "$CARRY/wheels" hydra-core omegaconf >> "$OUT/gpu.txt" 2>&1 ||
+        $PY -m pip install --quiet --user --no-index --find-links "$CARRY/wheels" hydra-core omegaconf >> "$OUT/gpu.txt" 2>&1
+fi
+$PY scripts/repeat_shards.py --src "$CARRY/fineweb-sample" --out "$DATA" --train-tokens 40000000 | tee -a "$OUT/gpu.txt"
+
+GPT2=(model=gpt2_124m "data.dir=$DATA" device=cuda train.val_every=0 train.val_tokens=262144 train.log_every=5
+      train.compile=true)
+step tied_dual 130 train "${GPT2[@]}" optim=dual train.max_steps=30 "hydra.run.dir=$RUNS/gpt2_dual_compile"
+step vs_record12 250 side_by_side record12_flexattn record12_flexattn 40
+step vs_record20 200 side_by_side record20_sub3min record20_sub3min 30
+step mfu_run 90 train "${GPT2[@]}" optim=adamw train.max_steps=20 train.log_every=1 "hydra.run.dir=$RUNS/gpt2_adamw_compile"
+if [ "$DRY" = 1 ]; then  # nothing above trained: time a short CPU run instead, to exercise mfu.py
+    $PY train.py experiment=smoke train.max_steps=12 train.log_every=1 "hydra.run.dir=$RUNS/gpt2_adamw_compile" > /dev/null
+    MFU_ARGS=(--peak-tflops 1)
+else
+    MFU_ARGS=()
+fi
+MFU_RUNS=$(ls -d "$RUNS"/gpt2_adamw_compile "$RUNS"/gpt2_dual_compile "$OUT"/vs_reference/*/ours 2>/dev/null |
+           while read -r d; do [ -s "$d/metrics.jsonl" ] && echo "$d"; done)
+# shellcheck disable=SC2086  # one run folder per word
+$PY scripts/mfu.py $MFU_RUNS "${MFU_ARGS[@]}" 2>&1 | tee "$OUT/mfu.md"
+echo "=== total wall $((SECONDS - START))s of a ${BUDGET}s budget" | tee -a "$OUT/gpu.txt"
 ls -la "$OUT"

@@ -121,3 +121,29 @@ def test_schedule_repeats_last_set_and_rejects_bad_input():
         orthogonalize(gaussian(4, 4), "svd")
     with pytest.raises(ValueError, match="matrix"):
         orthogonalize(torch.ones(5), "quintic")
+
+
+# ---- batched over same-shape matrices --------------------------------------------------------------
+
+@pytest.mark.parametrize("method", ALL)
+def test_batched_equals_the_per_matrix_path(method):
+    """Mixed shapes: square, wide, tall (batched with the wide ones after a transpose), fused 3-block."""
+    mats = [gaussian(32, 32, seed=1), gaussian(32, 96, seed=2), gaussian(96, 32, seed=3), gaussian(32, 32, seed=4),
+            gaussian(3, 32, 32, seed=5), gaussian(96, 32, seed=6) * 1e-3, torch.zeros(32, 96)]
+    from optim.newton_schulz import orthogonalize_batched
+    got = orthogonalize_batched(mats, method)
+    assert [g.shape for g in got] == [m.shape for m in mats] and all(g.dtype == torch.float32 for g in got)
+    worst = max((g - orthogonalize(m, method)).abs().max().item() for g, m in zip(got, mats))
+    assert worst <= 1e-6, worst
+
+
+def test_batched_makes_one_call_per_oriented_shape(monkeypatch):
+    import optim.newton_schulz as ns
+    calls = []
+    original = ns.orthogonalize
+    monkeypatch.setattr(ns, "orthogonalize", lambda X, *a, **k: calls.append(tuple(X.shape)) or original(X, *a, **k))
+    # GPT-2-like block x 2: fused QKV [3d, d] seen as [3, d, d], out [d, d], MLP [4d, d] and [d, 4d]
+    d = 16
+    mats = [gaussian(3, d, d), gaussian(d, d), gaussian(4 * d, d), gaussian(d, 4 * d)] * 2
+    ns.orthogonalize_batched(mats, "quintic")
+    assert sorted(calls) == [(4, d, 4 * d), (8, d, d)]  # 4 tall/wide MLP matrices; 6 Q/K/V blocks + 2 square

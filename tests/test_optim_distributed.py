@@ -56,13 +56,13 @@ def run_steps(schema_name: str, world_info=(0, 1), **overrides):
     orthogonalized."""
     import optim.hybrid as hybrid
     calls = []
-    original = hybrid.dualize_linear
+    original = hybrid.dualize_linear_batched
 
-    def counting(x, *args, **kwargs):
-        calls.append(tuple(x.shape))
-        return original(x, *args, **kwargs)
+    def counting(mats, *args, **kwargs):
+        calls.extend(tuple(x.shape) for x in mats)
+        return original(mats, *args, **kwargs)
 
-    hybrid.dualize_linear = counting
+    hybrid.dualize_linear_batched = counting
     try:
         named, roles = make_params()
         schema = {"dual": DualConfig, "muon": MuonConfig}[schema_name]
@@ -73,7 +73,7 @@ def run_steps(schema_name: str, world_info=(0, 1), **overrides):
                 p.grad = torch.randn(p.shape, generator=gen)
             opt.step()
     finally:
-        hybrid.dualize_linear = original
+        hybrid.dualize_linear_batched = original
     return {n: p.detach().clone() for n, p in named}, len(calls)
 
 

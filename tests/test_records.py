@@ -174,11 +174,26 @@ def test_lr_schedule_values_match_the_records():
     assert lr_factor(0, 9536, 256 / 9536, 2048 / 9536, 0.0) == 1 / 256
     assert lr_factor(9536 - 2048, 9536, 256 / 9536, 2048 / 9536, 0.0) == 1.0
     assert lr_factor(9535, 9536, 256 / 9536, 2048 / 9536, 0.0) == 1 / 2048
-    # record 20: 1.0 then linear to 0.1 over the last 40%: w + (1 - w) 0.1 with w = (1393 - it) / 557(.2)
-    it = 1200
-    ours = lr_factor(it, 1393, 0.0, 0.4, 0.1)
-    w = (1 - it / 1393) / 0.4
-    assert abs(ours - (w + (1 - w) * 0.1)) < 5e-4
+    # record 20: 1.0 then linear to 0.1 over the last 40%, a fractional 557.2 steps: w + (1 - w) 0.1 with
+    # w = min(1, (1 - it / 1393) / 0.4), at every step
+    for it in range(1393):
+        w = min((1 - it / 1393) / 0.4, 1.0)
+        assert abs(lr_factor(it, 1393, 0.0, 0.4, 0.1) - (w + (1 - w) * 0.1)) < 1e-12, it
+
+
+def test_record_exactness_switches(built):
+    """RMSNorm eps, Muon's momentum form and the data order each record's script used."""
+    eps = {"record02_adamw": 1e-6, "record04_muon": 1e-6}
+    form = {"record20_sub3min": "ema"}
+    tail = {"record02_adamw": "read", "record20_sub3min": "skip_step"}
+    repeat = {"record04_muon", "record05_modernarch", "record08_untie", "record09_shortcuts"}
+    for rec in RECORDS:
+        cfg = built[rec][0]
+        assert cfg.model.norm_eps == eps.get(rec), rec
+        if rec != "record02_adamw":
+            assert cfg.optim.momentum_form == form.get(rec, "sum"), rec
+        assert cfg.data.shard_tail.value == tail.get(rec, "skip_micro_batch"), rec
+        assert cfg.data.repeat_first_batch == (rec in repeat), rec
 
 
 def test_record_architecture_details(built):
