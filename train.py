@@ -26,6 +26,7 @@ from harness.atomic_io import write_text_atomic
 from harness.checkpoint import Checkpointer, CheckpointError
 from harness.config import Config, ConfigError, Precision, load_config, register_configs
 from harness.launch import allow_submitit_pickling, nonzero_rank_overrides
+from harness.metrics import format_rates, learning_rates, window_fields
 from harness.nonfinite import NonFiniteGuard, NonFiniteLoss
 from harness.preemption import Preempted, StopRequest
 from harness.schedule import lr_factor
@@ -108,6 +109,7 @@ def train(cfg: Config, dist: D.DistInfo, run_dir: Path, stop: StopRequest | None
         print(f"parameters: {n_params:,} | world {dist.world_size} x micro {tc.micro_batch_seqs} x seq "
               f"{tc.seq_len} x accum {accum} = {tc.global_batch_tokens:,} tokens/step | device {device} "
               f"| run dir {run_dir}", flush=True)
+        print(format_rates(optimizer.param_groups), flush=True)
 
     def train_step(step: int) -> torch.Tensor:
         """One optimizer step over `accum` micro-batches; returns the mean loss (device tensor)."""
@@ -146,6 +148,7 @@ def train(cfg: Config, dist: D.DistInfo, run_dir: Path, stop: StopRequest | None
     start_step, train_time_ms, counters = ckpt.restore(model, optimizer, loader)  # (0, 0, {}) when starting fresh
     log = make_logger(cfg, dist, run_dir, ckpt.history)  # after restore: metrics.jsonl ends at the resumed step
     guard.skipped, last_val = counters.get("skipped_steps", 0), float("nan")
+    has_diagnostics = getattr(optimizer, "has_diagnostics", lambda: False)  # optim.diag_every (hybrid optimizer)
     sync(device)
     t0 = time.perf_counter()
     for step in range(start_step, tc.max_steps + 1):
@@ -175,12 +178,19 @@ def train(cfg: Config, dist: D.DistInfo, run_dir: Path, stop: StopRequest | None
         if last:
             break
         loss = train_step(step)
+        if has_diagnostics():  # the optimizer's norms and fp64 SVDs are computed here, off the clock
+            sync(device)
+            train_time_ms += 1000 * (time.perf_counter() - t0)
+            log.log({"event": "diag", "step": step + 1, "tokens": (step + 1) * tc.global_batch_tokens,
+                     "train_time_ms": train_time_ms, **optimizer.diagnostics()})
+            t0 = time.perf_counter()
         if (step + 1) % tc.log_every == 0 or step + 1 == tc.max_steps:
             loss_value = D.all_reduce_mean(loss).item()  # .item() synchronizes the device
             now_ms = train_time_ms + 1000 * (time.perf_counter() - t0)
             log.log({"event": "train", "step": step + 1, "tokens": (step + 1) * tc.global_batch_tokens,
                      "train_time_ms": now_ms, "step_avg_ms": now_ms / (step + 1),
-                     "train_loss": loss_value, "lr": optimizer.param_groups[0]["lr"]})
+                     "train_loss": loss_value, **learning_rates(optimizer.param_groups),
+                     **window_fields(model.window_tokens())})
             guard.check(step + 1, loss_value)  # names the step, the loss and the last good checkpoint
 
     summary = {"final_val_loss": last_val, "steps": step, "tokens": step * tc.global_batch_tokens,

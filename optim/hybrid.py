@@ -22,6 +22,7 @@ the optimizer state complete and identical everywhere (any rank's state_dict() i
 """
 from __future__ import annotations
 
+import functools
 from typing import Callable, Iterable
 
 import torch
@@ -78,6 +79,10 @@ class HybridOptimizer(torch.optim.Optimizer):
         self.adam_betas, self.adam_eps, self.embed_eps = tuple(adam_betas), adam_eps, embed_eps
         self.diag_every, self.process_group = diag_every, process_group
         self._diag: dict[str, float] = {}
+        # A diagnostics step only keeps references (the updates, one sampled direction); the norms and
+        # the fp64 SVDs are computed by diagnostics(), which the trainer calls off the training clock.
+        self._diag_pending: tuple[list, tuple | None] | None = None
+        self._diag_unread = False
 
     # ---- public helpers ------------------------------------------------------------------
 
@@ -90,8 +95,27 @@ class HybridOptimizer(torch.optim.Optimizer):
         frac = min(1.0, (step - 1) / n)
         return (1 - frac) * start + frac * self.momentum
 
+    def has_diagnostics(self) -> bool:
+        """True when the latest step() was a diagnostics step (every diag_every steps, rank 0 only)
+        whose diagnostics() have not been read yet."""
+        return self._diag_unread
+
     def diagnostics(self) -> dict[str, float]:
-        """Scalars to log after the latest step: filled every diag_every steps, else empty."""
+        """Flat name -> float scalars of the latest step, or {} when it was no diagnostics step:
+        `update_norm/<role>` (linear, embed maps: each map's own norm times lr), `update_rms/<role>`
+        (Adam), `ns_error`, `ns_sv_min`, `ns_sv_max` (one sampled matrix vs its exact polar factor)
+        and `momentum`. The first call after the step does the work (fp64 SVDs, device syncs): call
+        it outside the timed region, before the next step()."""
+        if self._diag_pending is not None:
+            pending, sample = self._diag_pending
+            self._diag_pending = None
+            diag: dict = {}
+            for key, norm, d, lr in pending:
+                _accumulate(diag, key, norm(d) * lr)
+            self._diag.update({k: v[0] / v[1] for k, v in diag.items()})
+            if sample is not None:
+                self._diag.update(self._ns_error(*sample))
+        self._diag_unread = False
         return dict(self._diag)
 
     # ---- the step -------------------------------------------------------------------------
@@ -106,8 +130,9 @@ class HybridOptimizer(torch.optim.Optimizer):
             group["step"] += 1
         t = self.param_groups[0]["step"]
         beta = self.beta(t)
-        diag_on = self.diag_every > 0 and t % self.diag_every == 0
-        diag: dict[str, float] = {}
+        rank, world = rank_and_world(self.process_group)
+        diag_on = self.diag_every > 0 and t % self.diag_every == 0 and rank == 0  # rank 0 alone logs
+        pending: list = []  # (key, norm function, update, lr): resolved by diagnostics()
 
         linear_items = []  # (param, group), every rank, same order
         for group in self.param_groups:
@@ -117,18 +142,17 @@ class HybridOptimizer(torch.optim.Optimizer):
                 if group["map"] == "adam":
                     d = self._adam(p, group, t)
                     if diag_on:  # elementwise step: its RMS is the meaningful size
-                        _accumulate(diag, f"update_rms/{group['role']}", d.pow(2).mean().sqrt() * group["lr"])
+                        pending.append((f"update_rms/{group['role']}", _rms, d, group["lr"]))
                     continue
                 buf = self._momentum_buffer(p, beta)  # every rank: keeps the state complete everywhere
                 if group["map"] == "embed":
                     d = dualize_embed(self._direction(p, buf, beta), self.embed_eps)
                     self._apply(p, group, d)
                     if diag_on:
-                        _accumulate(diag, f"update_norm/{group['role']}", embed_norm(d) * group["lr"])
+                        pending.append((f"update_norm/{group['role']}", embed_norm, d, group["lr"]))
                 else:
                     linear_items.append((p, group))
 
-        rank, world = rank_and_world(self.process_group)
         order = shard_round_robin([p.numel() for p, _ in linear_items], world)
         mine = order[rank]
         outputs, sample = [], None
@@ -136,22 +160,19 @@ class HybridOptimizer(torch.optim.Optimizer):
             p, group = linear_items[i]
             u = self._direction(p, self.state[p]["momentum_buffer"], beta)
             outputs.append(self._dualize_linear(u, group["role"]))
-            if diag_on and rank == 0 and k == (t // self.diag_every) % len(mine):
-                sample = (group, u)
-        if sample is not None:
-            diag.update(self._ns_error(*sample))
+            if diag_on and k == (t // self.diag_every) % len(mine):
+                sample = (group, u.clone())  # u may be the momentum buffer itself (nesterov=false)
         updates = gather_updates(outputs, order, [p.shape for p, _ in linear_items], rank, world,
                                  self.process_group)
         for (p, group), d in zip(linear_items, updates):
             self._apply(p, group, d)
-            if diag_on and rank == 0:
-                _accumulate(diag, f"update_norm/{group['role']}",
-                            _linear_norm_blocks(d, group["role"]) * group["lr"])
+            if diag_on:
+                pending.append((f"update_norm/{group['role']}",
+                                functools.partial(_linear_norm_blocks, role=group["role"]), d, group["lr"]))
 
-        if diag_on:
-            diag = {k: (v[0] / v[1] if isinstance(v, list) else v) for k, v in diag.items()}
-            diag["momentum"] = beta
-        self._diag = diag
+        self._diag = {"momentum": beta} if diag_on else {}
+        self._diag_pending = (pending, sample) if diag_on else None
+        self._diag_unread = diag_on
         return loss
 
     # ---- pieces ---------------------------------------------------------------------------
@@ -223,6 +244,10 @@ def _linear_norm_blocks(d: torch.Tensor, role: str) -> float:
     blocks = FUSED_BLOCKS.get(role, 1)
     x = d.view(blocks, d.size(0) // blocks, d.size(1)) if (blocks > 1 and d.ndim == 2) else d
     return float(linear_norm(x).mean())
+
+
+def _rms(d: torch.Tensor) -> torch.Tensor:
+    return d.pow(2).mean().sqrt()
 
 
 def _accumulate(diag: dict, key: str, value) -> None:
