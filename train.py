@@ -31,6 +31,7 @@ from harness.nonfinite import NonFiniteGuard, NonFiniteLoss
 from harness.preemption import Preempted, StopRequest
 from harness.schedule import lr_factor
 from harness.tracking import make_logger  # console, metrics.jsonl, wandb (rank 0)
+from harness.weights import save_final_weights
 from model.gpt import GPT
 from optim import build_optimizer
 
@@ -193,6 +194,8 @@ def train(cfg: Config, dist: D.DistInfo, run_dir: Path, stop: StopRequest | None
                      **window_fields(model.window_tokens())})
             guard.check(step + 1, loss_value)  # names the step, the loss and the last good checkpoint
 
+    if cfg.checkpoint.final_weights and dist.is_main:  # what the run learned, for scripts.sample / eval
+        save_final_weights(run_dir, model, step)
     summary = {"final_val_loss": last_val, "steps": step, "tokens": step * tc.global_batch_tokens,
                "reached_target": tc.stop_at_val_loss is not None and last_val <= tc.stop_at_val_loss,
                "train_time_ms": train_time_ms, "parameters": n_params, "world_size": dist.world_size,

@@ -12,6 +12,7 @@ from omegaconf import OmegaConf
 
 from data.build import build_val_batches
 from harness.metrics import read_metrics
+from harness.weights import WEIGHTS_FILE, load_trained
 from tests.inprocess import SMOKE, compose_config, run
 from tests.wandb_records import isolated_wandb_env, offline_runs, read_offline_run
 
@@ -93,8 +94,24 @@ def test_train_events_name_every_role_rate_the_schedule_and_the_window(tmp_path,
     assert "lr_factor:0.200 window:64/32" in out and "tokens/s:" in out
 
 
-def test_the_run_ends_with_a_summary_line(tmp_path, capsys):
+def test_the_run_ends_with_a_summary_line_and_keeps_its_weights(tmp_path, capsys):
     summary = run(tmp_path, "train.max_steps=6", "train.val_every=3")
-    line = capsys.readouterr().out.strip().splitlines()[-1]
-    assert line.startswith(f"done: 6 steps | val_loss final {summary['final_val_loss']:.4f} best ")
-    assert "| target 3.28 not reached | train_time " in line and "tokens/s | peak memory " in line
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert lines[-2].startswith(f"final weights: {tmp_path / WEIGHTS_FILE} (")
+    assert lines[-1].startswith(f"done: 6 steps | val_loss final {summary['final_val_loss']:.4f} best ")
+    assert "| target 3.28 not reached | train_time " in lines[-1] and "tokens/s | peak memory " in lines[-1]
+    cfg = compose_config(*SMOKE, "train.max_steps=6")
+    (tmp_path / "config.yaml").write_text(OmegaConf.to_yaml(OmegaConf.structured(cfg)))  # as train.py's main() does
+    trained = load_trained(tmp_path)
+    assert trained.step == 6 and trained.synthetic and trained.source == str(tmp_path / WEIGHTS_FILE)
+    # the loaded model is the trained one: it reproduces the run's final val loss on the val shard
+    batches = build_val_batches(cfg.data, 8192, 16, 128, 0, 1)
+    with torch.no_grad():
+        losses = [trained.model(x, y).item() for x, y in batches]
+    loss = sum(losses) / len(losses)
+    assert loss == pytest.approx(summary["final_val_loss"], abs=1e-5)
+
+
+def test_final_weights_can_be_switched_off(tmp_path):
+    run(tmp_path, "train.max_steps=2", "train.val_every=0", "checkpoint.final_weights=false")
+    assert not (tmp_path / WEIGHTS_FILE).exists() and (tmp_path / "metrics.jsonl").is_file()
