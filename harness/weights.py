@@ -16,6 +16,7 @@ records (trainer.pt), so checkpoints written to another `checkpoint.dir` load to
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
 from dataclasses import dataclass
@@ -25,6 +26,7 @@ import torch
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from data.tokenizer import EOT_TOKEN, VOCAB_SIZE, gpt2_encoding
 from harness.atomic_io import atomic_open
 from harness.checkpoint_store import MANIFEST, CheckpointError, latest, load_file, read_manifest, verify
 from model.config import AttnImpl, ModelConfig
@@ -63,6 +65,22 @@ class Trained:
     source: str            # the file its weights came from
     tokenizer_bpe: str     # the run's data.tokenizer_bpe ("" = the default sources, data/tokenizer.py)
     synthetic: bool        # trained on synthetic token ids (no text tokenizer applies)
+    bos_token: int         # the token every training document started with (<|endoftext|> for text)
+
+    @property
+    def reads_text(self) -> bool:
+        """True for a GPT-2-vocabulary model trained on text (FineWeb), False for synthetic token ids."""
+        return not self.synthetic and self.model.cfg.vocab_size >= VOCAB_SIZE
+
+    def encoding(self, bpe: str | None = None):
+        """The GPT-2 tokenizer as the data package loads it offline (data/tokenizer.py): `bpe`, else the
+        run's data.tokenizer_bpe when that file is here, else the default sources. Raises TokenizerError."""
+        if not self.reads_text:
+            raise WeightsError(f"{self.source} was trained on synthetic token ids (vocab {self.model.cfg.vocab_size}), "
+                               "not GPT-2 text: use a model trained on FineWeb (e.g. experiment=cpu_fineweb)")
+        if not bpe and self.tokenizer_bpe and Path(self.tokenizer_bpe).expanduser().exists():
+            bpe = self.tokenizer_bpe
+        return gpt2_encoding(bpe or None)
 
 
 def model_config(section: dict) -> ModelConfig:
@@ -76,7 +94,7 @@ def model_config(section: dict) -> ModelConfig:
     return cfg
 
 
-def _from_run(run_dir: Path, weights: Path) -> tuple[dict, dict, int, int, str, bool]:
+def _from_run(run_dir: Path, weights: Path) -> dict:
     config = run_dir / "config.yaml"
     if not config.is_file():
         raise WeightsError(f"{weights} has no config.yaml beside it to rebuild the model; {EXPECTED}")
@@ -84,13 +102,15 @@ def _from_run(run_dir: Path, weights: Path) -> tuple[dict, dict, int, int, str, 
     blob = load_file(weights, "final weights")
     if not isinstance(blob, dict) or blob.get("format") != FORMAT or blob.get("version") != VERSION:
         raise WeightsError(f"{weights} is not a speedrun weights file (format {FORMAT!r} version {VERSION}); {EXPECTED}")
-    section = OmegaConf.to_container(cfg.model, resolve=True)
     data = cfg.get("data") or {}
-    return (section, blob["model"], int(blob["step"]), int(cfg.train.max_steps), str(data.get("tokenizer_bpe") or ""),
-            data.get("synthetic") is not None)
+    synthetic = data.get("synthetic")
+    return {"section": OmegaConf.to_container(cfg.model, resolve=True), "state": blob["model"],
+            "step": int(blob["step"]), "max_steps": int(cfg.train.max_steps),
+            "bpe": str(data.get("tokenizer_bpe") or ""), "synthetic": synthetic is not None,
+            "bos": int(synthetic.get("bos_token", EOT_TOKEN)) if synthetic is not None else EOT_TOKEN}
 
 
-def _from_checkpoint(path: Path) -> tuple[dict, dict, int, int, str, bool]:
+def _from_checkpoint(path: Path) -> dict:
     verify(path, read_manifest(path))
     trainer = load_file(path / "trainer.pt", "trainer state")
     try:
@@ -100,8 +120,9 @@ def _from_checkpoint(path: Path) -> tuple[dict, dict, int, int, str, bool]:
         raise WeightsError(f"checkpoint {path}: trainer.pt does not hold this trainer's configs") from None
     section = _unflatten({k[len("model."):]: v for k, v in flat.items() if k.startswith("model.")})
     synthetic = run.get("data.synthetic") is not None or any(k.startswith("data.synthetic.") for k in run)
-    return (section, load_file(path / "model.pt", "model state"), step, max_steps,
-            str(run.get("data.tokenizer_bpe") or ""), synthetic)
+    return {"section": section, "state": load_file(path / "model.pt", "model state"), "step": step,
+            "max_steps": max_steps, "bpe": str(run.get("data.tokenizer_bpe") or ""), "synthetic": synthetic,
+            "bos": int(run.get("data.synthetic.bos_token", EOT_TOKEN)) if synthetic else EOT_TOKEN}
 
 
 def _unflatten(flat: dict) -> dict:
@@ -133,6 +154,23 @@ def locate(path: str | Path) -> tuple[str, Path]:
                        f"checkpoint.final_weights=false, or has not finished); {EXPECTED}")
 
 
+def inference_device(name: str = "auto") -> torch.device:
+    """auto: CUDA when available, else CPU; cpu / cuda / cuda:N as given (CUDA must exist)."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise WeightsError(f"--device {name} but no CUDA device is available: use --device cpu (or auto)")
+    return device
+
+
+def autocast_for(device: torch.device):
+    """The precision the trainer uses by default: bf16 autocast on CUDA, fp32 on CPU."""
+    if device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
 def load_trained(path: str | Path, device: str | torch.device = "cpu") -> Trained:
     """The model trained in `path` (see the module docstring), in eval mode on `device`, with the
     sliding window it had at its last step."""
@@ -141,14 +179,13 @@ def load_trained(path: str | Path, device: str | torch.device = "cpu") -> Traine
         parts = _from_checkpoint(where) if kind == "checkpoint" else _from_run(where.parent, where)
     except CheckpointError as e:
         raise WeightsError(str(e)) from None
-    section, state, step, max_steps, bpe, synthetic = parts
-    model = GPT(model_config(section))
+    model = GPT(model_config(parts["section"]))
     try:
-        model.load_state_dict(state)
+        model.load_state_dict(parts["state"])
     except RuntimeError as e:
         raise WeightsError(f"{where}: the weights do not fit the model its config describes: "
                            f"{' '.join(str(e).split())[:300]}") from None
-    model.set_train_progress(step, max_steps)
+    model.set_train_progress(parts["step"], parts["max_steps"])
     model.to(device).eval()
     source = where / "model.pt" if kind == "checkpoint" else where
-    return Trained(model, step, str(source), bpe, synthetic)
+    return Trained(model, parts["step"], str(source), parts["bpe"], parts["synthetic"], parts["bos"])
