@@ -155,5 +155,9 @@ def _bar(total: int | None, initial: int, enabled: bool):
 
 
 def _first_line(e: BaseException) -> str:
-    text = str(e).strip().splitlines()
-    return f"{type(e).__name__}: {text[0][:160]}" if text else type(e).__name__
+    """A short reason: urllib3's underlying one when requests wraps it (name resolution, refused, ...)."""
+    reason = getattr(e.args[0], "reason", None) if e.args else None
+    if isinstance(reason, BaseException):
+        e = reason
+    text = str(e).split(">: ", 1)[-1].strip().splitlines()  # drop urllib3's "<...Connection object at 0x..>: "
+    return f"{type(e).__name__}: {text[0][:200]}" if text else type(e).__name__
