@@ -36,6 +36,8 @@ def test_diag_every_10_reaches_metrics_jsonl_wandb_and_the_console(tmp_path, mon
     lr_qkv = next(e for e in events if e["event"] == "train" and e["step"] == 10)["lr/attn_qkv"]
     assert diags[0]["update_norm/attn_qkv"] == pytest.approx(lr_qkv, rel=0.3)
 
+    import wandb
+    wandb.teardown()  # in-process: wait for wandb's service to finish writing the run file (train.py: at exit)
     files = offline_runs(run_dir)
     assert len(files) == 1
     history = read_offline_run(files[0])["history"]
