@@ -26,10 +26,12 @@ from harness.atomic_io import write_text_atomic
 from harness.checkpoint import Checkpointer, CheckpointError
 from harness.config import Config, ConfigError, Precision, load_config, register_configs
 from harness.launch import allow_submitit_pickling, nonzero_rank_overrides
+from harness.metrics import format_rates, learning_rates, window_fields
 from harness.nonfinite import NonFiniteGuard, NonFiniteLoss
 from harness.preemption import Preempted, StopRequest
 from harness.schedule import lr_factor
 from harness.tracking import make_logger  # console, metrics.jsonl, wandb (rank 0)
+from harness.weights import save_final_weights
 from model.gpt import GPT
 from optim import build_optimizer
 
@@ -109,6 +111,7 @@ def train(cfg: Config, dist: D.DistInfo, run_dir: Path, stop: StopRequest | None
         print(f"parameters: {n_params:,} | world {dist.world_size} x micro {tc.micro_batch_seqs} x seq "
               f"{tc.seq_len} x accum {accum} = {tc.global_batch_tokens:,} tokens/step | device {device} "
               f"| run dir {run_dir}", flush=True)
+        print(format_rates(optimizer.param_groups), flush=True)
 
     def train_step(step: int) -> torch.Tensor:
         """One optimizer step over `accum` micro-batches; returns the mean loss (device tensor)."""
@@ -157,6 +160,7 @@ def train(cfg: Config, dist: D.DistInfo, run_dir: Path, stop: StopRequest | None
     if start_step > end:
         raise ConfigError(f"train.stop_after_step={end} is before step {start_step}, where this run resumes: "
                           "raise it, or start a new run folder")
+    has_diagnostics = getattr(optimizer, "has_diagnostics", lambda: False)  # optim.diag_every (hybrid optimizer)
     sync(device)
     t0 = time.perf_counter()
     for step in range(start_step, end + 1):
@@ -186,14 +190,23 @@ def train(cfg: Config, dist: D.DistInfo, run_dir: Path, stop: StopRequest | None
         if last:
             break
         loss = train_step(step)
+        if has_diagnostics():  # the optimizer's norms and fp64 SVDs are computed here, off the clock
+            sync(device)
+            train_time_ms += 1000 * (time.perf_counter() - t0)
+            log.log({"event": "diag", "step": step + 1, "tokens": (step + 1) * tc.global_batch_tokens,
+                     "train_time_ms": train_time_ms, **optimizer.diagnostics()})
+            t0 = time.perf_counter()
         if (step + 1) % tc.log_every == 0 or step + 1 == end:
             loss_value = D.all_reduce_mean(loss).item()  # .item() synchronizes the device
             now_ms = train_time_ms + 1000 * (time.perf_counter() - t0)
             log.log({"event": "train", "step": step + 1, "tokens": (step + 1) * tc.global_batch_tokens,
                      "train_time_ms": now_ms, "step_avg_ms": now_ms / (step + 1),
-                     "train_loss": loss_value, "lr": optimizer.param_groups[0]["lr"]})
+                     "train_loss": loss_value, **learning_rates(optimizer.param_groups),
+                     **window_fields(model.window_tokens())})
             guard.check(step + 1, loss_value)  # names the step, the loss and the last good checkpoint
 
+    if cfg.checkpoint.final_weights and dist.is_main:  # what the run learned, for scripts.sample / eval
+        save_final_weights(run_dir, model, step)
     summary = {"final_val_loss": last_val, "steps": step, "tokens": step * tc.global_batch_tokens,
                "reached_target": tc.stop_at_val_loss is not None and last_val <= tc.stop_at_val_loss,
                "train_time_ms": train_time_ms, "parameters": n_params, "world_size": dist.world_size,

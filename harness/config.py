@@ -101,7 +101,8 @@ class CheckpointConfig:
     every: int = 0           # write one every N optimizer steps; 0 = only on a stop signal (and `final`)
     keep: int = 2            # keep the newest K checkpoints; 0 = keep all
     dir: str = ""            # "" = <run dir>/checkpoints
-    final: bool = False      # also write one after the last step (the trained model)
+    final: bool = False      # also write one after the last step (the whole training state)
+    final_weights: bool = True  # write the trained weights alone to <run dir>/final_weights.pt (harness/weights.py)
     on_signal: bool = True   # SIGTERM/SIGINT: finish the step, write a checkpoint, exit 0
     stop_check_every: int = 1  # agree across ranks on a stop signal every N steps (one tiny all-reduce)
 

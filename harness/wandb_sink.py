@@ -1,8 +1,9 @@
 """Weights & Biases sink for MetricsLogger (`logger=wandb`). Built on rank 0 only (harness/tracking.py).
 
 Charts: `val/loss` against training wall-clock (`train_time_ms`, validation and compile excluded: the
-speedrun's x-axis), the same values as `val_vs_tokens/loss` against tokens seen, and `train/*` against
-the optimizer step. The run's config holds the resolved Hydra config plus a `run` section (git commit
+speedrun's x-axis), the same values as `val_vs_tokens/loss` against tokens seen, and `train/*` (loss, step
+time, tokens/s, window size), `lr/<role>` (and `lr/factor`) and `diag/*` (optim.diag_every) against the
+optimizer step. The run's config holds the resolved Hydra config plus a `run` section (git commit
 and dirty flag, hardware, world size); its summary holds the final/best val loss, the step, time and
 tokens at which the target val loss was first reached, throughput and peak memory.
 
@@ -17,6 +18,9 @@ import sys
 from pathlib import Path
 
 from harness.config import WandbLoggerConfig
+from harness.metrics import EVENT_FIELDS, tokens_per_s
+
+TRAIN_NAMES = {"train_loss": "train/loss", "step_avg_ms": "train/step_avg_ms", "lr_factor": "lr/factor"}
 
 
 class WandbSink:
@@ -42,16 +46,17 @@ class WandbSink:
         run.define_metric("val_vs_tokens/loss", step_metric="tokens", summary="min")
 
     def log(self, event: dict) -> None:
-        if self.run is None or event["event"] not in ("val", "train"):
+        if self.run is None or event["event"] not in ("val", "train", "diag"):
             return
         row = {"train_time_ms": event["train_time_ms"], "tokens": event["tokens"]}
+        fields = {k: v for k, v in event.items() if k not in EVENT_FIELDS}
         if event["event"] == "val":
             row.update({"val/loss": event["val_loss"], "val_vs_tokens/loss": event["val_loss"]})
-        else:
-            seconds = event["train_time_ms"] / 1000
-            row.update({"train/loss": event["train_loss"], "train/lr": event["lr"],
-                        "train/step_avg_ms": event["step_avg_ms"],
-                        "train/tokens_per_s": event["tokens"] / seconds if seconds > 0 else 0.0})
+        elif event["event"] == "diag":  # the optimizer's flat name -> float diagnostics
+            row.update({f"diag/{k}": v for k, v in fields.items()})
+        else:  # lr/<role> keep their names; train_loss -> train/loss, window_tokens -> train/window_tokens
+            row.update({TRAIN_NAMES.get(k, k if "/" in k else f"train/{k}"): v for k, v in fields.items()})
+            row["train/tokens_per_s"] = tokens_per_s(event)
         try:
             self.run.log(row, step=event["step"])
         except Exception as e:

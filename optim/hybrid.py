@@ -29,6 +29,7 @@ cautious weight decay (optim/cautious.py, in `_apply`).
 """
 from __future__ import annotations
 
+import functools
 from typing import Callable, Iterable
 
 import torch
@@ -97,6 +98,11 @@ class HybridOptimizer(torch.optim.Optimizer):
         self.normuon, self.normuon_beta, self.normuon_eps = normuon, normuon_beta, normuon_eps
         self.cautious_wd = cautious_wd
         self._diag: dict[str, float] = {}
+        # A diagnostics step only keeps references (the updates, one sampled direction); the norms and
+        # the fp64 SVDs are computed by diagnostics(), which the trainer calls off the training clock.
+        self._diag_pending: tuple[list, tuple | None] | None = None
+        self._diag_unread = False
+        self._diag_lanton: dict[str, torch.Tensor | float] = {}  # LANTON's per-layer rates and noise, 0-dim tensors
 
     # ---- public helpers ------------------------------------------------------------------
 
@@ -109,10 +115,30 @@ class HybridOptimizer(torch.optim.Optimizer):
         frac = min(1.0, (step - 1) / n)
         return (1 - frac) * start + frac * self.momentum
 
+    def has_diagnostics(self) -> bool:
+        """True when the latest step() was a diagnostics step (every diag_every steps, rank 0 only)
+        whose diagnostics() have not been read yet."""
+        return self._diag_unread
+
     def diagnostics(self) -> dict[str, float]:
-        """Scalars to log after the latest step (flat: name -> float), filled every diag_every steps, else
-        empty. With optim.lanton: "lanton_lr/<param name>" (that layer's rate) and "lanton_noise/<param
-        name>" (its noise estimate, once it has one)."""
+        """Flat name -> float scalars of the latest step, or {} when it was no diagnostics step:
+        `update_norm/<role>` (linear, embed maps: each map's own norm times lr), `update_rms/<role>`
+        (Adam), `ns_error`, `ns_sv_min`, `ns_sv_max` (one sampled matrix vs its exact polar factor)
+        and `momentum`; with optim.lanton also `lanton_lr/<param name>` (that layer's rate) and
+        `lanton_noise/<param name>` (its noise estimate, once it has one). The first call after the step does the work (fp64 SVDs, device syncs): call
+        it outside the timed region, before the next step()."""
+        if self._diag_pending is not None:
+            pending, sample = self._diag_pending
+            self._diag_pending = None
+            diag: dict = {}
+            for key, norm, d, lr in pending:
+                _accumulate(diag, key, norm(d) * lr)
+            self._diag.update({k: v[0] / v[1] for k, v in diag.items()})
+            self._diag.update({k: float(v) for k, v in self._diag_lanton.items()})
+            self._diag_lanton = {}
+            if sample is not None:
+                self._diag.update(self._ns_error(*sample))
+        self._diag_unread = False
         return dict(self._diag)
 
     # ---- the step -------------------------------------------------------------------------
@@ -127,8 +153,9 @@ class HybridOptimizer(torch.optim.Optimizer):
             group["step"] += 1
         t = self.param_groups[0]["step"]
         beta = self.beta(t)
-        diag_on = self.diag_every > 0 and t % self.diag_every == 0
-        diag: dict[str, float] = {}
+        rank, world = rank_and_world(self.process_group)
+        diag_on = self.diag_every > 0 and t % self.diag_every == 0 and rank == 0  # rank 0 alone logs
+        pending: list = []  # (key, norm function, update, lr): resolved by diagnostics()
 
         linear_items = []  # (param, group), every rank, same order
         embed_items = []   # (param, group, update): applied with the linear ones, once LANTON's rates are known
@@ -139,7 +166,7 @@ class HybridOptimizer(torch.optim.Optimizer):
                 if group["map"] == "adam":
                     d = self._adam(p, group, t)
                     if diag_on:  # elementwise step: its RMS is the meaningful size
-                        _accumulate(diag, f"update_rms/{group['role']}", d.pow(2).mean().sqrt() * group["lr"])
+                        pending.append((f"update_rms/{group['role']}", _rms, d, group["lr"]))
                     continue
                 buf = self._momentum_buffer(p, beta)  # every rank: keeps the state complete everywhere
                 if group["map"] == "embed":
@@ -147,7 +174,6 @@ class HybridOptimizer(torch.optim.Optimizer):
                 else:
                     linear_items.append((p, group))
 
-        rank, world = rank_and_world(self.process_group)
         order = shard_round_robin([p.numel() for p, _ in linear_items], world)
         mine = order[rank]
         dirs, sample = [], None
@@ -157,31 +183,28 @@ class HybridOptimizer(torch.optim.Optimizer):
             dirs.append(self._direction(p, self.state[p]["momentum_buffer"], beta))
             if self.lanton and "lanton_noise_sq" in self.state[p]:
                 noise[i] = self._linear_noise(p, group["role"])
-            if diag_on and rank == 0 and k == (t // self.diag_every) % len(mine):
-                sample = (group, dirs[-1])
+            if diag_on and k == (t // self.diag_every) % len(mine):
+                sample = (group, dirs[-1].clone())  # the direction may be the momentum buffer itself (nesterov=false)
         outputs = self._dualize_linear_many(dirs, [linear_items[i][1]["role"] for i in mine])
-        if sample is not None:
-            diag.update(self._ns_error(*sample))
         updates = gather_updates(outputs, order, [p.shape for p, _ in linear_items], rank, world,
                                  self.process_group)
         factors = lanton.layer_factors(self.state, linear_items, noise, embed_items, self.lanton_beta, world,
-                                       self.process_group, diag if diag_on else None) if self.lanton else {}
+                                       self.process_group, self._diag_lanton if diag_on else None) if self.lanton else {}
         for p, group, d in embed_items:
             self._apply(p, group, d, factors.get(p))
             if diag_on:
-                _accumulate(diag, f"update_norm/{group['role']}", embed_norm(d) * _rate(group, factors.get(p)))
+                pending.append((f"update_norm/{group['role']}", embed_norm, d, _rate(group, factors.get(p))))
         for (p, group), d in zip(linear_items, updates):
             if self.normuon:
                 d = self._normuon(p, group["role"], d)
             self._apply(p, group, d, factors.get(p))
-            if diag_on and rank == 0:
-                _accumulate(diag, f"update_norm/{group['role']}",
-                            _linear_norm_blocks(d, group["role"]) * _rate(group, factors.get(p)))
+            if diag_on:
+                pending.append((f"update_norm/{group['role']}", functools.partial(_linear_norm_blocks, role=group["role"]),
+                                d, _rate(group, factors.get(p))))
 
-        if diag_on:
-            diag = {k: (v[0] / v[1] if isinstance(v, list) else v) for k, v in diag.items()}
-            diag["momentum"] = beta
-        self._diag = diag
+        self._diag = {"momentum": beta} if diag_on else {}
+        self._diag_pending = (pending, sample) if diag_on else None
+        self._diag_unread = diag_on
         return loss
 
     # ---- pieces ---------------------------------------------------------------------------
@@ -293,8 +316,12 @@ def _linear_norm_blocks(d: torch.Tensor, role: str) -> float:
 
 
 def _rate(group: dict, factor: torch.Tensor | None) -> float:
-    """A layer's rate: its group's lr, times LANTON's multiplier when there is one (a host sync: diagnostics only)."""
-    return group["lr"] * (float(factor) if factor is not None else 1.0)
+    """A layer's rate: its group's lr, times LANTON's multiplier when there is one (a 0-dim tensor under LANTON)."""
+    return group["lr"] * factor if factor is not None else group["lr"]
+
+
+def _rms(d: torch.Tensor) -> torch.Tensor:
+    return d.pow(2).mean().sqrt()
 
 
 def _accumulate(diag: dict, key: str, value) -> None:

@@ -128,7 +128,8 @@ def layer_factors(states: dict, linear_items: list, noise: list, embed_items: li
     every layer's state and return each layer's rate multiplier within its role group as
     {param: 0-dim tensor} (absent: factor 1). linear_items: [(param, group)]; embed_items: [(param,
     group, update)]; states: the optimizer's per-param state (momentum_buffer already updated).
-    diag, when given, gets "lanton_lr/<name>" (the layer's rate) and "lanton_noise/<name>" (sigma)."""
+    diag, when given, gets "lanton_lr/<name>" (the layer's rate) and "lanton_noise/<name>" (sigma), as
+    0-dim tensors or floats (no host sync here)."""
     device = linear_items[0][0].device if linear_items else None
     noise = share_sharded(noise, device, world, process_group)
     members: dict[int, tuple[dict, list]] = {}
@@ -147,8 +148,8 @@ def layer_factors(states: dict, linear_items: list, noise: list, embed_items: li
         for p, sigma, m in zip(params, sigmas, group_factors(sigmas)):
             if m is not None:
                 factors[p] = m
-            if diag is not None:  # host syncs: diagnostic steps only
-                diag[f"lanton_lr/{names[id(p)]}"] = group["lr"] * (float(m) if m is not None else 1.0)
+            if diag is not None:  # 0-dim tensors: the caller turns them into floats off the training clock
+                diag[f"lanton_lr/{names[id(p)]}"] = group["lr"] * m if m is not None else group["lr"]
                 if sigma is not None:
-                    diag[f"lanton_noise/{names[id(p)]}"] = float(sigma)
+                    diag[f"lanton_noise/{names[id(p)]}"] = sigma
     return factors

@@ -100,8 +100,8 @@ def test_other_model_or_optim_config_is_refused_naming_the_keys(reference, tmp_p
 def test_resume_force_loads_and_applies_the_new_hyperparameters(reference, tmp_path):
     run_dir = copy_run(reference[0], tmp_path / "run")
     run(run_dir, *STEPS, "train.max_steps=8", "optim.lr=0.001", "resume_force=true")
-    lrs = {e["step"]: e["lr"] for e in events(run_dir) if e["event"] == "train"}
-    ref_lrs = {e["step"]: e["lr"] for e in events(reference[0]) if e["event"] == "train"}
+    lrs = {e["step"]: e["lr/matrices"] for e in events(run_dir) if e["event"] == "train"}
+    ref_lrs = {e["step"]: e["lr/matrices"] for e in events(reference[0]) if e["event"] == "train"}
     assert all(lrs[s] == ref_lrs[s] for s in range(1, 7))  # history kept
     from harness.schedule import lr_factor  # the new lr on the 8-step schedule (warmdown 0.3 x 8 = 2.4 steps)
     assert lrs[7] == pytest.approx(0.001 * lr_factor(6, 8, 0.0, 0.3, 0.0)) and lrs[8] == pytest.approx(0.001 / 2.4)

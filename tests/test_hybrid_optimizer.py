@@ -279,15 +279,19 @@ def test_diagnostics_every_k_steps():
     assert build_hybrid(cfg_of(DualConfig), named, roles).diagnostics() == {}
     opt = build_hybrid(cfg_of(DualConfig, diag_every=2), named, roles)
     opt.step()
-    assert opt.diagnostics() == {}
+    assert not opt.has_diagnostics() and opt.diagnostics() == {}
     opt.step()
+    assert opt.has_diagnostics()  # step 2 kept the updates; the norms and SVDs run in diagnostics()
     diag = opt.diagnostics()
+    assert not opt.has_diagnostics() and opt.diagnostics() == diag  # read once, same values after
     assert 0.0 < diag["ns_error"] < 0.2 and 0.8 < diag["ns_sv_max"] < 1.2  # polar express
     lr_out = group_of(opt, "h.0.attn.proj.weight")["lr"]
     assert diag["update_norm/attn_out"] == pytest.approx(lr_out, rel=0.15)
     assert diag["update_norm/embed"] == pytest.approx(group_of(opt, "wte.weight")["lr"], rel=1e-5)
     assert {"update_rms/head", "update_rms/gain", "momentum"} <= diag.keys()
     assert all(isinstance(v, float) and math.isfinite(v) for v in diag.values())
+    opt.step()
+    assert not opt.has_diagnostics() and opt.diagnostics() == {}
 
 
 def test_state_dict_resume_is_exact():

@@ -84,10 +84,12 @@ def test_train_smoke_learns(tmp_path, optim, extra):
 
 def test_two_rank_torchrun_dual(tmp_path):
     proc = run_train("experiment=smoke", "optim=dual", "train.max_steps=20", "train.val_every=0",
-                     f"hydra.run.dir={tmp_path}", nproc=2)
+                     "optim.diag_every=10", f"hydra.run.dir={tmp_path}", nproc=2)
     assert proc.returncode == 0, proc.stderr[-3000:]
     events = read_metrics(tmp_path / "metrics.jsonl")
     assert events[-1]["event"] == "summary" and events[-1]["world_size"] == 2
+    diags = [e for e in events if e["event"] == "diag"]  # rank 0 alone logs them, once per diag step
+    assert [e["step"] for e in diags] == [10, 20] and all(math.isfinite(e["ns_error"]) for e in diags)
     assert math.isfinite(events[-1]["final_val_loss"])
 
 

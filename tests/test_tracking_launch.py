@@ -101,7 +101,7 @@ def test_submitit_local_job_with_two_tasks_is_one_run(tmp_path, monkeypatch):
     assert proc.returncode == 0, proc.stderr[-2000:] + "".join(p.read_text()[-1500:] for p in task_logs)
     assert sorted(p.name for p in sweep.iterdir()) == [".submitit", "0", "multirun.yaml"]
     job = sweep / "0"
-    assert sorted(p.name for p in job.iterdir()) == [".hydra", "config.yaml", "metrics.jsonl", "train.log", "wandb"]
+    assert sorted(p.name for p in job.iterdir()) == [".hydra", "config.yaml", "final_weights.pt", "metrics.jsonl", "train.log", "wandb"]
     events = read_metrics(job / "metrics.jsonl")
     assert events[0]["world_size"] == 2 and events[-1]["event"] == "summary" and events[-1]["world_size"] == 2
     assert len(offline_runs(sweep)) == 1

@@ -10,13 +10,19 @@ import torch
 
 from harness import launch
 from harness.config import ConfigError, WandbLoggerConfig, WandbMode
-from harness.metrics import ConsoleSink, JsonlSink, MetricsLogger, ValTracker, format_event, read_metrics
+from harness.metrics import (ConsoleSink, JsonlSink, MetricsLogger, ValTracker, format_diag, format_event,
+                             format_summary, learning_rates, read_metrics, window_fields)
 from harness.wandb_sink import WandbSink
 
 VAL = [{"event": "val", "step": s, "tokens": s * 100, "train_time_ms": s * 10.0, "val_loss": v}
        for s, v in [(0, 6.0), (10, 4.0), (20, 3.2), (30, 3.1), (40, 3.3)]]
 TRAIN = {"event": "train", "step": 10, "tokens": 1000, "train_time_ms": 100.0, "step_avg_ms": 10.0,
-         "train_loss": 4.5, "lr": 1e-3}
+         "train_loss": 4.5, "lr/attn_out": 0.05, "lr/embed": 0.6, "lr_factor": 1.0}
+DIAG = {"event": "diag", "step": 10, "tokens": 1000, "train_time_ms": 100.0, "ns_error": 0.031, "momentum": 0.9,
+        "update_norm/attn_out": 0.05, "update_rms/gain": 0.01}
+SUMMARY = {"steps": 40, "final_val_loss": 3.3, "best_val_loss": 3.1, "target_val_loss": 3.28,
+           "target_reached_step": 20, "target_reached_train_time_ms": 200.0, "train_time_ms": 400.0,
+           "tokens_per_s": 10_000.0, "peak_host_memory_mib": 512.4}
 
 
 def test_summary_records_when_the_target_was_first_reached(tmp_path):
@@ -43,14 +49,43 @@ class FakeTTY(io.StringIO):
         return True
 
 
-def test_console_without_tty_prints_only_the_speedrun_lines():
+def test_console_without_tty_prints_the_speedrun_lines_with_throughput_and_a_summary():
     out = io.StringIO()
     sink = ConsoleSink(100, out)
-    for e in (VAL[0], TRAIN, VAL[1]):
+    for e in (VAL[0], TRAIN, DIAG, VAL[1]):
         sink.log(e)
-    sink.close({})
-    assert out.getvalue().splitlines() == [format_event(e, 100) for e in (VAL[0], TRAIN, VAL[1])]
+    sink.close(SUMMARY)
+    assert out.getvalue().splitlines() == [format_event(VAL[0], 100), format_event(TRAIN, 100),
+                                           format_diag(DIAG, 100), format_event(VAL[1], 100), format_summary(SUMMARY)]
     assert "\r" not in out.getvalue() and "ETA" not in out.getvalue()
+    assert format_event(TRAIN, 100) == ("step:10/100 train_loss:4.5000 lr_factor:1.000 train_time:100ms "
+                                        "step_avg:10.00ms tokens/s:10.0k")
+
+
+def test_summary_line_states_the_result_time_throughput_and_memory():
+    assert format_summary(SUMMARY) == ("done: 40 steps | val_loss final 3.3000 best 3.1000 | target 3.28 reached at "
+                                       "step 20 (0.2s) | train_time 0.4s | 10.0k tokens/s | peak memory 512 MiB host")
+    unfinished = format_summary({"steps": 3, "final_val_loss": float("nan"), "target_val_loss": 3.28,
+                                 "train_time_ms": 0.0, "peak_memory_mib": 2048.0, "skipped_steps": 2})
+    assert unfinished == ("done: 3 steps | val_loss final n/a best n/a | target 3.28 not reached | train_time 0.0s "
+                          "| peak memory 2048 MiB GPU | 2 non-finite steps skipped")
+
+
+def test_diag_line_is_compact_and_summarizes_long_groups():
+    line = format_diag(DIAG, 100)
+    assert line == "step:10/100 diag ns_error:0.031 momentum:0.9 | update_norm attn_out:0.05 | update_rms gain:0.01"
+    many = {**DIAG, **{f"lanton_lr/layer{i}": 0.01 * (i + 1) for i in range(12)}}
+    assert format_diag(many, 100).endswith("| lanton_lr 12 values in [0.01, 0.12]")
+
+
+def test_learning_rates_name_every_group_and_the_common_factor():
+    groups = [{"role": "embed", "lr": 0.3, "initial_lr": 0.6}, {"role": "attn_out", "lr": 0.025, "initial_lr": 0.05},
+              {"role": "attn_out", "lr": 0.01, "initial_lr": 0.02}]
+    assert learning_rates(groups) == {"lr/embed": 0.3, "lr/attn_out": 0.025, "lr/attn_out#2": 0.01, "lr_factor": 0.5}
+    groups[0]["lr"] = 0.6  # per-group schedules: no single factor to report, the rates say it all
+    assert "lr_factor" not in learning_rates(groups) and learning_rates([{"lr": 1e-3}]) == {"lr/0": 1e-3}
+    assert window_fields((0, 0)) == {} and window_fields((1792, 896)) == {"window_tokens": 1792,
+                                                                           "window_short_tokens": 896}
 
 
 def test_console_on_a_tty_redraws_a_status_line():
@@ -63,8 +98,8 @@ def test_console_on_a_tty_redraws_a_status_line():
     assert "step:0/100 val_loss:6.0000" in shown and "step:20/100 train_loss:4.5000" in shown
     status = shown.rsplit("\n", 1)[-1]  # the line left on screen, not terminated by a newline
     assert status.startswith("[ 20/100  20%] loss 4.5000 | 10.0k tok/s | ETA ") and "\r" in shown
-    sink.close({})
-    assert out.getvalue().endswith(ConsoleSink.CLEAR)
+    sink.close(SUMMARY)
+    assert out.getvalue().endswith(ConsoleSink.CLEAR + format_summary(SUMMARY) + "\n")
 
 
 class FakeRun:
@@ -106,10 +141,16 @@ def test_wandb_sink_charts_val_loss_against_time_and_tokens(tmp_path):
     assert fake.run.metrics["val/loss"] == "train_time_ms" and fake.run.metrics["val_vs_tokens/loss"] == "tokens"
     sink.log(VAL[2])
     sink.log(TRAIN)
+    sink.log({**DIAG, "step": 20})
     sink.log({"event": "run", "git_commit": "x"})  # not a metric row
-    assert [s for s, _ in fake.run.rows] == [20, 10]
+    assert [s for s, _ in fake.run.rows] == [20, 10, 20]
     assert fake.run.rows[0][1] == {"train_time_ms": 200.0, "tokens": 2000, "val/loss": 3.2, "val_vs_tokens/loss": 3.2}
-    assert fake.run.rows[1][1]["train/tokens_per_s"] == pytest.approx(10_000)
+    assert fake.run.rows[1][1] == {"train_time_ms": 100.0, "tokens": 1000, "train/loss": 4.5, "train/step_avg_ms": 10.0,
+                                   "lr/attn_out": 0.05, "lr/embed": 0.6, "lr/factor": 1.0,
+                                   "train/tokens_per_s": pytest.approx(10_000)}
+    assert fake.run.rows[2][1] == {"train_time_ms": 100.0, "tokens": 1000, "diag/ns_error": 0.031,
+                                   "diag/momentum": 0.9, "diag/update_norm/attn_out": 0.05,
+                                   "diag/update_rms/gain": 0.01}
     sink.close({"final_val_loss": 3.2, "target_reached_step": None})
     assert fake.run.summary == {"final_val_loss": 3.2} and fake.run.finished
 

@@ -26,7 +26,7 @@ def test_smoke_learns_and_writes_its_run_folder(smoke_run):
     assert vals[0]["val_loss"] - vals[-1]["val_loss"] >= 1.0
     assert vals[0]["train_time_ms"] == 0 and all(a["train_time_ms"] < b["train_time_ms"] for a, b in zip(vals, vals[1:]))
     trains = [e for e in events if e["event"] == "train"]
-    assert all({"step", "tokens", "train_time_ms", "train_loss", "lr"} <= e.keys() for e in trains)
+    assert all({"step", "tokens", "train_time_ms", "train_loss", "lr/matrices", "lr_factor"} <= e.keys() for e in trains)
     assert trains[-1]["tokens"] == 200 * 4096
     assert events[-1]["event"] == "summary" and math.isclose(events[-1]["final_val_loss"], vals[-1]["val_loss"])
     assert "vocab_size: 512" in (run_dir / "config.yaml").read_text()  # resolved config, with the experiment's overrides
