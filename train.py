@@ -24,11 +24,11 @@ from data.shards import ShardError
 from harness import distributed as D
 from harness.atomic_io import write_text_atomic
 from harness.checkpoint import Checkpointer, CheckpointError
-from harness.config import Config, ConfigError, Precision, load_config, register_configs
+from harness.config import Config, ConfigError, LossReduction, Precision, load_config, register_configs
 from harness.launch import allow_submitit_pickling, nonzero_rank_overrides
 from harness.nonfinite import NonFiniteGuard, NonFiniteLoss
 from harness.preemption import Preempted, StopRequest
-from harness.schedule import lr_factor
+from harness.schedule import lr_factor, val_due
 from harness.tracking import make_logger  # console, metrics.jsonl, wandb (rank 0)
 from model.gpt import GPT
 from optim import build_optimizer
@@ -109,6 +109,11 @@ def train(cfg: Config, dist: D.DistInfo, run_dir: Path, stop: StopRequest | None
               f"{tc.seq_len} x accum {accum} = {tc.global_batch_tokens:,} tokens/step | device {device} "
               f"| run dir {run_dir}", flush=True)
 
+    # Each micro-step's loss is a mean over its tokens and DDP averages over ranks, so scaling by
+    # 1/accum differentiates the step's mean loss; by global_batch_tokens/accum, its summed loss
+    # (track 3: the optimizer then sees a gradient 524,288x larger, which matters against Adam's eps).
+    token_scale = tc.global_batch_tokens if tc.loss_reduction is LossReduction.sum else 1
+
     def train_step(step: int) -> torch.Tensor:
         """One optimizer step over `accum` micro-batches; returns the mean loss (device tensor)."""
         factor = lr_factor(step, tc.max_steps, tc.warmup_frac, tc.warmdown_frac, tc.final_lr_frac)
@@ -123,7 +128,7 @@ def train(cfg: Config, dist: D.DistInfo, run_dir: Path, stop: StopRequest | None
             with no_sync:
                 with autocast():
                     loss = net(x, y)
-                (loss / accum).backward()
+                (loss * token_scale / accum).backward()
             loss_sum += loss.detach()
         if guard.skip_step(step, loss_sum):  # train.nonfinite=skip: a NaN/inf step's update is dropped on every rank
             optimizer.zero_grad(set_to_none=True)
@@ -152,7 +157,7 @@ def train(cfg: Config, dist: D.DistInfo, run_dir: Path, stop: StopRequest | None
         last = step == tc.max_steps
         model.set_train_progress(step, tc.max_steps)  # time-dependent architecture (sliding-window schedule)
         stopping = stop.requested(step)  # SIGTERM/SIGINT on any rank: every rank stops here
-        validate = last or (tc.val_every and step % tc.val_every == 0)
+        validate = val_due(step, tc.max_steps, tc.val_every, tc.val_tail_every, tc.val_tail_frac)
         checkpoint = stopping or ckpt.due(step, last)
         if validate or checkpoint:
             if step > start_step:  # stop the clock: validation and checkpoints are not training time

@@ -50,7 +50,8 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim)) if affine else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.rms_norm(x, (x.size(-1),), self.weight)
+        w = self.weight  # a bf16 stream (model.embed_bf16) takes the gain in its dtype: the fused kernel needs one
+        return F.rms_norm(x, (x.size(-1),), w if w is None or w.dtype == x.dtype else w.to(x.dtype))
 
 
 def make_norm(cfg: ModelConfig, dim: int | None = None) -> nn.Module:

@@ -3,6 +3,7 @@
     linear  (hidden matrices; optionally the head):  Nesterov momentum -> Newton-Schulz U V^T, scaled
     embed   (token / position / value embeddings):    Nesterov momentum -> each token row to unit RMS
     adam    (gains, biases, scalars; the head by default): Adam
+            (hidden matrices too with hidden_map=adam: track 3's AdamW, with their own betas and decay)
 
     p <- p (1 - lr wd) - lr * dualize(u),   u = (1 - beta) g + beta buf,  buf <- beta buf + (1 - beta) g
 
@@ -11,7 +12,7 @@ two weights of the same shape get different maps when they play different roles.
 (FUSED_BLOCKS, e.g. attn_qkv [3d, d] or [3, d, d]) are orthogonalized per block.
 
 Param groups: one per role, each with "role", "map", "lr", "initial_lr" (the trainer sets
-lr = initial_lr * schedule factor), "weight_decay", "names" and "step" (optimizer steps taken,
+lr = initial_lr * schedule factor), "weight_decay", "betas" (Adam groups), "names" and "step" (optimizer steps taken,
 which drives the momentum warmup and Adam's bias correction and travels in state_dict()).
 
 Distributed (torch.distributed initialized, gradients already averaged by DDP): the
@@ -32,7 +33,7 @@ from optim.duality import (adam_direction, dualize_embed, dualize_linear, embed_
                            linear_norm)
 from optim.newton_schulz import orthogonalize
 from optim.hybrid_config import rates_from_config, routes_from_config, validate
-from optim.roles import FUSED_BLOCKS, check_roles
+from optim.roles import FUSED_BLOCKS, HIDDEN_ROLES, check_roles
 
 MAP_NAMES = ("linear", "embed", "adam")
 
@@ -47,7 +48,8 @@ class HybridOptimizer(torch.optim.Optimizer):
                  nesterov: bool = True, momentum_warmup_start: float = 0.85, momentum_warmup_steps: int = 0,
                  weight_decay: float = 0.0, adam_betas: tuple[float, float] = (0.9, 0.95),
                  adam_eps: float = 1e-8, adam_weight_decay: float = 0.0, embed_eps: float = 0.0,
-                 diag_every: int = 0, process_group: dist.ProcessGroup | None = None):
+                 diag_every: int = 0, process_group: dist.ProcessGroup | None = None,
+                 hidden_adam_betas: tuple[float, float] | None = None):
         check_roles(roles)
         by_role: dict[str, list[tuple[str, torch.nn.Parameter]]] = {}
         for name, p in named_params:
@@ -67,9 +69,14 @@ class HybridOptimizer(torch.optim.Optimizer):
             for name, p in items:
                 _check_shape(name, role, route, p)
             lr = float(rates[role])
-            groups.append(dict(params=[p for _, p in items], names=[n for n, _ in items], role=role, map=route,
-                               lr=lr, initial_lr=lr,
-                               weight_decay=adam_weight_decay if route == "adam" else weight_decay, step=0))
+            # Decay and betas follow the role: hidden matrices keep weight_decay on any map (track 3's AdamW).
+            hidden = role in HIDDEN_ROLES
+            group = dict(params=[p for _, p in items], names=[n for n, _ in items], role=role, map=route,
+                         lr=lr, initial_lr=lr,
+                         weight_decay=adam_weight_decay if route == "adam" and not hidden else weight_decay, step=0)
+            if route == "adam":
+                group["betas"] = tuple(hidden_adam_betas if hidden and hidden_adam_betas else adam_betas)
+            groups.append(group)
         defaults = dict(lr=0.0, weight_decay=0.0)
         super().__init__(groups, defaults)
         self.scale, self.ns_method, self.ns_steps = scale, ns_method, ns_steps
@@ -178,6 +185,11 @@ class HybridOptimizer(torch.optim.Optimizer):
 
     def _apply(self, p: torch.Tensor, group: dict, d: torch.Tensor) -> None:
         lr, wd = group["lr"], group["weight_decay"]
+        if p.dtype != torch.float32 and p.dtype != torch.float64:
+            # Low-precision storage (a bf16 table): decay and step in fp32, rounded once. Two bf16 roundings
+            # would drop the decay entirely (1 - lr wd is within half a bf16 ulp of 1).
+            p.copy_(p.float().mul_(1 - lr * wd).add_(d.float(), alpha=-lr))
+            return
         if wd:
             p.mul_(1 - lr * wd)
         p.add_(d.to(p.dtype), alpha=-lr)
@@ -187,7 +199,8 @@ class HybridOptimizer(torch.optim.Optimizer):
         if "exp_avg" not in state:
             state["exp_avg"] = torch.zeros_like(p, dtype=torch.float32)
             state["exp_avg_sq"] = torch.zeros_like(p, dtype=torch.float32)
-        d = adam_direction(p.grad.float(), state["exp_avg"], state["exp_avg_sq"], t, self.adam_betas, self.adam_eps)
+        betas = group.get("betas", self.adam_betas)  # checkpoints from before per-group betas have none
+        d = adam_direction(p.grad.float(), state["exp_avg"], state["exp_avg_sq"], t, betas, self.adam_eps)
         self._apply(p, group, d)
         return d
 
@@ -248,4 +261,5 @@ def build_hybrid(cfg, named_params: Iterable[tuple[str, torch.nn.Parameter]], ro
         momentum=cfg.momentum, nesterov=cfg.nesterov, momentum_warmup_start=cfg.momentum_warmup_start,
         momentum_warmup_steps=cfg.momentum_warmup_steps, weight_decay=cfg.weight_decay,
         adam_betas=tuple(cfg.adam_betas), adam_eps=cfg.adam_eps, adam_weight_decay=cfg.adam_weight_decay,
-        embed_eps=cfg.embed_eps, diag_every=cfg.diag_every)
+        embed_eps=cfg.embed_eps, diag_every=cfg.diag_every,
+        hidden_adam_betas=tuple(cfg.hidden_adam_betas) if cfg.hidden_adam_betas else None)
