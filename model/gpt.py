@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from model.block import Block
 from model.config import ModelConfig, PosEmb, SoftCap
 from model.init import init_weights
-from model.layers import make_norm, role_of, tag_param, tagged
+from model.layers import algebraic_softcap, make_norm, role_of, tag_param, tagged
 from model.masks import build_masks, window_units
 
 __all__ = ["GPT", "tagged"]
@@ -127,8 +127,8 @@ class GPT(nn.Module):
             logits = cfg.softcap_scale * torch.tanh(logits / cfg.softcap_div)
         elif cfg.softcap is SoftCap.sigmoid:
             logits = cfg.softcap_scale * torch.sigmoid(logits / cfg.softcap_div)
-        elif cfg.softcap is SoftCap.algebraic:  # smooth like tanh, but reaches its cap only as 1/z^2
-            logits = cfg.softcap_scale * logits * torch.rsqrt(logits.square() + cfg.softcap_div ** 2)
+        elif cfg.softcap is SoftCap.algebraic:
+            logits = algebraic_softcap(logits, cfg.softcap_scale, cfg.softcap_div)
         if targets is None:
             return logits
         return F.cross_entropy(logits.view(-1, logits.size(-1)), targets.reshape(-1))

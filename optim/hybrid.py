@@ -186,8 +186,8 @@ class HybridOptimizer(torch.optim.Optimizer):
     def _apply(self, p: torch.Tensor, group: dict, d: torch.Tensor) -> None:
         lr, wd = group["lr"], group["weight_decay"]
         if p.dtype != torch.float32 and p.dtype != torch.float64:
-            # Low-precision storage (a bf16 table): decay and step in fp32, rounded once. Two bf16 roundings
-            # would drop the decay entirely (1 - lr wd is within half a bf16 ulp of 1).
+            # Low-precision storage (a bf16 table): decay and step in fp32, rounded once, as fused AdamW does.
+            # A separate bf16 decay would be rounded away every step (1 - lr wd is within half an ulp of 1).
             p.copy_(p.float().mul_(1 - lr * wd).add_(d.float(), alpha=-lr))
             return
         if wd:
