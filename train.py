@@ -25,6 +25,7 @@ from harness import distributed as D
 from harness.atomic_io import write_text_atomic
 from harness.checkpoint import Checkpointer, CheckpointError
 from harness.config import Config, ConfigError, LossReduction, Precision, load_config, register_configs
+from harness.cpu_alloc import keep_freed_memory
 from harness.launch import allow_submitit_pickling, nonzero_rank_overrides
 from harness.nonfinite import NonFiniteGuard, NonFiniteLoss
 from harness.preemption import Preempted, StopRequest
@@ -84,6 +85,8 @@ def train(cfg: Config, dist: D.DistInfo, run_dir: Path, stop: StopRequest | None
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
+    else:
+        keep_freed_memory()  # no page-fault storm from each step's big temporaries (harness/cpu_alloc.py)
 
     # Data: synthetic shards are made once per node; the val set is checked before any compute.
     if dist.local_rank == 0:

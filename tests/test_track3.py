@@ -170,3 +170,5 @@ def test_algebraic_softcap_gradient_is_exact():
     assert torch.autograd.gradcheck(lambda t: algebraic_softcap(t, 15.0, 15.0), (z,))
     y = algebraic_softcap(z, 15.0, 15.0)
     torch.testing.assert_close(y, 15 * z / torch.sqrt(z ** 2 + 225))
+    compiled = torch.compile(lambda t: algebraic_softcap(t, 15.0, 15.0), backend="eager")  # the plain expression
+    torch.testing.assert_close(compiled(z), y)
