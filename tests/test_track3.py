@@ -172,3 +172,28 @@ def test_algebraic_softcap_gradient_is_exact():
     torch.testing.assert_close(y, 15 * z / torch.sqrt(z ** 2 + 225))
     compiled = torch.compile(lambda t: algebraic_softcap(t, 15.0, 15.0), backend="eager")  # the plain expression
     torch.testing.assert_close(compiled(z), y)
+
+
+@pytest.mark.parametrize("experiment", ["track3_muon", "track3_adamw"])
+def test_track3_experiments_run_through_the_trainer(experiment, tmp_path):
+    """Shrunk to 1 x 128 on synthetic data: summed loss, bf16 table, the val tail cadence, the schedule."""
+    import train
+    from harness import distributed as D
+    from harness.curves import read_metrics
+    cfg = compose_config(f"experiment={experiment}", "data=synthetic", f"data.dir={tmp_path / 'data'}",
+                         "data.synthetic.vocab=511", "data.synthetic.bos_token=511", "data.synthetic.train_tokens=20000",
+                         "data.synthetic.val_tokens=4096", "data.prefetch=false", "model.vocab_size=512",
+                         "model.n_layer=1", "model.n_embd=128", "model.n_head=1", "device=cpu", "train.compile=false",
+                         "train.max_steps=20", "train.val_every=10", "train.val_tail_every=2", "train.seq_len=64",
+                         "train.micro_batch_seqs=2", "train.global_batch_tokens=256", "train.val_tokens=1024",
+                         "train.log_every=5")
+    (tmp_path / "run").mkdir()
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        summary = train.train(cfg, D.DistInfo(0, 0, 1, torch.device("cpu")), tmp_path / "run")
+    finally:
+        torch.set_num_threads(threads)
+    vals = [e for e in read_metrics(tmp_path / "run" / "metrics.jsonl") if e.get("event") == "val"]
+    assert [e["step"] for e in vals] == [0, 10, 18, 20]  # every 10, then every 2 in the last 10%
+    assert math.isfinite(summary["final_val_loss"]) and summary["final_val_loss"] < vals[0]["val_loss"] - 0.5
