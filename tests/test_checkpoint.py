@@ -103,7 +103,8 @@ def test_resume_force_loads_and_applies_the_new_hyperparameters(reference, tmp_p
     lrs = {e["step"]: e["lr"] for e in events(run_dir) if e["event"] == "train"}
     ref_lrs = {e["step"]: e["lr"] for e in events(reference[0]) if e["event"] == "train"}
     assert all(lrs[s] == ref_lrs[s] for s in range(1, 7))  # history kept
-    assert lrs[7] == pytest.approx(0.001) and lrs[8] == pytest.approx(0.0005)  # new lr and 8-step warmdown
+    # new lr and the 8-step run's warmdown: 0.3 x 8 = 2.4 steps (exact, not rounded), from step 6 on
+    assert lrs[7] == pytest.approx(0.001 * 2 / 2.4) and lrs[8] == pytest.approx(0.001 * 1 / 2.4)
 
 
 def test_resume_none_in_a_folder_with_checkpoints_is_refused_unless_forced(reference, tmp_path):
