@@ -24,12 +24,13 @@ from data.shards import ShardError
 from harness import distributed as D
 from harness.atomic_io import write_text_atomic
 from harness.checkpoint import Checkpointer, CheckpointError
-from harness.config import Config, ConfigError, Precision, load_config, register_configs
+from harness.config import Config, ConfigError, LossReduction, Precision, load_config, register_configs
+from harness.cpu_alloc import keep_freed_memory
 from harness.launch import allow_submitit_pickling, nonzero_rank_overrides
 from harness.metrics import format_rates, learning_rates, window_fields
 from harness.nonfinite import NonFiniteGuard, NonFiniteLoss
 from harness.preemption import Preempted, StopRequest
-from harness.schedule import lr_factor
+from harness.schedule import lr_factor, val_due
 from harness.tracking import make_logger  # console, metrics.jsonl, wandb (rank 0)
 from harness.weights import save_final_weights
 from model.gpt import GPT
@@ -86,6 +87,8 @@ def train(cfg: Config, dist: D.DistInfo, run_dir: Path, stop: StopRequest | None
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
+    else:
+        keep_freed_memory()  # no page-fault storm from each step's big temporaries (harness/cpu_alloc.py)
 
     # Data: synthetic shards are made once per node; the val set is checked before any compute.
     if dist.local_rank == 0:
@@ -113,6 +116,11 @@ def train(cfg: Config, dist: D.DistInfo, run_dir: Path, stop: StopRequest | None
               f"| run dir {run_dir}", flush=True)
         print(format_rates(optimizer.param_groups), flush=True)
 
+    # Each micro-step's loss is a mean over its tokens and DDP averages over ranks, so scaling by
+    # 1/accum differentiates the step's mean loss; by global_batch_tokens/accum, its summed loss
+    # (track 3: the optimizer then sees a gradient 524,288x larger, which matters against Adam's eps).
+    token_scale = tc.global_batch_tokens if tc.loss_reduction is LossReduction.sum else 1
+
     def train_step(step: int) -> torch.Tensor:
         """One optimizer step over `accum` micro-batches; returns the mean loss (device tensor)."""
         factor = lr_factor(step, tc.max_steps, tc.warmup_frac, tc.warmdown_frac, tc.final_lr_frac)
@@ -127,7 +135,7 @@ def train(cfg: Config, dist: D.DistInfo, run_dir: Path, stop: StopRequest | None
             with no_sync:
                 with autocast():
                     loss = net(x, y)
-                (loss / accum).backward()
+                (loss * token_scale / accum).backward()
             loss_sum += loss.detach()
         if guard.skip_step(step, loss_sum):  # train.nonfinite=skip: a NaN/inf step's update is dropped on every rank
             optimizer.zero_grad(set_to_none=True)
@@ -167,7 +175,7 @@ def train(cfg: Config, dist: D.DistInfo, run_dir: Path, stop: StopRequest | None
         last = step == end
         model.set_train_progress(step, tc.max_steps)  # time-dependent architecture (sliding-window schedule)
         stopping = stop.requested(step)  # SIGTERM/SIGINT on any rank: every rank stops here
-        validate = last or (tc.val_every and step % tc.val_every == 0)
+        validate = val_due(step, tc.max_steps, tc.val_every, tc.val_tail_every, tc.val_tail_frac)
         checkpoint = stopping or ckpt.due(step, last)
         if validate or checkpoint:
             if step > start_step:  # stop the clock: validation and checkpoints are not training time

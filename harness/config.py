@@ -36,6 +36,11 @@ class Precision(Enum):
     bf16 = "bf16"
 
 
+class LossReduction(Enum):
+    mean = "mean"  # gradient of the mean token loss of the step (nanoGPT, the records)
+    sum = "sum"    # gradient of the summed token loss of the step, global_batch_tokens x larger (track 3)
+
+
 class NonFinitePolicy(Enum):
     stop = "stop"  # raise at the first non-finite logged loss (no per-step sync)
     skip = "skip"  # check every step (one sync); drop a non-finite step's update on every rank
@@ -47,6 +52,8 @@ class TrainConfig:
 
     max_steps: int = 1000
     val_every: int = 125            # validate every N steps (and at step 0 and the end); 0 = only at the end
+    val_tail_every: int = 0         # > 0: validate every N steps in the last val_tail_frac of the steps (track 3: 25)
+    val_tail_frac: float = 0.1      # ... that is, from step (1 - val_tail_frac) * max_steps on
     val_tokens: int = 10_485_760    # fixed validation tokens, split across ranks
     global_batch_tokens: int = 524_288  # tokens per optimizer step, over all ranks and accumulation
     seq_len: int = 1024
@@ -55,6 +62,7 @@ class TrainConfig:
     warmdown_frac: float = 0.0      # fraction of max_steps at the end with linear decay
     final_lr_frac: float = 0.0      # LR at the end of the warmdown, as a fraction of the base LR
     grad_clip: float = 0.0          # clip the global grad norm to this; 0 = off
+    loss_reduction: LossReduction = LossReduction.mean  # what the gradient differentiates; logs always show the mean
     compile: bool = False           # torch.compile the model (CUDA; the compile time is never timed)
     compile_warmup_steps: int = 3   # untimed steps run (then undone) so compilation is excluded
     precision: Precision = Precision.auto
@@ -71,10 +79,10 @@ class TrainConfig:
                     "max_nonfinite_skips"):
             if getattr(self, key) <= 0:
                 raise ValueError(f"train.{key} must be > 0 (got {getattr(self, key)})")
-        for key in ("val_every", "compile_warmup_steps"):
+        for key in ("val_every", "val_tail_every", "compile_warmup_steps"):
             if getattr(self, key) < 0:
                 raise ValueError(f"train.{key} must be >= 0 (got {getattr(self, key)})")
-        for key in ("warmup_frac", "warmdown_frac", "final_lr_frac"):
+        for key in ("warmup_frac", "warmdown_frac", "final_lr_frac", "val_tail_frac"):
             if not 0.0 <= getattr(self, key) <= 1.0:
                 raise ValueError(f"train.{key} must lie in [0, 1] (got {getattr(self, key)})")
         if self.warmup_frac + self.warmdown_frac > 1.0:

@@ -3,7 +3,9 @@
 Sources read by `read_curve(path)`:
 - a run folder of this harness (its metrics.jsonl), or a metrics.jsonl file: the "val" events;
 - a speedrun log (any other text file): lines `step:N/M val_loss:X train_time:Tms ...`;
-- a reference CSV (results/records/*.csv): `step,val_loss,train_time_ms` (time may be empty).
+- a reference CSV (results/records/*.csv): `step,val_loss,train_time_ms` (time may be empty), or
+  with a leading `run` column several runs of one result (track 3's #36: 10 runs), read by
+  `read_curves` / `record_curves` as one curve per run (`read_curve` refuses to merge them).
 Units: steps are optimizer steps, tokens are training tokens seen, times are training milliseconds
 (validation and compilation excluded). Logs and CSVs carry no token counts: tokens = step x
 tokens_per_step (524,288 for every speedrun record).
@@ -82,14 +84,26 @@ def _read_log(path: Path, name: str, tokens_per_step: int) -> Curve:
     return Curve(name, points)
 
 
-def _read_csv(path: Path, name: str, tokens_per_step: int) -> Curve:
-    points = []
+def _read_csv_runs(path: Path, name: str, tokens_per_step: int) -> list[Curve]:
+    """One curve per value of the `run` column (a single curve named `name` without that column)."""
+    runs: dict[str, Curve] = {}
     with path.open(newline="", encoding="utf-8") as f:
         for row in csv.DictReader(f):
             step = int(row["step"])
             t = row.get("train_time_ms") or ""
-            points.append(Point(step, step * tokens_per_step, float(t) if t.strip() else None, float(row["val_loss"])))
-    return Curve(name, points)
+            run = row.get("run")
+            curve = runs.setdefault(run, Curve(f"{name}:{run}" if run is not None else name))
+            curve.points.append(Point(step, step * tokens_per_step, float(t) if t.strip() else None,
+                                      float(row["val_loss"])))
+    return list(runs.values())
+
+
+def _read_csv(path: Path, name: str, tokens_per_step: int) -> Curve:
+    curves = _read_csv_runs(path, name, tokens_per_step)
+    if len(curves) > 1:
+        raise CurveError(f"{path} holds {len(curves)} runs (a `run` column): read it with read_curves / "
+                         "record_curves, or compare against their mean with scripts/compare.py --record")
+    return curves[0] if curves else Curve(name)
 
 
 def read_curve(path: str | Path, tokens_per_step: int = RECORD_TOKENS_PER_STEP) -> Curve:
@@ -115,15 +129,68 @@ def read_curve(path: str | Path, tokens_per_step: int = RECORD_TOKENS_PER_STEP) 
     return curve
 
 
-def record_curve(record: str) -> Curve:
-    """A record's reference curve by experiment name (results/records/<name>.csv) or CSV path."""
+def _record_path(record: str) -> Path:
     p = Path(record)
     if not p.exists():
         p = RECORDS_DIR / f"{record}.csv"
     if not p.exists():
         known = sorted(q.stem for q in RECORDS_DIR.glob("*.csv"))
         raise CurveError(f"no reference curve for record {record!r}; known: {known}")
-    return read_curve(p)
+    return p
+
+
+def record_curve(record: str) -> Curve:
+    """A record's reference curve by experiment name (results/records/<name>.csv) or CSV path."""
+    return read_curve(_record_path(record))
+
+
+def record_curves(record: str, tokens_per_step: int = RECORD_TOKENS_PER_STEP) -> list[Curve]:
+    """Every run of a reference result (one curve for the track-1 records, 10 for track 3's #36)."""
+    p = _record_path(record)
+    if p.suffix != ".csv":
+        return [read_curve(p, tokens_per_step)]
+    curves = [c for c in _read_csv_runs(p, p.stem, tokens_per_step) if c.points]
+    if not curves:
+        raise CurveError(f"{p} holds no validation points")
+    for c in curves:
+        c.points.sort(key=lambda q: q.step)
+    return curves
+
+
+@dataclass
+class BandPoint:
+    step: int
+    tokens: int
+    time_ms: Optional[float]  # mean over the runs (None if any run lacks a time)
+    mean: float
+    std: float                # sample std over the runs (0 for one run)
+    lo: float
+    hi: float
+    n: int
+
+
+def band(curves: list[Curve]) -> list[BandPoint]:
+    """Mean, spread and range of val loss over runs, at the steps every run validated."""
+    common = set.intersection(*({p.step for p in c.points} for c in curves)) if curves else set()
+    out = []
+    for step in sorted(common):
+        pts = [next(p for p in c.points if p.step == step) for c in curves]
+        losses = [p.val_loss for p in pts]
+        n = len(losses)
+        mean = sum(losses) / n
+        std = math.sqrt(sum((x - mean) ** 2 for x in losses) / (n - 1)) if n > 1 else 0.0
+        times = [p.time_ms for p in pts]
+        t = None if any(x is None for x in times) else sum(times) / n
+        out.append(BandPoint(step, pts[0].tokens, t, mean, std, min(losses), max(losses), n))
+    return out
+
+
+def mean_curve(curves: list[Curve], name: str | None = None) -> Curve:
+    """The runs' mean val loss (and mean time) at the steps every run validated, as one curve."""
+    if len(curves) == 1:
+        return curves[0]
+    label = name or f"{curves[0].name.split(':')[0]} (mean of {len(curves)})"
+    return Curve(label, [Point(b.step, b.tokens, b.time_ms, b.mean) for b in band(curves)])
 
 
 @dataclass

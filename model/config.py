@@ -38,12 +38,14 @@ class SoftCap(Enum):
     none = "none"
     tanh = "tanh"        # softcap_scale * tanh(z / softcap_div)      (record 9: 30, 30)
     sigmoid = "sigmoid"  # softcap_scale * sigmoid(z / softcap_div)   (record 20: 30, 7.5)
+    algebraic = "algebraic"  # softcap_scale * z / sqrt(z^2 + softcap_div^2)  (track 3: 15, 15)
 
 
 class Init(Enum):
     gpt2 = "gpt2"                      # N(0, init_std); residual projections / sqrt(2L) (scale_proj_init)
     pytorch = "pytorch"                # torch defaults: Linear U(+-1/sqrt(fan_in)), Embedding N(0, 1) (records 2-12)
     scaled_uniform = "scaled_uniform"  # Linear U(+-sqrt(3) * 0.5 / sqrt(fan_in)), Embedding N(0, 1) (record 20)
+    scaled_normal = "scaled_normal"    # Linear N(0, init_fan_in_var / fan_in), biases 0, Embedding N(0, 1) (track 3)
 
 
 class AttnImpl(Enum):
@@ -77,6 +79,7 @@ class ModelConfig:
     init: Init = Init.gpt2
     init_std: float = 0.02       # init=gpt2 only
     scale_proj_init: bool = True  # init=gpt2: residual projections init std / sqrt(2 * n_layer)
+    init_fan_in_var: float = 0.33  # init=scaled_normal: a Linear weight's variance times its fan-in (track 3)
 
     # --- speedrun switches (all off by default) ---
     rope_base: float = 10000.0     # rotary: frequency of pair i is rope_base^(-2i/head_dim)
@@ -85,7 +88,10 @@ class ModelConfig:
     attn_scale: Optional[float] = None  # softmax scale; null = 1/sqrt(head_dim) (record 20: 0.12)
     scale_attn_residual: bool = False   # x + attn(.) / sqrt(2 * n_layer) (records 2 and 4)
     zero_init_proj: bool = False   # attention and MLP output projections start at zero (blocks = identity)
-    zero_init_head: bool = False   # untied LM head starts at zero (uniform first prediction)
+    zero_init_head: bool = False   # untied LM head (and its bias) starts at zero (uniform first prediction)
+    head_bias: bool = False        # the untied LM head has a bias (track 3: every Linear has one)
+    embed_bf16: bool = False       # store the token table in bf16 (track 3); under bf16 autocast the residual
+                                   # stream then stays bf16, as in the script; without autocast it is cast to fp32
     softcap: SoftCap = SoftCap.none
     softcap_scale: float = 30.0
     softcap_div: float = 30.0
@@ -135,8 +141,12 @@ class ModelConfig:
             raise ValueError(f"model.n_embd={self.n_embd} must be divisible by model.n_head={self.n_head}")
         if self.norm_eps is not None and not self.norm_eps > 0:
             raise ValueError(f"model.norm_eps must be > 0 or null (got {self.norm_eps})")
-        if self.init_std <= 0:
-            raise ValueError(f"model.init_std must be > 0 (got {self.init_std})")
+        if self.init_std <= 0 or self.init_fan_in_var <= 0:
+            raise ValueError(f"model.init_std and model.init_fan_in_var must be > 0 "
+                             f"(got {self.init_std}, {self.init_fan_in_var})")
+        if (self.head_bias or self.embed_bf16) and self.tie_embeddings:
+            raise ValueError("model.head_bias / model.embed_bf16 need model.tie_embeddings=false (they describe "
+                             "an untied head and a separate token table)")
         if self.tie_embeddings and not self.pad_embeddings:
             raise ValueError("model.pad_embeddings=false needs model.tie_embeddings=false (a tied table has one shape)")
         if self.zero_init_head and self.tie_embeddings:

@@ -5,7 +5,7 @@ H = n_head, D = C // H (head dim), V = padded vocabulary size.
 
     x = wte(idx) (+ wpe)  -> norm (embed_norm)  = x0
     blocks 0 .. L-1       (U-net: decoder layer j also gets w_j * encoder output L/2-1-j)
-    logits = head(norm(x)), fp32, softcapped (tanh / sigmoid)
+    logits = head(norm(x)) (+ bias), fp32, softcapped (tanh / sigmoid / algebraic)
 
 Each parameter carries a *role* (see optim/roles.py): the module kind that decides
 its norm and hence how the optimizer updates it. Roles are attached to modules where
@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from model.block import Block
 from model.config import ModelConfig, PosEmb, SoftCap
 from model.init import init_weights
-from model.layers import make_norm, role_of, tag_param, tagged
+from model.layers import algebraic_softcap, make_norm, role_of, tag_param, tagged
 from model.masks import build_masks, window_units
 
 __all__ = ["GPT", "tagged"]
@@ -49,10 +49,12 @@ class GPT(nn.Module):
             tag_param(self, "skip_weights", torch.ones(cfg.n_layer // 2), "scalar")
         self.ln_f = make_norm(cfg)
         if not cfg.tie_embeddings:
-            self.lm_head = tagged(nn.Linear(C, V, bias=False), "head")
+            self.lm_head = tagged(nn.Linear(C, V, bias=cfg.head_bias), "head")
         # (long, short) sliding-window size in window units; see set_train_progress.
         self.register_buffer("windows", torch.tensor(window_units(cfg, 0, 1), dtype=torch.int32), persistent=False)
         self.reset_parameters()
+        if cfg.embed_bf16:  # after init: the table is drawn in fp32, then rounded once
+            self.wte.to(torch.bfloat16)
 
     def reset_parameters(self) -> None:
         """Initialize every parameter per model.init and the zero-init switches (model/init.py)."""
@@ -100,6 +102,8 @@ class GPT(nn.Module):
         if T > cfg.block_size:
             raise ValueError(f"sequence length {T} exceeds model.block_size={cfg.block_size}")
         x = self.wte(idx)
+        if x.dtype != torch.float32 and not torch.is_autocast_enabled(idx.device.type):
+            x = x.float()  # a bf16 table (model.embed_bf16) outside autocast: compute in fp32
         if cfg.pos_emb is PosEmb.learned:
             x = x + self.wpe(torch.arange(T, device=idx.device))
         if cfg.embed_norm:
@@ -116,12 +120,15 @@ class GPT(nn.Module):
             if cfg.unet_skips and i < half:
                 skips.append(x)
         x = self.ln_f(x)
-        head_w = self.wte.weight if cfg.tie_embeddings else self.lm_head.weight
-        logits = F.linear(x, head_w).float()  # fp32 logits: a bf16 softmax over 50k classes loses precision
+        head = self.wte if cfg.tie_embeddings else self.lm_head
+        # fp32 logits: a bf16 softmax over 50k classes loses precision
+        logits = F.linear(x, head.weight, getattr(head, "bias", None)).float()
         if cfg.softcap is SoftCap.tanh:
             logits = cfg.softcap_scale * torch.tanh(logits / cfg.softcap_div)
         elif cfg.softcap is SoftCap.sigmoid:
             logits = cfg.softcap_scale * torch.sigmoid(logits / cfg.softcap_div)
+        elif cfg.softcap is SoftCap.algebraic:
+            logits = algebraic_softcap(logits, cfg.softcap_scale, cfg.softcap_div)
         if targets is None:
             return logits
         return F.cross_entropy(logits.view(-1, logits.size(-1)), targets.reshape(-1))

@@ -8,9 +8,11 @@
                   weight to the embedding.
 - scaled_uniform: record 20: Linear U(+-sqrt(3) * 0.5 / sqrt(fan_in)) (std 0.5/sqrt(fan_in)),
                   Embedding N(0, 1).
+- scaled_normal:  track 3: Linear N(0, init_fan_in_var / fan_in) (0.33: std 0.574/sqrt(fan_in)),
+                  biases 0, Embedding N(0, 1).
 Always: norm gains 1, norm biases 0, learnable scalars at their documented start values. Then
 zero_init_proj zeroes the attention and MLP output projections (every block starts as the
-identity) and zero_init_head zeroes the untied LM head (first prediction uniform).
+identity) and zero_init_head zeroes the untied LM head and its bias (first prediction uniform).
 """
 from __future__ import annotations
 
@@ -41,6 +43,10 @@ def init_weights(model: nn.Module, cfg: ModelConfig) -> None:
                 nn.init.normal_(m.weight, 0.0, proj_std if getattr(m, "residual_out", False) else std)
                 if m.bias is not None:
                     nn.init.zeros_(m.bias)
+            elif cfg.init is Init.scaled_normal:
+                nn.init.normal_(m.weight, 0.0, math.sqrt(cfg.init_fan_in_var / fan_in))
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
             else:
                 gain = 1.0 if cfg.init is Init.pytorch else math.sqrt(3) * 0.5
                 _uniform_fan_in(m.weight, fan_in, gain)
@@ -68,3 +74,5 @@ def init_weights(model: nn.Module, cfg: ModelConfig) -> None:
                     nn.init.zeros_(m.bias)
     if cfg.zero_init_head and not cfg.tie_embeddings:
         nn.init.zeros_(model.lm_head.weight)
+        if model.lm_head.bias is not None:
+            nn.init.zeros_(model.lm_head.bias)

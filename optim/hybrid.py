@@ -3,6 +3,7 @@
     linear  (hidden matrices; optionally the head):  Nesterov momentum -> Newton-Schulz U V^T, scaled
     embed   (token / position / value embeddings):    Nesterov momentum -> each token row to unit RMS
     adam    (gains, biases, scalars; the head by default): Adam
+            (hidden matrices too with hidden_map=adam: track 3's AdamW, with their own betas and decay)
 
     p <- p (1 - lr wd) - lr * dualize(u),   u = (1 - beta) g + beta buf,  buf <- beta buf + (1 - beta) g
                                             (optim.momentum_form=sum: u = g + beta buf, buf <- beta buf + g)
@@ -12,7 +13,7 @@ two weights of the same shape get different maps when they play different roles.
 (FUSED_BLOCKS, e.g. attn_qkv [3d, d] or [3, d, d]) are orthogonalized per block.
 
 Param groups: one per role, each with "role", "map", "lr", "initial_lr" (the trainer sets
-lr = initial_lr * schedule factor), "weight_decay", "names" and "step" (optimizer steps taken,
+lr = initial_lr * schedule factor), "weight_decay", "betas" (Adam groups), "names" and "step" (optimizer steps taken,
 which drives the momentum warmup and Adam's bias correction and travels in state_dict()).
 
 Distributed (torch.distributed initialized, gradients already averaged by DDP): the
@@ -43,7 +44,7 @@ from optim.duality import (adam_direction, dualize_embed, dualize_linear_batched
 from optim.newton_schulz import orthogonalize
 from optim.normuon import normuon_
 from optim.hybrid_config import rates_from_config, routes_from_config, validate
-from optim.roles import FUSED_BLOCKS, check_roles
+from optim.roles import FUSED_BLOCKS, HIDDEN_ROLES, check_roles
 
 MAP_NAMES = ("linear", "embed", "adam")
 
@@ -59,7 +60,8 @@ class HybridOptimizer(torch.optim.Optimizer):
                  momentum_form: str = "ema",
                  weight_decay: float = 0.0, adam_betas: tuple[float, float] = (0.9, 0.95),
                  adam_eps: float = 1e-8, adam_weight_decay: float = 0.0, embed_eps: float = 0.0,
-                 diag_every: int = 0, process_group: dist.ProcessGroup | None = None, lanton: bool = False,
+                 diag_every: int = 0, process_group: dist.ProcessGroup | None = None,
+                 hidden_adam_betas: tuple[float, float] | None = None, lanton: bool = False,
                  lanton_beta: float = 0.95, normuon: bool = False, normuon_beta: float = 0.95,
                  normuon_eps: float = 1e-8, cautious_wd: bool = False):
         check_roles(roles)
@@ -81,9 +83,14 @@ class HybridOptimizer(torch.optim.Optimizer):
             for name, p in items:
                 _check_shape(name, role, route, p)
             lr = float(rates[role])
-            groups.append(dict(params=[p for _, p in items], names=[n for n, _ in items], role=role, map=route,
-                               lr=lr, initial_lr=lr,
-                               weight_decay=adam_weight_decay if route == "adam" else weight_decay, step=0))
+            # Decay and betas follow the role: hidden matrices keep weight_decay on any map (track 3's AdamW).
+            hidden = role in HIDDEN_ROLES
+            group = dict(params=[p for _, p in items], names=[n for n, _ in items], role=role, map=route,
+                         lr=lr, initial_lr=lr,
+                         weight_decay=adam_weight_decay if route == "adam" and not hidden else weight_decay, step=0)
+            if route == "adam":
+                group["betas"] = tuple(hidden_adam_betas if hidden and hidden_adam_betas else adam_betas)
+            groups.append(group)
         defaults = dict(lr=0.0, weight_decay=0.0)
         super().__init__(groups, defaults)
         self.scale, self.ns_method, self.ns_steps = scale, ns_method, ns_steps
@@ -249,8 +256,18 @@ class HybridOptimizer(torch.optim.Optimizer):
         lr, wd = group["lr"], group["weight_decay"]
         if factor is not None:
             d = d * factor
+        decay = lr * wd if factor is None else lr * wd * factor
+        if p.dtype != torch.float32 and p.dtype != torch.float64:
+            # Low-precision storage (a bf16 table): decay and step in fp32, rounded once, as fused AdamW does.
+            # A separate bf16 decay would be rounded away every step (1 - lr wd is within half an ulp of 1).
+            w = p.float()
+            if wd and self.cautious_wd:
+                cautious_decay_(w, d, decay)
+            elif wd:
+                w.mul_(1 - decay)
+            p.copy_(w.add_(d.float(), alpha=-lr))
+            return
         if wd:
-            decay = lr * wd if factor is None else lr * wd * factor
             if self.cautious_wd:
                 cautious_decay_(p, d, decay)
             else:
@@ -277,7 +294,8 @@ class HybridOptimizer(torch.optim.Optimizer):
         if "exp_avg" not in state:
             state["exp_avg"] = torch.zeros_like(p, dtype=torch.float32)
             state["exp_avg_sq"] = torch.zeros_like(p, dtype=torch.float32)
-        d = adam_direction(p.grad.float(), state["exp_avg"], state["exp_avg_sq"], t, self.adam_betas, self.adam_eps)
+        betas = group.get("betas", self.adam_betas)  # checkpoints from before per-group betas have none
+        d = adam_direction(p.grad.float(), state["exp_avg"], state["exp_avg_sq"], t, betas, self.adam_eps)
         self._apply(p, group, d)
         return d
 
@@ -348,5 +366,7 @@ def build_hybrid(cfg, named_params: Iterable[tuple[str, torch.nn.Parameter]], ro
         momentum_warmup_steps=cfg.momentum_warmup_steps, momentum_form=cfg.momentum_form,
         weight_decay=cfg.weight_decay,
         adam_betas=tuple(cfg.adam_betas), adam_eps=cfg.adam_eps, adam_weight_decay=cfg.adam_weight_decay,
-        embed_eps=cfg.embed_eps, diag_every=cfg.diag_every, lanton=cfg.lanton, lanton_beta=cfg.lanton_beta,
-        normuon=cfg.normuon, normuon_beta=cfg.normuon_beta, normuon_eps=cfg.normuon_eps, cautious_wd=cfg.cautious_wd)
+        embed_eps=cfg.embed_eps, diag_every=cfg.diag_every,
+        hidden_adam_betas=tuple(cfg.hidden_adam_betas) if cfg.hidden_adam_betas else None,
+        lanton=cfg.lanton, lanton_beta=cfg.lanton_beta, normuon=cfg.normuon, normuon_beta=cfg.normuon_beta,
+        normuon_eps=cfg.normuon_eps, cautious_wd=cfg.cautious_wd)

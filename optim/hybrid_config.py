@@ -44,6 +44,8 @@ class HybridConfig:
     # routing: which duality map each role family uses
     embed_map: str = "embed"          # embed | adam   (roles embed, pos_embed, value_embed)
     head_map: str = "adam"            # adam | linear  (untied head)
+    hidden_map: str = "linear"        # linear | adam  (hidden matrices; adam: track 3's AdamW result, rate optim.lr,
+                                      # decay optim.weight_decay, betas hidden_adam_betas)
     tied_map: Optional[str] = None    # embed | linear | adam: REQUIRED if the model ties embed and head
     # linear map (hidden matrices, and the head if routed there)
     scale: str = "spectral"           # spectral sqrt(d_out/d_in) | muon sqrt(max(1,rows/cols)) | rms_match
@@ -72,7 +74,8 @@ class HybridConfig:
     # Adam path
     adam_betas: list[float] = field(default_factory=lambda: [0.8, 0.95])
     adam_eps: float = 1e-10
-    adam_weight_decay: float = 0.0
+    adam_weight_decay: float = 0.0    # decoupled, the Adam-routed roles except hidden matrices (hidden_map=adam)
+    hidden_adam_betas: Optional[list[float]] = None  # hidden matrices on Adam; null = adam_betas
     # mass rule (rate_mode=mass)
     embed_mass: float = 1.0
     blocks_mass: float = 5.0
@@ -134,6 +137,10 @@ def validate(cfg: Any) -> None:
     _choice(cfg, "rate_mode", ("manual", "mass"))
     _choice(cfg, "embed_map", ("embed", "adam"))
     _choice(cfg, "head_map", ("adam", "linear"))
+    _choice(cfg, "hidden_map", ("linear", "adam"))
+    if _get(cfg, "hidden_map") == "adam" and _get(cfg, "rate_mode") != "manual":
+        raise ValueError("optim.hidden_map=adam needs optim.rate_mode=manual (Adam's step has no place in the "
+                         "modular norm's mass rule)")
     if _get(cfg, "tied_map") is not None:
         _choice(cfg, "tied_map", MAPS)
     _choice(cfg, "scale", LINEAR_SCALES)
@@ -144,9 +151,10 @@ def validate(cfg: Any) -> None:
     for key in ("momentum", "momentum_warmup_start"):
         if not 0.0 <= _get(cfg, key) < 1.0:
             raise ValueError(f"optim.{key}={_get(cfg, key)} must be in [0, 1)")
-    betas = list(_get(cfg, "adam_betas"))
-    if len(betas) != 2 or not all(0.0 <= b < 1.0 for b in betas):
-        raise ValueError(f"optim.adam_betas={betas} must be two numbers in [0, 1)")
+    for key in ("adam_betas", "hidden_adam_betas"):
+        betas = _get(cfg, key)
+        if betas is not None and (len(betas) != 2 or not all(0.0 <= b < 1.0 for b in betas)):
+            raise ValueError(f"optim.{key}={list(betas)} must be two numbers in [0, 1)")
     for key in ("lr", "embed_lr", "head_lr", "scalar_lr", "weight_decay", "adam_weight_decay", "embed_eps",
                 "adam_eps", "momentum_warmup_steps", "diag_every", "tied_embed_lr_times_width"):
         if _get(cfg, key) < 0:
@@ -186,7 +194,7 @@ def routes_from_config(cfg: Any, present: set[str]) -> dict[str, str]:
         if role in EMBED_ROLES:
             routes[role] = _get(cfg, "embed_map")
         elif role in HIDDEN_ROLES:
-            routes[role] = "linear"
+            routes[role] = _get(cfg, "hidden_map")
         elif role == "head":
             routes[role] = _get(cfg, "head_map")
         elif role in VECTOR_ROLES:

@@ -16,6 +16,8 @@ Methods (coefficients (a, b, c) per step; see optimizer.md for the accuracy tabl
                  (fast growth of small s traded for not converging exactly).
 - polar_express: 5 per-step sets (arXiv 2505.16932), normalized by 1.02 ||X||_F + 1e-6.
 - six_step:      6 per-step sets used by modula (integers / 1024); output s in ~[0.99, 1].
+- track3:        (2, -1.5, 0.5) x 12, track 3's baseline: p(s) = 2s - 1.5s^3 + 0.5s^5 has p(1) = 1
+                 and p'(1) = 0 (converges to 1 from any s in (0, 1]; doubles small s each step).
 A schedule longer than its coefficient list repeats its last set (that set is the one
 tuned for singular values already near 1); a shorter one uses its first sets.
 """
@@ -46,6 +48,7 @@ METHODS: dict[str, tuple[list[Coeffs], int, tuple[float, float]]] = {
     "quintic": ([(3.4445, -4.7750, 2.0315)], 5, (1.0, 1e-7)),
     "polar_express": (_POLAR_EXPRESS, 5, (1.02, 1e-6)),
     "six_step": (_SIX_STEP, 6, (1.0, 1e-7)),
+    "track3": ([(2.0, -1.5, 0.5)], 12, (1.0, 1e-7)),
 }
 
 

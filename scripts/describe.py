@@ -54,7 +54,8 @@ def group_rule(opt: torch.optim.Optimizer, group: dict) -> tuple[str, str]:
         betas = group.get("betas")
         return type(opt).__name__, f"betas {_num(betas)} eps {_num(group.get('eps'))}" if betas else ""
     if rule == "adam":
-        return "adam", f"betas {_num(getattr(opt, 'adam_betas', None))} eps {_num(getattr(opt, 'adam_eps', None))}"
+        betas = group.get("betas", getattr(opt, "adam_betas", None))
+        return "adam", f"betas {_num(betas)} eps {_num(getattr(opt, 'adam_eps', None))}"
     start, warm = getattr(opt, "warmup", (None, 0))
     mom = f"momentum {_num(getattr(opt, 'momentum', None))}" + (" nesterov" if getattr(opt, "nesterov", False) else "")
     if warm:
@@ -86,15 +87,21 @@ def describe(cfg: Config, overrides: list[str]) -> list[str]:
         lines.append(f"  {str(g.get('role', i)):<12} {rule:<38} {len(g['params']):>7} {n:>13,} "
                      f"{_num(g.get('initial_lr', g['lr'])):>9} {_num(g.get('weight_decay', 0.0)):>6}  {mom}")
     tc = cfg.train
-    warmup, warmdown = round(tc.warmup_frac * tc.max_steps), round(tc.warmdown_frac * tc.max_steps)
+    warmup, warmdown = round(tc.warmup_frac * tc.max_steps), tc.warmdown_frac * tc.max_steps  # as harness/schedule.py
     per_gpu = tc.micro_batch_seqs * tc.seq_len
     lines += [
         f"batch: {tc.global_batch_tokens:,} tokens/step = seq_len {tc.seq_len} x {tc.micro_batch_seqs} seqs x ranks x "
         f"accumulation (1 GPU: accum {tc.global_batch_tokens / per_gpu:g}; 8 GPUs: {tc.global_batch_tokens / per_gpu / 8:g})",
         f"schedule: {tc.max_steps} steps = {tc.max_steps * tc.global_batch_tokens / 1e9:.3f}B tokens; warmup {warmup}, "
-        f"warmdown {warmdown} steps to {_num(tc.final_lr_frac)}x; validation {tc.val_tokens:,} tokens every "
-        f"{tc.val_every} steps" + (f"; stop at val_loss <= {tc.stop_at_val_loss}" if tc.stop_at_val_loss else ""),
+        f"warmdown {warmdown:.10g} steps to {_num(tc.final_lr_frac)}x; validation {tc.val_tokens:,} tokens every "
+        f"{tc.val_every} steps" + (f", every {tc.val_tail_every} in the last {_num(tc.val_tail_frac)}"
+                                   if tc.val_tail_every else "")
+        + (f"; stop at val_loss <= {tc.stop_at_val_loss}" if tc.stop_at_val_loss else ""),
+        f"loss: {tc.loss_reduction.value} over the step's tokens"
+        + (f" (gradient {tc.global_batch_tokens:,}x the mean's)" if tc.loss_reduction.value == "sum" else ""),
     ]
+    if cfg.model.embed_bf16:
+        lines.append("token table stored in bf16 (model.embed_bf16)")
     m = cfg.model
     if m.window_size:
         unit = m.window_block or 1

@@ -6,7 +6,10 @@
 A run is any folder holding a metrics.jsonl (searched recursively). Its parameters are read from its
 config.yaml (the resolved config) and .hydra/overrides.yaml: the table shows only the parameters that
 differ between the runs (a config group chosen on the command line, such as `optim=muon`, is shown as
-one column). Runs whose parameters differ only in `seed` form one group. Time to target is the training
+one column). Runs whose parameters differ only in `seed` form one group; a group's statistics pool its
+finished runs only (--include-unfinished pools the rest too), and the group is flagged, with a warning
+printed under the tables, when a seed repeats, its runs end at different steps, it has one run (no
+spread) or all its final losses are identical (zero spread: duplicates?). Time to target is the training
 time (validation excluded) at the first validation with val loss <= the target (each run's
 train.target_val_loss, or --target), the same computation as the trainer's summary.
 
@@ -30,6 +33,7 @@ from omegaconf import OmegaConf
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from harness.atomic_io import write_text_atomic  # noqa: E402
 from harness.metrics import ValTracker, read_metrics  # noqa: E402
+from harness.significance import RunFacts, flatten, pooling_problems, spread_problem  # noqa: E402
 
 DEFAULT_TARGET = 3.28
 METRICS = ("final_val_loss", "best_val_loss", "steps_to_target", "time_to_target_s", "tokens_per_s")
@@ -45,15 +49,6 @@ class Run:
     stats: dict
     complete: bool
     params: dict = field(default_factory=dict)  # the differing parameters, filled by vary()
-
-
-def flatten(node, prefix: str = "") -> dict:
-    if isinstance(node, dict):
-        out = {}
-        for key, value in node.items():
-            out.update(flatten(value, f"{prefix}{key}."))
-        return out
-    return {prefix[:-1]: node}
 
 
 def natural_key(path: Path) -> list:
@@ -94,7 +89,8 @@ def load_run(path: Path, name: str, target: float | None) -> Run:
     stats = {"final_val_loss": vals[-1]["val_loss"] if vals else None, "best_val_loss": hit["best_val_loss"],
              "target": goal, "steps_to_target": hit["target_reached_step"],
              "time_to_target_s": None if hit["target_reached_train_time_ms"] is None else hit["target_reached_train_time_ms"] / 1000,
-             "tokens_per_s": rate, "steps": max((e.get("step", 0) for e in events if "step" in e), default=0)}
+             "tokens_per_s": rate, "steps": max((e.get("step", 0) for e in events if "step" in e), default=0),
+             "final_step": vals[-1]["step"] if vals else None}
     return Run(name, path, config, overrides, [(e["train_time_ms"], e["val_loss"]) for e in vals], stats,
                summary is not None)
 
@@ -126,10 +122,35 @@ def group_runs(runs: list[Run], names: list[str]) -> list[tuple[dict, list[Run]]
 
 
 def mean_std(values: list) -> tuple[float | None, float | None, int]:
+    """(mean, sample std or None below 2 values, n) over the finite values."""
     xs = [v for v in values if v is not None and math.isfinite(v)]
     if not xs:
         return None, None, 0
-    return statistics.fmean(xs), (statistics.stdev(xs) if len(xs) > 1 else 0.0), len(xs)
+    return statistics.fmean(xs), (statistics.stdev(xs) if len(xs) > 1 else None), len(xs)
+
+
+def pool(members: list[Run], include_unfinished: bool) -> tuple[list[Run], list[Run]]:
+    """(runs pooled into the group's statistics, unfinished runs left out)."""
+    if include_unfinished:
+        return members, []
+    return [r for r in members if r.complete], [r for r in members if not r.complete]
+
+
+def group_warnings(pooled: list[Run], excluded: list[Run]) -> list[str]:
+    """Why a group's mean +- std may mislead (see harness/significance.py)."""
+    facts = [RunFacts(r.name, r.config, r.complete, r.stats["final_step"], r.stats["final_val_loss"]) for r in pooled]
+    notes = pooling_problems(facts)
+    finals = [r.stats["final_val_loss"] for r in pooled if r.stats["final_val_loss"] is not None]
+    if (spread := spread_problem(finals)) is not None:
+        notes.append(spread)
+    if len(pooled) == 1:
+        notes.append("one run: no spread, a single seed")
+    if not pooled:
+        notes.append("no finished run")
+    if excluded:
+        notes.append(f"{len(excluded)} unfinished run(s) left out: {', '.join(r.name for r in excluded)} "
+                     "(--include-unfinished pools them)")
+    return notes
 
 
 def fmt(value, metric: str) -> str:
@@ -151,27 +172,32 @@ def markdown(header: list[str], rows: list[list[str]]) -> str:
     return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in rows])
 
 
-def tables(runs: list[Run], names: list[str]) -> tuple[list, list, list, list]:
-    """(run header, run rows, group header, group rows), rows as display strings."""
+def tables(runs: list[Run], names: list[str], include_unfinished: bool = False) -> tuple[list, list, list, list, list]:
+    """(run header, run rows, group header, group rows, warnings), rows as display strings."""
     run_header = ["run", *names, *METRICS, "status"]
     run_rows = [[r.name, *(str(r.params[k]) for k in names), *(fmt(r.stats[m], m) for m in METRICS),
                  "done" if r.complete else "incomplete"] for r in runs]
     keys = [k for k in names if k != "seed"]
-    group_header = [*keys, "runs", "seeds", *(f"{m} (mean ± std)" for m in METRICS), "reached target"]
-    group_rows = []
-    for params, members in group_runs(runs, names):
+    group_header = [*keys, "runs", "seeds", *(f"{m} (mean ± std)" for m in METRICS), "reached target", "warnings"]
+    group_rows, warnings = [], []
+    for g, (params, members) in enumerate(group_runs(runs, names), start=1):
+        pooled, excluded = pool(members, include_unfinished)
         cells = []
         for m in METRICS:
-            mean, std, n = mean_std([r.stats[m] for r in members])
-            cells.append("-" if mean is None else fmt(mean, m) if n == 1 else f"{fmt(mean, m)} ± {fmt(std, m)}")
-        reached = sum(r.stats["steps_to_target"] is not None for r in members)
-        seeds = ",".join(str(r.config.get("seed", "?")) for r in members)
-        group_rows.append([*(str(params[k]) for k in keys), str(len(members)), seeds, *cells,
-                           f"{reached}/{len(members)}"])
-    return run_header, run_rows, group_header, group_rows
+            mean, std, n = mean_std([r.stats[m] for r in pooled])
+            cells.append("-" if mean is None else fmt(mean, m) if std is None else f"{fmt(mean, m)} ± {fmt(std, m)}")
+        reached = sum(r.stats["steps_to_target"] is not None for r in pooled)
+        seeds = ",".join(str(r.config.get("seed", "?")) for r in pooled)
+        notes = group_warnings(pooled, excluded)
+        label = " ".join(f"{k}={params[k]}" for k in keys) or "all runs"
+        warnings += [f"group {g} ({label}): {note}" for note in notes]
+        runs_cell = str(len(pooled)) + (f" (+{len(excluded)} unfinished)" if excluded else "")
+        group_rows.append([*(str(params[k]) for k in keys), runs_cell, seeds, *cells,
+                           f"{reached}/{len(pooled)}", f"see {len(notes)} below" if notes else ""])
+    return run_header, run_rows, group_header, group_rows, warnings
 
 
-def write_csvs(runs: list[Run], names: list[str], out: Path) -> None:
+def write_csvs(runs: list[Run], names: list[str], out: Path, include_unfinished: bool = False) -> None:
     with open(out / "runs.csv", "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(["run", "path", *names, *METRICS, "target", "steps", "complete"])
@@ -181,10 +207,13 @@ def write_csvs(runs: list[Run], names: list[str], out: Path) -> None:
     keys = [k for k in names if k != "seed"]
     with open(out / "groups.csv", "w", newline="") as f:
         w = csv.writer(f)
-        w.writerow([*keys, "runs", *(f"{m}_{s}" for m in METRICS for s in ("mean", "std", "n"))])
+        w.writerow([*keys, "runs", "unfinished_left_out", *(f"{m}_{s}" for m in METRICS for s in ("mean", "std", "n")),
+                    "warnings"])
         for params, members in group_runs(runs, names):
-            w.writerow([*(params[k] for k in keys), len(members),
-                        *(x for m in METRICS for x in mean_std([r.stats[m] for r in members]))])
+            pooled, excluded = pool(members, include_unfinished)
+            w.writerow([*(params[k] for k in keys), len(pooled), len(excluded),
+                        *(x for m in METRICS for x in mean_std([r.stats[m] for r in pooled])),
+                        " | ".join(group_warnings(pooled, excluded))])
 
 
 def plot(runs: list[Run], names: list[str], out: Path):
@@ -225,20 +254,27 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("dirs", nargs="+", type=Path, help="run folders or sweep folders (searched recursively)")
     parser.add_argument("--out", type=Path, help="write runs.csv, groups.csv, summary.md and the plot here")
     parser.add_argument("--target", type=float, help="target val loss (default: each run's train.target_val_loss)")
+    parser.add_argument("--include-unfinished", action="store_true",
+                        help="pool unfinished runs (no end-of-run summary) into the group statistics too")
     args = parser.parse_args(argv)
 
     paths = find_runs(args.dirs)
     common = Path(os.path.commonpath(paths)) if len(paths) > 1 else paths[0].parent
     runs = [load_run(p, str(p.relative_to(common.parent)), args.target) for p in paths]
     names = vary(runs)
-    run_header, run_rows, group_header, group_rows = tables(runs, names)
+    run_header, run_rows, group_header, group_rows, warnings = tables(runs, names, args.include_unfinished)
+    pooled = "finished runs" + (" and unfinished ones" if args.include_unfinished else "")
     text = (f"## Runs ({len(runs)})\n\n{markdown(run_header, run_rows)}\n\n"
-            f"## Groups (seeds pooled; mean ± std over runs)\n\n{markdown(group_header, group_rows)}\n")
+            f"## Groups (seeds pooled; mean ± std over {pooled})\n\n{markdown(group_header, group_rows)}\n")
+    if warnings:
+        text += "\n## Warnings\n\n" + "\n".join(f"- WARNING: {w}" for w in warnings) + "\n"
     print(text)
+    if warnings:
+        print(f"summarize: {len(warnings)} warning(s) about pooled groups, listed under ## Warnings", file=sys.stderr)
     if args.out:
         args.out.mkdir(parents=True, exist_ok=True)
         write_text_atomic(args.out / "summary.md", text)
-        write_csvs(runs, names, args.out)
+        write_csvs(runs, names, args.out, args.include_unfinished)
         plot(runs, names, args.out)
         print(f"wrote {args.out}/summary.md, runs.csv, groups.csv, val_loss_vs_time.png, val_loss_vs_time.csv")
 

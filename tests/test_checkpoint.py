@@ -103,8 +103,8 @@ def test_resume_force_loads_and_applies_the_new_hyperparameters(reference, tmp_p
     lrs = {e["step"]: e["lr/matrices"] for e in events(run_dir) if e["event"] == "train"}
     ref_lrs = {e["step"]: e["lr/matrices"] for e in events(reference[0]) if e["event"] == "train"}
     assert all(lrs[s] == ref_lrs[s] for s in range(1, 7))  # history kept
-    from harness.schedule import lr_factor  # the new lr on the 8-step schedule (warmdown 0.3 x 8 = 2.4 steps)
-    assert lrs[7] == pytest.approx(0.001 * lr_factor(6, 8, 0.0, 0.3, 0.0)) and lrs[8] == pytest.approx(0.001 / 2.4)
+    # new lr and the 8-step run's warmdown: 0.3 x 8 = 2.4 steps (exact, not rounded), from step 6 on
+    assert lrs[7] == pytest.approx(0.001 * 2 / 2.4) and lrs[8] == pytest.approx(0.001 * 1 / 2.4)
 
 
 def test_resume_none_in_a_folder_with_checkpoints_is_refused_unless_forced(reference, tmp_path):

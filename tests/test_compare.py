@@ -38,9 +38,10 @@ def main_of(name: str):
     return module.main
 
 
-def write_run(folder, losses, every=100, ms_per_step=50.0, tokens_per_step=4096):
-    """A run folder like train.py writes: val events every `every` steps, then a summary."""
+def write_run(folder, losses, every=100, ms_per_step=50.0, tokens_per_step=4096, seed=0, lr=0.003, complete=True):
+    """A run folder like train.py writes: its config, val events every `every` steps, then a summary."""
     folder.mkdir(parents=True)
+    (folder / "config.yaml").write_text(f"seed: {seed}\noptim:\n  lr: {lr}\nlogger:\n  name: none\n")
     with open(folder / "metrics.jsonl", "w") as f:
         for i, loss in enumerate(losses):
             s = i * every
@@ -48,7 +49,8 @@ def write_run(folder, losses, every=100, ms_per_step=50.0, tokens_per_step=4096)
                                 "train_time_ms": s * ms_per_step, "val_loss": loss}) + "\n")
             f.write(json.dumps({"event": "train", "step": s + 1, "tokens": 0, "train_time_ms": 0,
                                 "step_avg_ms": 0, "train_loss": 9.0, "lr": 1.0}) + "\n")
-        f.write(json.dumps({"event": "summary", "final_val_loss": losses[-1]}) + "\n")
+        if complete:
+            f.write(json.dumps({"event": "summary", "final_val_loss": losses[-1]}) + "\n")
     return folder
 
 
@@ -123,7 +125,7 @@ def test_ttest_p_values_match_the_closed_form():
 
 
 def test_significance_cli_on_run_folders(tmp_path):
-    runs = [write_run(tmp_path / f"seed{i}", [10.9, 3.5, v]) for i, v in enumerate([3.270, 3.271, 3.272])]
+    runs = [write_run(tmp_path / f"seed{i}", [10.9, 3.5, v], seed=i) for i, v in enumerate([3.270, 3.271, 3.272])]
     proc = script("significance.py", *map(str, runs))
     assert proc.returncode == 0, proc.stderr
     assert "n=3 mean=3.27100 std=0.00100" in proc.stdout and "verdict: SIGNIFICANT" in proc.stdout
