@@ -37,8 +37,8 @@ def test_every_difference_between_dual_and_muon_is_covered(composed):
     assert schedule("quintic", diff["ns_steps"][0]) == schedule("quintic", diff["ns_steps"][1])
 
 
-@pytest.mark.parametrize("letter,keys", [("a", {"embed_map"}), ("b", {"scale"}), ("c", {"ns_method"}),
-                                         ("d", set())])
+@pytest.mark.parametrize("letter,keys", [("a", {"embed_map"}), ("b", {"scale"}), ("c", {"ns_method", "ns_steps"}),
+                                         ("d", set()), ("e", set()), ("f", set())])
 def test_each_ablation_is_one_change_of_dual_towards_muon(composed, letter, keys):
     arm = composed[ABLATIONS[letter]]
     dual, muon = composed["dual"].config, composed["muon"].config
@@ -48,10 +48,29 @@ def test_each_ablation_is_one_change_of_dual_towards_muon(composed, letter, keys
     for key in keys:
         assert arm.config["optim"][key] == muon["optim"][key]  # the ablated value is Muon's
     assert {k: v for k, v in arm.config.items() if k != "optim"} == {k: v for k, v in dual.items() if k != "optim"}
-    # (d) copies Muon's head and scalar rates, which equal dual's at the defaults: then the arm is an
-    # alias of dual and the benchmark does not run it twice
+    # (d)-(f) copy Muon's head and scalar rates, decay and momentum warmup, which equal dual's at the
+    # defaults: then the arm is an alias of dual and the benchmark does not run it twice
     if not keys:
         assert arm.alias_of == "dual"
+
+
+def test_on_track3_every_difference_from_its_muon_is_one_ablation():
+    """On the track-3 proxy, Muon is the script's own optimizer (a preset): dual differs from it in more
+    keys, and each (but the swept lr and what only acts on one map) is moved by exactly one ablation."""
+    table = {**ARMS, "muon": (["optim=track3_muon"], "track 3's tuned Muon")}
+    arms = {a.name: a for a in resolve_arms(["muon", "dual", *ABLATIONS.values()], ["experiment=track3_proxy_cpu"],
+                                            table, [])}
+    diff = optim_diff(arms["dual"].config, arms["muon"].config)
+    unswept = set(diff) - {"name", "lr", "embed_eps", "tied_map"}  # lr: swept per arm; embed_eps, tied_map: inert
+    assert unswept == {"embed_map", "embed_lr", "scale", "ns_method", "ns_steps", "head_lr", "scalar_lr",
+                       "weight_decay", "adam_weight_decay", "momentum_warmup_steps"}
+    moved = {}
+    for letter, name in ABLATIONS.items():
+        changed = set(optim_diff(arms[name].config, arms["dual"].config))
+        assert changed and all(arms[name].config["optim"][k] == arms["muon"].config["optim"][k] for k in changed)
+        assert not changed & set(moved), (letter, changed & set(moved))
+        moved.update(dict.fromkeys(changed, letter))
+    assert set(moved) == unswept
 
 
 def test_the_rates_ablation_follows_the_base_experiments_muon():

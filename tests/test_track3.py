@@ -197,3 +197,13 @@ def test_track3_experiments_run_through_the_trainer(experiment, tmp_path):
     vals = [e for e in read_metrics(tmp_path / "run" / "metrics.jsonl") if e.get("event") == "val"]
     assert [e["step"] for e in vals] == [0, 10, 18, 20]  # every 10, then every 2 in the last 10%
     assert math.isfinite(summary["final_val_loss"]) and summary["final_val_loss"] < vals[0]["val_loss"] - 0.5
+
+
+def test_another_optimizer_on_a_track3_experiment_inherits_none_of_its_values():
+    """The script's optimizer is a preset of the optim group: `optim=dual` on top of track 3 is plain dual."""
+    from optim.hybrid_config import DualConfig
+    dual = compose_config("experiment=track3_proxy_cpu", "optim=dual").optim
+    for key in ("lr", "embed_map", "scale", "ns_method", "weight_decay", "adam_weight_decay", "embed_lr",
+                "head_lr", "scalar_lr", "momentum_warmup_steps"):
+        assert getattr(dual, key) == getattr(DualConfig, key), key
+    assert compose_config("experiment=track3_proxy_cpu").optim.ns_method == "track3"
