@@ -61,17 +61,32 @@ def _all_gather(obj: Any) -> list:
     return out
 
 
+class SaveInterrupted(KeyboardInterrupt):
+    """A second Ctrl-C landed while a checkpoint was being written: it was discarded, nothing half-written
+    is left, and every rank stops (train.py exits 130)."""
+
+
 def on_main(fn: Callable[[], Any]) -> Any:
-    """Run fn on rank 0 only; every rank returns its result, or raises the same CheckpointError."""
-    result, error = None, None
+    """Run fn on rank 0 only; every rank returns its result, or raises the same CheckpointError (or
+    SaveInterrupted) together, instead of the other ranks waiting forever for rank 0.
+
+    Ranks other than 0 mark the error `from_rank0`, so train.py prints it once."""
+    result, error, interrupted = None, None, None
     if not dist.is_initialized() or dist.get_rank() == 0:
         try:
             result = fn()
         except CheckpointError as e:
             error = str(e)
-    result, error = D.broadcast_object((result, error))
+        except KeyboardInterrupt as e:
+            interrupted = str(e)
+    result, error, interrupted = D.broadcast_object((result, error, interrupted))
+    main = not dist.is_initialized() or dist.get_rank() == 0
+    if interrupted is not None:
+        raise SaveInterrupted(interrupted)
     if error is not None:
-        raise CheckpointError(error)
+        exc = CheckpointError(error)
+        exc.from_rank0 = not main
+        raise exc
     return result
 
 
@@ -294,9 +309,17 @@ class Checkpointer:
                 pending.add("trainer.pt", self._trainer_state(step, train_time_ms, counters, per_rank, sharded))
                 path = pending.commit({"config_hash": config_hash(self.config), "world_size": self.dist.world_size,
                                        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
-            except OSError as e:
+            except OSError as e:  # ENOSPC and co., also when torch.save saw them first (checkpoint_store.save_file)
                 pending.abort()
                 raise self._write_error(step, e) from None
+            except KeyboardInterrupt:  # a second Ctrl-C during the write: discard it, keep the previous ones
+                pending.abort()
+                previous = latest(self.root)
+                raise SaveInterrupted(f"checkpoint {step_name(step)} was being written and is discarded; "
+                                      f"newest checkpoint: {previous or 'none'}") from None
+            except BaseException:
+                pending.abort()
+                raise
             try:
                 prune(self.root, self.cfg.checkpoint.keep)
             except OSError as e:
