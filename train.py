@@ -30,6 +30,7 @@ from harness.checkpoint import Checkpointer, CheckpointError, SaveInterrupted
 from harness.checkpoint_store import describe_os_error
 from harness.cli import run_app
 from harness.config import Config, ConfigError, Precision, load_config, register_configs
+from harness.epochs import EpochWatch
 from harness.console_log import ConsoleLog
 from harness.launch import allow_submitit_pickling, launcher_rank, nonzero_rank_overrides
 from harness.nonfinite import NonFiniteGuard, NonFiniteLoss
@@ -154,6 +155,7 @@ def train(cfg: Config, dist: D.DistInfo, run_dir: Path, stop: StopRequest | None
     start_step, train_time_ms, counters = ckpt.restore(model, optimizer, loader)  # (0, 0, {}) when starting fresh
     log = make_logger(cfg, dist, run_dir, ckpt.history)  # after restore: metrics.jsonl ends at the resumed step
     guard.skipped, last_val = counters.get("skipped_steps", 0), float("nan")
+    epochs = EpochWatch(loader, tc.global_batch_tokens, dist.is_main)  # says when the train data repeats
     sync(device)
     t0 = time.perf_counter()
     for step in range(start_step, tc.max_steps + 1):
@@ -182,6 +184,7 @@ def train(cfg: Config, dist: D.DistInfo, run_dir: Path, stop: StopRequest | None
         if last:
             break
         loss = train_step(step)
+        epochs.check(step + 1, log)
         if (step + 1) % tc.log_every == 0 or step + 1 == tc.max_steps:
             loss_value = D.all_reduce_mean(loss).item()  # .item() synchronizes the device
             now_ms = train_time_ms + 1000 * (time.perf_counter() - t0)

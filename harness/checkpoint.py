@@ -13,11 +13,11 @@ What a checkpoint holds (on-disk format: harness/checkpoint_store.py; configs an
 
 Everything is tensors, str, int, float, bool, None, lists and dicts, so it loads with
 torch.load(weights_only=True). `resume=auto` takes the newest complete checkpoint of the run's
-checkpoint folder (so relaunching with the same hydra.run.dir, or a torchrun elastic restart,
-continues the run) or starts fresh; `resume=PATH` a given one; `resume=none` starts fresh. On resume
+checkpoint folder (the same command finds the run folder again, harness/run_dir.py; so does a
+torchrun elastic restart) or starts fresh; `resume=PATH` a given one; `resume=none` starts fresh. On resume
 rank 0 rewrites metrics.jsonl to the checkpoint's lines (new file, then rename; the replaced file is
 kept as metrics.jsonl.bakN), so the run's final metrics equal an uninterrupted run's; each resume is
-recorded in resumes.jsonl (step, checkpoint, time, code version, hardware).
+recorded in resumes.jsonl (step, checkpoint, time, code version, hardware, command-line overrides).
 
 Rank 0 decides and writes; every decision and error is broadcast, so all ranks raise the same one-line
 CheckpointError together instead of some of them hanging in a collective.
@@ -31,6 +31,7 @@ from typing import Any, Callable, NamedTuple
 
 import torch
 import torch.distributed as dist
+from hydra.core.hydra_config import HydraConfig
 
 from harness import distributed as D
 from harness.atomic_io import write_text_atomic
@@ -171,8 +172,10 @@ class Checkpointer:
     def _record_resume(self, step: int) -> None:
         """Append who resumed what, when, with which code, to resumes.jsonl (metrics.jsonl stays as an
         uninterrupted run's)."""
+        overrides = list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
         record = {"event": "resume", "step": step, "checkpoint": str(self.resume_path),
-                  "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), **run_info(self.dist.device, self.dist.world_size)}
+                  "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                  **run_info(self.dist.device, self.dist.world_size, overrides)}  # the command line that resumed
         try:
             with open(self.run_dir / RESUMES, "a", encoding="utf-8") as f:
                 f.write(json.dumps(record) + "\n")
@@ -343,8 +346,8 @@ class Checkpointer:
         previous = latest(self.root)
         kept = f"the previous checkpoint {previous} is intact" if previous else "no earlier checkpoint exists"
         return CheckpointError(f"cannot write checkpoint {step_name(step)} in {self.root}: {describe_os_error(e)}; "
-                               f"{kept}; free disk space or set checkpoint.dir to a writable folder, then "
-                               "relaunch with resume=auto")
+                               f"{kept}; free disk space (or set checkpoint.dir to a roomier folder), then run the "
+                               "same command again: it resumes from there")
 
     def last_good(self, step: int) -> str:
         """Phrase for error messages: the newest checkpoint written before `step`."""

@@ -135,7 +135,7 @@ class WandbLoggerConfig(LoggerConfig):
     tags: list[str] = field(default_factory=list)
     run_name: Optional[str] = None  # None = the sweep job's overrides (e.g. optim.lr=0.003,seed=1)
     dir: Optional[str] = None       # where wandb keeps its files; None = the run folder
-    init_timeout: float = 90.0      # seconds wandb.init may take before training goes on without it
+    init_timeout: float = 30.0      # seconds wandb.init may take before training goes on without it
 
     def check(self) -> None:
         if not self.project:
