@@ -94,10 +94,11 @@ def save_file(obj: Any, path: Path) -> dict:
     try:
         try:
             torch.save(obj, writer)
-        except RuntimeError:
-            if writer.error is None:
+        except RuntimeError as e:  # torch's wrapper of what went wrong in the write: raise that instead
+            real = writer.error or (e.__context__ if isinstance(e.__context__, (OSError, KeyboardInterrupt)) else None)
+            if real is None:
                 raise
-            raise writer.error from None
+            raise real from None
         f.flush()
         os.fsync(f.fileno())
     except BaseException:

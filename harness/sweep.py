@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from hydra.experimental.callback import Callback
+from omegaconf import OmegaConf
 
 from harness import exit_codes, outcome
 from harness.launch import launcher_rank
@@ -46,13 +47,22 @@ def _jobs(sweep_dir: Path) -> list[tuple[int, Path, dict | None]]:
     return [(n, p, outcome.read(p)) for n, p in sorted(found)]
 
 
+def _hydra_overrides(job_dir: Path) -> list[str]:
+    """The overrides Hydra recorded for a job that left no outcome.json (killed)."""
+    try:
+        return [str(o) for o in OmegaConf.load(job_dir / ".hydra" / "overrides.yaml")]
+    except Exception:  # noqa: BLE001 - no record: shown without overrides
+        return []
+
+
 def summary_lines(sweep_dir: Path) -> tuple[list[str], int]:
     """(lines, exit code): a headline and one line per job folder of the sweep."""
     jobs = _jobs(sweep_dir)
     if not jobs:
         return [], exit_codes.OK
-    per_job = [set(o.get("overrides", [])) if o else set() for _, _, o in jobs]
-    common = set.intersection(*per_job) if len(jobs) > 1 else set()
+    per_job = [set(o["overrides"] if o else _hydra_overrides(path)) for _, path, o in jobs]
+    known = [o for o, (_, _, rec) in zip(per_job, jobs) if rec]
+    common = set.intersection(*known) if len(known) > 1 else set()  # shown once: only what differs per job
     lines, counts, code = [], {}, exit_codes.OK
     for (n, path, o), overrides in zip(jobs, per_job):
         status = o["status"] if o else "no outcome"
