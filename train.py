@@ -27,7 +27,7 @@ from harness import distributed as D
 from harness import outcome, sweep
 from harness.atomic_io import write_text_atomic
 from harness.checkpoint import Checkpointer, CheckpointError, SaveInterrupted
-from harness.checkpoint_store import describe_os_error
+from harness.checkpoint_store import describe_os_error, latest
 from harness.cli import run_app
 from harness.config import Config, ConfigError, Precision, load_config, register_configs
 from harness.epochs import EpochWatch
@@ -205,7 +205,7 @@ def train(cfg: Config, dist: D.DistInfo, run_dir: Path, stop: StopRequest | None
 
 def job_outcome(hydra_cfg: DictConfig, run_dir: Path, overrides: list[str], sweep_dir: str | None) -> Outcome:
     """Run one job; every way it can end becomes one Outcome, its line printed once (harness/outcome.py)."""
-    dist, lock, where = None, RunLock(run_dir), ""
+    cfg, dist, lock, where = None, None, RunLock(run_dir), ""
     again = (f"to continue, run the same command again (resume=auto finds this run) or add hydra.run.dir={run_dir}"
              if sweep_dir is None else f"the sweep stops; to finish it, run the same command with "
                                        f"hydra.sweep.dir={sweep_dir}")
@@ -240,9 +240,12 @@ def job_outcome(hydra_cfg: DictConfig, run_dir: Path, overrides: list[str], swee
             print(f"error{where}: {e}", file=sys.stderr, flush=True)
         return Outcome("failed", str(e), overrides=overrides)
     except NonFiniteLoss as e:  # the loss is all-reduced: every rank sees it
-        return say("diverged", f"error: {e}", sys.stderr)
+        if is_main():
+            print(f"error: {e}", file=sys.stderr, flush=True)
+        return Outcome("diverged", str(e), overrides=overrides)
     except KeyboardInterrupt as e:  # a second Ctrl-C: out at once, nothing half-written left
-        detail = str(e) if isinstance(e, SaveInterrupted) else "no checkpoint was being written"
+        newest = latest(Path(cfg.checkpoint.dir or run_dir / "checkpoints")) if cfg is not None else None
+        detail = str(e) if isinstance(e, SaveInterrupted) else f"stopped at once; newest checkpoint: {newest or 'none'}"
         return say("interrupted", f"interrupted by a second Ctrl-C: {detail}; the same command resumes from the "
                                   "newest checkpoint", sys.stderr)
     except OSError as e:  # e.g. a full disk under metrics.jsonl: the environment, not the code
@@ -276,7 +279,8 @@ def main(hydra_cfg: DictConfig) -> None:
         return
     with ConsoleLog(run_dir / "train.log") if own_folder else contextlib.nullcontext():  # rank 0's console
         result = job_outcome(hydra_cfg, run_dir, overrides, sweep_dir)
-    outcome.record(result, run_dir if own_folder else None)
+    keep = result.status == "already_finished"  # its outcome.json says how it finished: keep that
+    outcome.record(result, run_dir if own_folder and not keep else None)
     if sweep_dir is not None and result.status in ("stopped", "interrupted"):
         sweep.stop(f"job {hydra_conf.job.num} {result.status}")
 
