@@ -344,10 +344,12 @@ class Checkpointer:
 
     def _write_error(self, step: int, e: OSError) -> CheckpointError:
         previous = latest(self.root)
-        kept = f"the previous checkpoint {previous} is intact" if previous else "no earlier checkpoint exists"
+        kept = (f"the previous checkpoint {previous} is intact; free disk space (or set checkpoint.dir to a roomier "
+                "folder), then run the same command again: it resumes from there" if previous else
+                "no earlier checkpoint exists; free disk space (or set checkpoint.dir to a roomier folder), then run "
+                "the same command again")
         return CheckpointError(f"cannot write checkpoint {step_name(step)} in {self.root}: {describe_os_error(e)}; "
-                               f"{kept}; free disk space (or set checkpoint.dir to a roomier folder), then run the "
-                               "same command again: it resumes from there")
+                               f"{kept}")
 
     def last_good(self, step: int) -> str:
         """Phrase for error messages: the newest checkpoint written before `step`."""

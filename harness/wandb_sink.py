@@ -88,8 +88,9 @@ class WandbSink:
         timed_out = "timed out" in reason.lower() or "timeout" in reason.lower()
         wait = f"; it waited logger.init_timeout={self.timeout:g} s (raise it for a slow server)" if timed_out else ""
         print(f"warning: wandb {what} ({reason}){wait}; training goes on without wandb and metrics still go to "
-              f"{self.run_dir / 'metrics.jsonl'}. Fix: `wandb login` and network access, or logger.mode=offline "
-              f"(upload later with `wandb sync`), or logger=none", file=sys.stderr, flush=True)
+              f"{self.run_dir / 'metrics.jsonl'}. Fix: `wandb login` and network access (logger.init_timeout="
+              f"{self.timeout:g} s bounds the wait), or logger.mode=offline (upload later with `wandb sync`), or "
+              "logger=none", file=sys.stderr, flush=True)
 
 
 PROBE_TIMEOUT_S = 5.0  # a reachable server accepts a TCP connection well within this
