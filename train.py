@@ -10,11 +10,13 @@ import contextlib
 import copy
 import sys
 import time
+import traceback
 from pathlib import Path
 
 import hydra
 import torch
 from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 from torch.nn.parallel import DistributedDataParallel as DDP
 
@@ -22,21 +24,28 @@ from data.build import build_train_loader, build_val_batches, prepare_data
 from data.loader import DataError
 from data.shards import ShardError
 from harness import distributed as D
+from harness import outcome, sweep
 from harness.atomic_io import write_text_atomic
-from harness.checkpoint import Checkpointer, CheckpointError
+from harness.checkpoint import Checkpointer, CheckpointError, SaveInterrupted
+from harness.checkpoint_store import describe_os_error, latest
+from harness.cli import run_app
 from harness.config import Config, ConfigError, LossReduction, Precision, load_config, register_configs
+from harness.console_log import ConsoleLog
 from harness.cpu_alloc import keep_freed_memory
-from harness.launch import allow_submitit_pickling, nonzero_rank_overrides
+from harness.epochs import EpochWatch
+from harness.launch import allow_submitit_pickling, launcher_rank, nonzero_rank_overrides
 from harness.metrics import format_rates, learning_rates, window_fields
 from harness.nonfinite import NonFiniteGuard, NonFiniteLoss
+from harness.outcome import Outcome
 from harness.preemption import Preempted, StopRequest
+from harness.run_dir import RunDirError, RunLock, claim
 from harness.schedule import lr_factor, val_due
 from harness.tracking import make_logger  # console, metrics.jsonl, wandb (rank 0)
 from harness.weights import save_final_weights
 from model.gpt import GPT
 from optim import build_optimizer
 
-USER_ERRORS = (ConfigError, DataError, ShardError, CheckpointError)  # reported as one line, exit 2
+USER_ERRORS = (ConfigError, DataError, ShardError, CheckpointError, RunDirError)  # one line, exit 2
 register_configs()
 
 
@@ -169,13 +178,14 @@ def train(cfg: Config, dist: D.DistInfo, run_dir: Path, stop: StopRequest | None
         raise ConfigError(f"train.stop_after_step={end} is before step {start_step}, where this run resumes: "
                           "raise it, or start a new run folder")
     has_diagnostics = getattr(optimizer, "has_diagnostics", lambda: False)  # optim.diag_every (hybrid optimizer)
+    epochs = EpochWatch(loader, tc.global_batch_tokens, dist.is_main)  # says when the train data repeats
     sync(device)
     t0 = time.perf_counter()
     for step in range(start_step, end + 1):
         last = step == end
         model.set_train_progress(step, tc.max_steps)  # time-dependent architecture (sliding-window schedule)
         stopping = stop.requested(step)  # SIGTERM/SIGINT on any rank: every rank stops here
-        validate = val_due(step, tc.max_steps, tc.val_every, tc.val_tail_every, tc.val_tail_frac)
+        validate = last or val_due(step, tc.max_steps, tc.val_every, tc.val_tail_every, tc.val_tail_frac)
         checkpoint = stopping or ckpt.due(step, last)
         if validate or checkpoint:
             if step > start_step:  # stop the clock: validation and checkpoints are not training time
@@ -183,9 +193,8 @@ def train(cfg: Config, dist: D.DistInfo, run_dir: Path, stop: StopRequest | None
                 train_time_ms += 1000 * (time.perf_counter() - t0)
             if checkpoint:
                 path = ckpt.save(step, train_time_ms, model, optimizer, loader, {"skipped_steps": guard.skipped})
-                if stopping:
-                    raise Preempted(f"stopped by {stop.reason()} after step {step}: checkpoint {path} written; "
-                                    "relaunch with the same hydra.run.dir (resume=auto) to continue")
+                if stopping:  # main() adds how to continue
+                    raise Preempted(f"stopped by {stop.reason()} after step {step}: checkpoint {path} written", step)
             if validate:
                 last_val = evaluate(model, val_set, device, autocast)
                 log.log({"event": "val", "step": step, "tokens": step * tc.global_batch_tokens,
@@ -198,6 +207,7 @@ def train(cfg: Config, dist: D.DistInfo, run_dir: Path, stop: StopRequest | None
         if last:
             break
         loss = train_step(step)
+        epochs.check(step + 1, log)
         if has_diagnostics():  # the optimizer's norms and fp64 SVDs are computed here, off the clock
             sync(device)
             train_time_ms += 1000 * (time.perf_counter() - t0)
@@ -230,35 +240,90 @@ def train(cfg: Config, dist: D.DistInfo, run_dir: Path, stop: StopRequest | None
     return summary
 
 
-@hydra.main(config_path="configs", config_name="config", version_base="1.3")
-def main(hydra_cfg: DictConfig) -> None:
-    dist = None
+def job_outcome(hydra_cfg: DictConfig, run_dir: Path, overrides: list[str], sweep_dir: str | None) -> Outcome:
+    """Run one job; every way it can end becomes one Outcome, its line printed once (harness/outcome.py)."""
+    cfg, dist, lock, where = None, None, RunLock(run_dir), ""
+    again = (f"to continue, run the same command again (resume=auto finds this run) or add hydra.run.dir={run_dir}"
+             if sweep_dir is None else f"the sweep stops; to finish it, run the same command with "
+                                       f"hydra.sweep.dir={sweep_dir}")
+    is_main = lambda: dist.is_main if dist is not None else launcher_rank() == 0  # noqa: E731
+
+    def say(status: str, message: str, stream=sys.stdout, **fields) -> Outcome:
+        if is_main():
+            print(message, file=stream, flush=True)
+        return Outcome(status, message, overrides=overrides, **fields)
+
     try:
         cfg = load_config(hydra_cfg)
         dist = D.init_distributed(cfg.device)
+        where = f" (rank {dist.rank})" if dist.world_size > 1 else ""
         # Rank 0's Hydra output folder is the run folder for every rank (decided once, no races).
-        run_dir = Path(D.broadcast_object(HydraConfig.get().runtime.output_dir if dist.is_main else None))
+        run_dir = Path(D.broadcast_object(str(run_dir) if dist.is_main else None))
+        error, finished = D.broadcast_object(claim(run_dir, hydra_cfg, lock) if dist.is_main else None)
+        if error is not None:
+            raise RunDirError(error)
+        if finished is not None:
+            return say("already_finished", finished)
         if dist.is_main:
-            run_dir.mkdir(parents=True, exist_ok=True)
             write_text_atomic(run_dir / "config.yaml", OmegaConf.to_yaml(hydra_cfg, resolve=True))
         with StopRequest(cfg.checkpoint.on_signal, cfg.checkpoint.stop_check_every, dist.device) as stop:
-            train(cfg, dist, run_dir, stop)
+            summary = train(cfg, dist, run_dir, stop)
+        return Outcome("finished", f"finished {summary['steps']} steps, final val loss {summary['final_val_loss']:.4f}",
+                       step=summary["steps"], final_val_loss=summary["final_val_loss"], overrides=overrides)
     except Preempted as e:
-        if dist.is_main:
-            print(e, flush=True)
+        return say("stopped", f"{e}; {again}", step=e.step)
     except USER_ERRORS as e:
-        where = f" (rank {dist.rank})" if dist is not None and dist.world_size > 1 else ""
-        print(f"error{where}: {e}", file=sys.stderr, flush=True)
-        sys.exit(2)
-    except NonFiniteLoss as e:
-        print(f"error: {e}", file=sys.stderr, flush=True)
-        sys.exit(3)
+        if dist is None or dist.is_main or not getattr(e, "from_rank0", False):  # the same error once
+            print(f"error{where}: {e}", file=sys.stderr, flush=True)
+        return Outcome("failed", str(e), overrides=overrides)
+    except NonFiniteLoss as e:  # the loss is all-reduced: every rank sees it
+        if is_main():
+            print(f"error: {e}", file=sys.stderr, flush=True)
+        return Outcome("diverged", str(e), overrides=overrides)
+    except KeyboardInterrupt as e:  # a second Ctrl-C: out at once, nothing half-written left
+        newest = latest(Path(cfg.checkpoint.dir or run_dir / "checkpoints")) if cfg is not None else None
+        detail = str(e) if isinstance(e, SaveInterrupted) else f"stopped at once; newest checkpoint: {newest or 'none'}"
+        return say("interrupted", f"interrupted by a second Ctrl-C: {detail}; the same command resumes from the "
+                                  "newest checkpoint", sys.stderr)
+    except OSError as e:  # e.g. a full disk under metrics.jsonl: the environment, not the code
+        print(f"error{where}: cannot write or read {e.filename or 'a file'}: {describe_os_error(e)}",
+              file=sys.stderr, flush=True)
+        return Outcome("failed", f"{e.filename}: {describe_os_error(e)}", overrides=overrides)
+    except torch.distributed.DistError as e:  # another rank died or left: its own error above is the cause
+        first = " ".join(str(e).split())[:200]
+        print(f"error{where}: lost contact with the other ranks ({first}); the first error above is the cause",
+              file=sys.stderr, flush=True)
+        return Outcome("crashed", f"lost contact with the other ranks: {first}", overrides=overrides)
+    except Exception as e:  # a bug: the traceback says where
+        traceback.print_exc()
+        return Outcome("crashed", f"{type(e).__name__}: {' '.join(str(e).split())[:300]}", overrides=overrides)
     finally:
         D.shutdown()
+        lock.release()
+
+
+@hydra.main(config_path="configs", config_name="config", version_base="1.3")
+def main(hydra_cfg: DictConfig) -> None:
+    """One run, or one job of a sweep (which then goes on with the next job: harness/sweep.py). The exit
+    code comes from the recorded outcome (harness/cli.py, harness/exit_codes.py)."""
+    hydra_conf = HydraConfig.get()
+    run_dir, overrides = Path(hydra_conf.runtime.output_dir), list(hydra_conf.overrides.task)
+    sweep_dir = str(hydra_conf.sweep.dir) if hydra_conf.mode == RunMode.MULTIRUN else None
+    own_folder = launcher_rank() == 0  # other ranks' Hydra folder is "." (harness/launch.py): never written
+    if sweep.stopped():
+        outcome.record(Outcome("not_run", f"not run: the sweep was stopped ({sweep.stopped()})", overrides=overrides),
+                       run_dir if own_folder else None)
+        return
+    with ConsoleLog(run_dir / "train.log") if own_folder else contextlib.nullcontext():  # rank 0's console
+        result = job_outcome(hydra_cfg, run_dir, overrides, sweep_dir)
+    keep = result.status == "already_finished"  # its outcome.json says how it finished: keep that
+    outcome.record(result, run_dir if own_folder and not keep else None)
+    if sweep_dir is not None and result.status in ("stopped", "interrupted"):
+        sweep.stop(f"job {hydra_conf.job.num} {result.status}")
 
 
 if __name__ == "__main__":
     # Only rank 0 gets a Hydra output folder; the others must not create (racing) folders or logs.
     sys.argv += nonzero_rank_overrides()
     allow_submitit_pickling()  # hydra/launcher=slurm ships this script's functions to the SLURM tasks
-    main()
+    D.exit_process(run_app(main))  # every rank exits with its jobs' code (harness/exit_codes.py)

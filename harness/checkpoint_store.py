@@ -17,6 +17,7 @@ zip reader does not check CRCs, so a flipped byte would otherwise load silently.
 """
 from __future__ import annotations
 
+import contextlib
 import errno
 import hashlib
 import json
@@ -57,28 +58,54 @@ def describe_os_error(e: OSError) -> str:
 # ---- writing ------------------------------------------------------------------------------------
 
 class _HashingWriter:
-    """File-like wrapper for torch.save: hashes and counts the bytes on their way to disk (one pass)."""
+    """File-like wrapper for torch.save: hashes and counts the bytes on their way to disk (one pass).
+
+    torch.save calls `write` from C++ and turns any exception raised there into a RuntimeError of its
+    own (`[enforce fail at inline_container.cc:...] unexpected pos ...`), which names neither a full
+    disk nor a Ctrl-C. The writer keeps the real exception so that save_file can raise it instead.
+    """
 
     def __init__(self, f):
         self.f, self.sha, self.nbytes = f, hashlib.sha256(), 0
+        self.error: BaseException | None = None
 
     def write(self, data) -> int:
-        view = memoryview(data)
-        self.sha.update(view)
-        self.nbytes += view.nbytes
-        return self.f.write(view)
+        try:
+            view = memoryview(data)
+            self.sha.update(view)
+            self.nbytes += view.nbytes
+            return self.f.write(view)
+        except BaseException as e:  # OSError (ENOSPC, EIO, ...), KeyboardInterrupt (a second Ctrl-C)
+            self.error = self.error or e
+            raise
 
     def flush(self) -> None:
         self.f.flush()
 
 
 def save_file(obj: Any, path: Path) -> dict:
-    """torch.save `obj` to `path` and fsync it. Returns its manifest entry {"bytes", "sha256"}."""
-    with open(path, "wb") as f:
-        writer = _HashingWriter(f)
-        torch.save(obj, writer)
+    """torch.save `obj` to `path` and fsync it. Returns its manifest entry {"bytes", "sha256"}.
+
+    Raises OSError when the disk refuses a write (ENOSPC, ...), whether torch.save or the final flush
+    sees it, and KeyboardInterrupt when a second Ctrl-C lands inside torch.save.
+    """
+    f = open(path, "wb")
+    writer = _HashingWriter(f)
+    try:
+        try:
+            torch.save(obj, writer)
+        except RuntimeError as e:  # torch's wrapper of what went wrong in the write: raise that instead
+            real = writer.error or (e.__context__ if isinstance(e.__context__, (OSError, KeyboardInterrupt)) else None)
+            if real is None:
+                raise
+            raise real from None
         f.flush()
         os.fsync(f.fileno())
+    except BaseException:
+        with contextlib.suppress(OSError):  # a full disk fails the close's flush too: report the first error
+            f.close()
+        raise
+    f.close()
     return {"bytes": writer.nbytes, "sha256": writer.sha.hexdigest()}
 
 

@@ -6,9 +6,7 @@ key or a wrongly typed value fails at start naming the key (OmegaConf), and
 """
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
-from datetime import datetime
 from enum import Enum
 from typing import Any, Optional
 
@@ -16,6 +14,7 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 
 from data.config import DataConfig
+from harness.config_keys import check_known_keys
 from model.config import ModelConfig
 from optim.config import OPTIM_SCHEMAS
 
@@ -150,7 +149,7 @@ class WandbLoggerConfig(LoggerConfig):
     tags: list[str] = field(default_factory=list)
     run_name: Optional[str] = None  # None = the sweep job's overrides (e.g. optim.lr=0.003,seed=1)
     dir: Optional[str] = None       # where wandb keeps its files; None = the run folder
-    init_timeout: float = 90.0      # seconds wandb.init may take before training goes on without it
+    init_timeout: float = 30.0      # seconds wandb.init may take before training goes on without it
 
     def check(self) -> None:
         if not self.project:
@@ -177,29 +176,27 @@ class Config:
 LOGGER_SCHEMAS: dict[str, type] = {"none_schema": LoggerConfig, "wandb_schema": WandbLoggerConfig}
 
 
-def default_run_name() -> str:
-    """Run folder name: the torchrun job id when there is one, so an elastic restart (a new process
-    that must find the previous attempt's checkpoints) lands in the same folder; else the time."""
-    run_id = os.environ.get("TORCHELASTIC_RUN_ID", "")
-    if run_id and run_id != "none":  # "none" is torchrun's default id without --standalone/--rdzv-id
-        return f"torchrun-{run_id}"
-    return datetime.now().strftime("%Y-%m-%d_%H-%M-%S-%f")
-
-
 def register_configs() -> None:
     """Register the schemas so configs/*.yaml are type-checked against them."""
-    if not OmegaConf.has_resolver("run_name"):
-        OmegaConf.register_new_resolver("run_name", default_run_name)
+    if not OmegaConf.has_resolver("run_dir"):  # hydra.run.dir's default: a new run, or the one to continue
+        from harness.run_dir import resolve_run_dir  # (imports the checkpoint store: not at module import)
+
+        OmegaConf.register_new_resolver("run_dir", resolve_run_dir)
     cs = ConfigStore.instance()
     cs.store(name="base_config", node=Config)
-    for name, schema in OPTIM_SCHEMAS.items():
-        cs.store(group="optim", name=name, node=schema)
-    for name, schema in LOGGER_SCHEMAS.items():
-        cs.store(group="logger", name=name, node=schema)
+    # Stored outside the groups, so that --help and "not found" errors list only the real options;
+    # a group's YAML extends its schema with `- /<group>_<name>@_here_` (e.g. /optim_adamw_schema@_here_).
+    for group, schemas in (("optim", OPTIM_SCHEMAS), ("logger", LOGGER_SCHEMAS)):
+        for name, schema in schemas.items():
+            cs.store(name=f"{group}_{name}", node=schema)
 
 
 def load_config(cfg: DictConfig) -> Config:
     """Typed, range-checked config object from Hydra's composed DictConfig."""
+    try:
+        check_known_keys(cfg)  # `+key=value` adds keys the schemas do not have (harness/config_keys.py)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
     obj: Config = OmegaConf.to_object(cfg)
     try:
         for part in (obj.model, obj.optim, obj.data, obj.train, obj.logger, obj.checkpoint):

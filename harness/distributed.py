@@ -1,10 +1,15 @@
 """Process-group setup for torchrun (RANK / WORLD_SIZE / LOCAL_RANK), SLURM/submitit tasks, or a plain `python` run."""
 from __future__ import annotations
 
+import atexit
+import contextlib
 import itertools
+import logging
 import os
+import sys
 from dataclasses import dataclass
 from datetime import timedelta
+from typing import NoReturn
 
 import torch
 import torch.distributed as dist
@@ -14,6 +19,7 @@ from harness.launch import export_torch_env
 
 
 _GROUPS = itertools.count()  # process groups this process has made (one per sweep job)
+_joined: list[str] = []       # their backends: exit_process() must not finalize after any of them
 
 
 @dataclass(frozen=True)
@@ -63,6 +69,7 @@ def init_distributed(choice: Device) -> DistInfo:
         dist.init_process_group(backend, store=dist.PrefixStore(f"speedrun_a{attempt}_pg{next(_GROUPS)}", store),
                                 rank=rank, world_size=world, timeout=timeout,
                                 device_id=device if device.type == "cuda" else None)
+        _joined.append(backend)
     return DistInfo(rank, local_rank, world, device)
 
 
@@ -91,3 +98,24 @@ def broadcast_object(obj: object) -> object:
 def shutdown() -> None:
     if dist.is_initialized():
         dist.destroy_process_group()
+
+
+def exit_process(code: int) -> NoReturn:
+    """End this process with `code`; once a process group has run, without finalizing the interpreter.
+
+    DDP keeps its process group alive after destroy_process_group (a reference held inside torch), so
+    gloo's worker threads outlive main(). Such a worker drops its reference to a collective's tensors
+    just after the collective returns; on a loaded machine that can happen only once the interpreter
+    is finalizing, when a thread that takes the GIL is ended by pthread_exit from a noexcept frame:
+    `terminate called without an active exception`, SIGABRT, a finished run reported failed. So the
+    exit handlers (atexit: wandb, Hydra, scratch folders) and the streams run and flush now, while the
+    interpreter is whole, and os._exit ends the process with every native thread in it.
+    """
+    if not _joined:  # this process never joined a group: the ordinary exit
+        sys.exit(code)
+    atexit._run_exitfuncs()
+    logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            stream.flush()
+    os._exit(code)

@@ -14,7 +14,7 @@ objects torch installs (torch.backends.cudnn, ...) picklable by name.
 Rank 0 owns the run folder. Two mechanisms keep the other ranks from creating or writing Hydra folders:
 `nonzero_rank_overrides()` for processes that parse the command line themselves (torchrun, srun), and
 the `${rank0_else:A,B}` resolver for submitit tasks, which receive an already-composed config
-(configs/config.yaml uses it for `hydra.output_subdir` and the job log file).
+(configs/config.yaml uses it for `hydra.output_subdir`; train.log is written by rank 0's train.py).
 """
 from __future__ import annotations
 

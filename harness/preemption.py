@@ -22,6 +22,10 @@ STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 class Preempted(Exception):
     """Raised after the stop checkpoint is written; train.py reports it and exits 0."""
 
+    def __init__(self, message: str, step: int | None = None):
+        super().__init__(message)
+        self.step = step  # optimizer steps done (the checkpoint's step)
+
 
 class StopRequest:
     """Context manager: installs the handlers (main thread only) and restores the previous ones."""

@@ -8,16 +8,22 @@ and dirty flag, hardware, world size); its summary holds the final/best val loss
 tokens at which the target val loss was first reached, throughput and peak memory.
 
 wandb is a convenience, never a reason to lose a run: if it cannot be imported, cannot start (no login,
-no network: `logger.init_timeout` bounds the wait) or fails later, the sink prints ONE warning line to
-stderr and turns itself off; metrics.jsonl is written regardless.
+no network) or fails later, the sink prints ONE warning line to stderr and turns itself off;
+metrics.jsonl is written regardless. An unreachable server is found by one TCP connect (at most
+PROBE_TIMEOUT_S) before wandb.init, which would otherwise retry for longer than its timeout; a slow
+but reachable server gets `logger.init_timeout` seconds. The wait is before step 0: never train time.
 """
 from __future__ import annotations
 
 import importlib
+import os
+import socket
 import sys
+import threading
 from pathlib import Path
+from urllib.parse import urlsplit
 
-from harness.config import WandbLoggerConfig
+from harness.config import WandbLoggerConfig, WandbMode
 from harness.metrics import EVENT_FIELDS, tokens_per_s
 
 TRAIN_NAMES = {"train_loss": "train/loss", "step_avg_ms": "train/step_avg_ms", "lr_factor": "lr/factor"}
@@ -27,9 +33,14 @@ class WandbSink:
     def __init__(self, cfg: WandbLoggerConfig, config: dict, run_dir: Path, group: str | None = None,
                  name: str | None = None, wandb_module=None):
         """Start the wandb run (files under `cfg.dir` or `run_dir`); `wandb_module` lets tests inject a fake."""
-        self.run_dir, self.run, self.warned = run_dir, None, False
+        self.run_dir, self.run, self.warned, self.timeout = run_dir, None, False, cfg.init_timeout
         try:
             wandb = wandb_module if wandb_module is not None else importlib.import_module("wandb")
+            if cfg.mode is WandbMode.online and wandb_module is None:
+                url, problem = server_unreachable(wandb, min(cfg.init_timeout, PROBE_TIMEOUT_S))
+                if problem:
+                    self._give_up("could not start", ConnectionError(f"server {url} unreachable: {problem}"))
+                    return
             self.run = wandb.init(
                 project=cfg.project, entity=cfg.entity, mode=cfg.mode.value, group=group, name=name,
                 tags=list(cfg.tags), config=config, dir=str(cfg.dir or run_dir),
@@ -77,7 +88,49 @@ class WandbSink:
         if self.warned:
             return
         self.warned = True
-        reason = " ".join(f"{type(error).__name__}: {error}".split())[:300]  # one line, bounded
-        print(f"warning: wandb {what} ({reason}); training goes on without wandb and metrics still go to "
-              f"{self.run_dir / 'metrics.jsonl'}. Fix: `wandb login` and network access, or logger.mode=offline "
-              f"(upload later with `wandb sync`), or logger=none", file=sys.stderr, flush=True)
+        text = str(error).split(" Consider increasing the init_timeout")[0]  # wandb's advice names its own API
+        reason = " ".join(f"{type(error).__name__}: {text}".split())[:300]  # one line, bounded
+        timed_out = "timed out" in reason.lower() or "timeout" in reason.lower()
+        wait = f"; it waited logger.init_timeout={self.timeout:g} s (raise it for a slow server)" if timed_out else ""
+        print(f"warning: wandb {what} ({reason}){wait}; training goes on without wandb and metrics still go to "
+              f"{self.run_dir / 'metrics.jsonl'}. Fix: `wandb login` and network access (logger.init_timeout="
+              f"{self.timeout:g} s bounds the wait), or logger.mode=offline (upload later with `wandb sync`), or "
+              "logger=none", file=sys.stderr, flush=True)
+
+
+PROBE_TIMEOUT_S = 5.0  # a reachable server accepts a TCP connection well within this
+_PROXY_VARS = ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy")
+
+
+def server_unreachable(wandb, timeout_s: float) -> tuple[str, str | None]:
+    """(wandb's server URL, why it cannot be reached or None), from one TCP connect bounded by timeout_s.
+
+    Without network wandb.init retries until its init_timeout and more (~100 s at wandb's default);
+    a refused or unroutable connection is known at once. Behind a proxy the server is not probed.
+    """
+    try:  # the URL as wandb resolves it: its settings files, then WANDB_BASE_URL
+        settings = wandb.Settings()
+        settings.update_from_system_settings()
+        settings.update_from_env_vars(dict(os.environ))
+        url = str(settings.base_url)
+    except Exception:  # noqa: BLE001 - another wandb version: let wandb.init decide
+        return "", None
+    if any(os.environ.get(v) for v in _PROXY_VARS):
+        return url, None
+    parts = urlsplit(url)
+    host, port = parts.hostname, parts.port or (443 if parts.scheme == "https" else 80)
+    if not host:
+        return url, None
+    result: list[str | None] = []
+
+    def connect() -> None:
+        try:
+            socket.create_connection((host, port), timeout=timeout_s).close()
+            result.append(None)
+        except OSError as e:
+            result.append(f"{type(e).__name__}: {e.strerror or e}")
+
+    probe = threading.Thread(target=connect, name="wandb-probe", daemon=True)  # DNS has no timeout of its own
+    probe.start()
+    probe.join(timeout_s)
+    return url, (result[0] if result else f"no answer within {timeout_s:g} s")

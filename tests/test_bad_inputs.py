@@ -130,6 +130,8 @@ CASES = [
     Case("unknown_key", P("checkpoint.evry=5"), ConfigCompositionException, "checkpoint.evry"),
     Case("wrong_type_bool", P("resume_force=maybe"), ConfigCompositionException, "resume_force"),
     Case("unknown_enum", P("train.nonfinite=ignore"), ConfigCompositionException, "train.nonfinite"),
+    Case("plus_unknown_key", P("+train.max_step=10"), ConfigError,  # `+` would add it: the schema check refuses
+         "unknown config key train.max_step (did you mean train.max_steps?)"),
     # configs: values out of range, named by key
     Case("negative_size", P("train.micro_batch_seqs=-4"), ConfigError, "train.micro_batch_seqs must be > 0"),
     Case("negative_every", P("checkpoint.every=-1"), ConfigError, "checkpoint.every must be >= 0"),

@@ -65,10 +65,37 @@ def test_token_id_beyond_vocab(tmp_path, where):
     with pytest.raises(ShardError) as e:
         ContiguousLoader([path], 2, 8, vocab_size=50257)
     msg = one_line(e)
-    assert str(path) in msg and "50300 >= vocab size 50257" in msg and f"(token {where})" in msg
-    with pytest.raises(ShardError, match="50300"):
+    assert str(path) in msg and "50300 >= vocab size 50257" in msg and f"at token {where:,} of 2,000" in msg
+    if where <= 32:  # validation reads (and checks) only the val_tokens + 1 tokens it evaluates
+        with pytest.raises(ShardError, match="50300"):
+            validation_batches([path], 32, 2, 8, vocab_size=50257)
+    else:
         validation_batches([path], 32, 2, 8, vocab_size=50257)
     ContiguousLoader([path], 2, 8, vocab_size=0)  # check off: accepted
+
+
+@pytest.mark.parametrize("loader", ["contiguous", "bos"])
+def test_one_bad_id_in_the_middle_of_a_large_shard_is_found(tmp_path, loader):
+    """Every id is checked, not a sample: one bad id at 123,457 of 1M tokens (between what 16 sampled
+    windows of 8192 would see) stops the loader naming the file, the position and the fix, whether it
+    is in the first shard (checked at open) or a later one (checked by the prefetch thread)."""
+    good = np.tile(GOOD, 500)  # 1,000,000 tokens, documents starting with <|endoftext|>
+    bad = good.copy()
+    bad[123_457] = 50300
+    first = write_shard(tmp_path / "a" / "fineweb_train_000001.bin", bad).path
+    make = ContiguousLoader if loader == "contiguous" else BOSAlignedLoader
+    with pytest.raises(ShardError) as e:
+        make([first], 4, 64, vocab_size=50257)
+    msg = one_line(e)
+    assert msg == (f"shard {first} holds token id 50300 >= vocab size 50257 at token 123,457 of 1,000,000: it was not "
+                   "tokenized with this vocabulary; re-tokenize it (python -m data.tokenize), or, if its vocabulary "
+                   "is larger, set model.vocab_size above 50300")
+    ok = write_shard(tmp_path / "b" / "fineweb_train_000001.bin", good[:300_000]).path
+    later = write_shard(tmp_path / "b" / "fineweb_train_000002.bin", bad).path
+    ld = make([ok, later], 4, 64, vocab_size=50257)
+    with pytest.raises(ShardError, match=f"shard {later} holds token id 50300 .* at token 123,457 of 1,000,000"):
+        for _ in range(2000):  # 300k tokens at 256 per batch: the second shard is reached
+            ld.next_batch()
 
 
 def test_bad_second_shard_surfaces_when_reached(tmp_path, shard):
@@ -117,7 +144,7 @@ def test_verify_command_names_each_bad_shard(tmp_path, shard, capsys):
     from data.fineweb import main
 
     bad = write_shard(tmp_path / "fineweb_train_000002.bin", np.full(10, 50300, dtype=np.uint16)).path
-    assert main(["verify", str(tmp_path)]) == 1
+    assert main(["verify", str(tmp_path)]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and f"shard {bad} holds token id 50300" in err
     bad.unlink()

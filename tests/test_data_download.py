@@ -154,7 +154,7 @@ def test_missing_file_and_missing_repo(hub, tmp_path):
 
 def test_offline_is_one_clear_line(hub, tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    assert main(["download", "--train-shards", "2", "--out", str(tmp_path / "o")]) == 1
+    assert main(["download", "--train-shards", "2", "--out", str(tmp_path / "o")]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "HF_HUB_OFFLINE is set and 3 of 3 files are missing" in err
     assert hub.log == []
@@ -163,7 +163,7 @@ def test_offline_is_one_clear_line(hub, tmp_path, monkeypatch, capsys):
 def test_unreachable_hub_is_one_clear_line(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")  # nothing listens on the discard port
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
-    assert main(["download", "--train-shards", "50", "--out", str(tmp_path / "o"), "--no-progress"]) == 1
+    assert main(["download", "--train-shards", "50", "--out", str(tmp_path / "o"), "--no-progress"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "cannot reach the Hugging Face hub at http://127.0.0.1:9" in err
     with pytest.raises(HubUnreachable):

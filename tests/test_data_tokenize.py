@@ -134,7 +134,7 @@ def test_cli_reports_one_line(corpus, bpe, tmp_path, capsys):
                  "--bpe", bpe, "--workers", "2", "--no-progress"]) == 0
     assert "300 docs" in capsys.readouterr().out
     assert main([str(tmp_path / "missing.jsonl"), "--out", str(tmp_path / "p"), "--val-docs", "5",
-                 "--bpe", bpe]) == 1
+                 "--bpe", bpe]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and err.startswith("error: source") and "does not exist" in err
 

@@ -25,7 +25,7 @@ def test_prefix_is_the_full_runs_first_steps(full_and_prefix):
     assert [e["step"] for e in trains] == list(range(1, 16))
     # same lr (the 24-step schedule's warmdown starts at step 12) and bit-identical losses
     assert trains == [e for e in full if e["event"] == "train" and e["step"] <= 15]
-    assert trains[-1]["lr"] < trains[10]["lr"]
+    assert trains[-1]["lr_factor"] < trains[10]["lr_factor"]
     vals = [e for e in prefix if e["event"] == "val"]
     assert [e["step"] for e in vals] == [0, 10, 15]  # the final validation at N
     assert vals[:2] == [e for e in full if e["event"] == "val" and e["step"] <= 10]
