@@ -18,9 +18,8 @@ def test_fractions_match_the_spec_at_every_depth(n_layer):
         assert frac[role] == pytest.approx(value, rel=1e-12), role
 
 
-@pytest.mark.parametrize("fused", [False, True])
-def test_gpt_tree_is_well_normed(fused):
-    tree = gpt_tree(4, fused_qkv=fused)
+def test_gpt_tree_is_well_normed():
+    tree = gpt_tree(4)
     assert mass(tree) == pytest.approx(7.0)
     assert sensitivity(tree) == pytest.approx(1.0)  # residuals, attention and MLP all 1-sensitive
 
@@ -38,7 +37,7 @@ def test_input_tables_share_the_embed_mass():
 
 
 def test_modular_norm_is_max_of_atom_norms_over_factors():
-    tree = gpt_tree(3, input_roles=("embed", "pos_embed"), fused_qkv=True)
+    tree = gpt_tree(3, input_roles=("embed", "pos_embed"))
     factors = update_factors(tree)
     rng = random.Random(0)
     for _ in range(5):

@@ -13,13 +13,20 @@ import torch
 from omegaconf import OmegaConf
 
 from optim import build_hybrid
-from optim.duality import linear_scale
 from optim.hybrid_config import DualConfig, MuonConfig
-from optim.lanton import embed_dual_norm, linear_dual_norm_estimate
+from optim.maps import EmbedMap, LinearMap, linear_scale
 
 V, D, LAYERS, STEPS, LR = 40, 16, 3, 4, 0.05
 HIDDEN = {"qkv": ([3 * D, D], "attn_qkv"), "proj": ([D, D], "attn_out"), "fc": ([4 * D, D], "mlp_in"),
           "out": ([D, 4 * D], "mlp_out")}
+
+
+def linear_dual_norm_estimate(R, method, steps):
+    return LinearMap(DualConfig(ns_method=method, ns_steps=steps)).dual_norm_estimate(R)
+
+
+def embed_dual_norm(R):
+    return EmbedMap.dual_norm(R, torch.float32)
 
 
 def model_params(seed=0):
