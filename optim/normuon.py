@@ -34,4 +34,6 @@ def normuon_(d: torch.Tensor, v: torch.Tensor, beta: float, eps: float, target: 
     v.lerp_(d.square().mean(dim=-1), 1 - beta)
     n = d / (v.sqrt().unsqueeze(-1) + eps)
     fro = torch.linalg.vector_norm(n, dim=(-2, -1), keepdim=True)
-    return n * (target / fro.clamp_min(torch.finfo(torch.float32).tiny))
+    # A zero update (e.g. the first step of a layer behind a zero-initialized projection) stays zero:
+    # target / 0 would make it 0 * inf = NaN.
+    return n * torch.where(fro > 0, target / fro.clamp_min(torch.finfo(torch.float32).tiny), 0.0)

@@ -190,6 +190,20 @@ def test_normuon_matches_the_formula(scale):
     assert opt.state[dict(named_n)["h.0.qkv.weight"]]["normuon_v"].shape == (3, D)
 
 
+@pytest.mark.parametrize("switch", ["normuon", "lanton"])
+def test_a_zero_gradient_leaves_a_layer_finite_and_unchanged(switch):
+    """A layer behind a zero-initialized projection gets an all-zero gradient at first (track 3's q/k/v
+    on step 1): its step must be zero, not 0 * (target / 0) = NaN (found on the track-3 proxy)."""
+    named, roles = model_params()
+    grads = gradients(named, steps=2)
+    for step in grads:
+        step["h.0.qkv.weight"].zero_()
+    deltas, _ = run(config(**{switch: True}), grads, named, roles)
+    for t in range(2):
+        assert all(bool(torch.isfinite(d).all()) for d in deltas[t].values()), t
+        assert torch.count_nonzero(deltas[t]["h.0.qkv.weight"]) == 0
+
+
 # ---- cautious weight decay ------------------------------------------------------------------------
 
 def test_cautious_weight_decay_matches_the_formula():
