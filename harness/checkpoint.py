@@ -3,9 +3,9 @@
 What a checkpoint holds (on-disk format: harness/checkpoint_store.py; configs and RNG: checkpoint_state.py):
     model.pt      the model's state_dict (the raw module: no DDP / compile prefixes)
     optimizer.pt  the optimizer's state_dict: every param group / role, with its own counters. Written
-                  by rank 0 when every rank holds the same state (the hybrid optimizer keeps it whole
-                  and identical on all ranks); if ranks differ (a sharded optimizer), each rank writes
-                  optimizer.rank<R>.pt and resuming needs the same world size.
+                  by rank 0: every optimizer of ours keeps its state whole and identical on all ranks
+                  (the hybrid optimizer shards only the Newton-Schulz work, not the state), so one
+                  copy resumes any world size.
     trainer.pt    step (the LR schedule is a function of it), train_time_ms, counters (skipped steps),
                   per-rank RNG states (torch CPU/CUDA, numpy, python) and data-loader positions,
                   gathered to rank 0; the model+optim config (flat dict, its hash) and the run config;
@@ -38,8 +38,8 @@ from harness.atomic_io import write_text_atomic
 from harness.checkpoint_store import (CheckpointError, PendingCheckpoint, describe_os_error, find_checkpoint,
                                       latest, list_checkpoints, load_file, prune, read_manifest, remove_stale,
                                       save_file, set_aside, step_name, verify)
-from harness.checkpoint_state import (config_diff, config_hash, model_optim_config, optimizer_fingerprint,
-                                      rng_state, run_config, set_rng_state)
+from harness.checkpoint_state import (config_diff, config_hash, model_optim_config, rng_state, run_config,
+                                      set_rng_state)
 from harness.config import Config
 from harness.nonfinite import NonFiniteLoss
 from harness.run_info import run_info
@@ -228,16 +228,11 @@ class Checkpointer:
         except RuntimeError as e:
             raise CheckpointError(f"checkpoint {path}: the model state does not fit this model: "
                                   f"{' '.join(str(e).split())[:300]}") from None
-        sharded = trainer.get("optimizer_per_rank", False)
-        if sharded and trainer["world_size"] != world:
-            raise CheckpointError(f"checkpoint {path} holds per-rank optimizer state of {trainer['world_size']} "
-                                  f"ranks; resume it with --nproc_per_node={trainer['world_size']} (this run: {world})")
-        opt_file = f"optimizer.rank{rank}.pt" if sharded else "optimizer.pt"
         # Hyperparameters come from this run's config (and device, e.g. fused=); state and counters from
         # the checkpoint. "step" is the hybrid optimizer's per-group step counter.
         fresh_groups = [{k: v for k, v in g.items() if k not in ("params", "step")} for g in optimizer.param_groups]
         try:
-            optimizer.load_state_dict(load_file(path / opt_file, "optimizer state"))
+            optimizer.load_state_dict(load_file(path / "optimizer.pt", "optimizer state"))
         except (ValueError, KeyError, RuntimeError) as e:
             raise CheckpointError(f"checkpoint {path}: the optimizer state does not fit this optimizer: "
                                   f"{' '.join(str(e).split())[:300]}") from None
@@ -277,39 +272,17 @@ class Checkpointer:
             raise NonFiniteLoss(f"the model has non-finite weights at step {step}; checkpoint not written; "
                                 f"{self.last_good(step)}")
         per_rank = _all_gather({"rng": rng_state(self.dist.device), "loader": loader.state_dict()})
-        prints = _all_gather(optimizer_fingerprint(optimizer))
-        sharded = any(p != prints[0] for p in prints)
-        pending: PendingCheckpoint | None = None
 
-        def begin() -> str:
-            nonlocal pending
+        def write() -> str:
             try:
                 remove_stale(self.root)
                 pending = PendingCheckpoint(self.root, step)
             except OSError as e:
                 raise self._write_error(step, e) from None
-            return str(pending.tmp)
-
-        tmp = Path(on_main(begin))
-        own = None
-        if sharded:  # each rank writes its own optimizer shard into the same temporary folder
             try:
-                own = ("ok", f"optimizer.rank{self.dist.rank}.pt",
-                       save_file(optimizer.state_dict(), tmp / f"optimizer.rank{self.dist.rank}.pt"))
-            except OSError as e:
-                own = ("error", describe_os_error(e), None)
-        shard_files = _all_gather(own)
-
-        def write() -> str:
-            try:
-                for entry in shard_files if sharded else []:
-                    if entry[0] == "error":
-                        raise OSError(0, entry[1])
-                    pending.add_written(entry[1], entry[2])
                 pending.add("model.pt", model.state_dict())
-                if not sharded:
-                    pending.add("optimizer.pt", optimizer.state_dict())
-                pending.add("trainer.pt", self._trainer_state(step, train_time_ms, counters, per_rank, sharded))
+                pending.add("optimizer.pt", optimizer.state_dict())
+                pending.add("trainer.pt", self._trainer_state(step, train_time_ms, counters, per_rank))
                 path = pending.commit({"config_hash": config_hash(self.config), "world_size": self.dist.world_size,
                                        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
             except OSError as e:  # ENOSPC and co., also when torch.save saw them first (checkpoint_store.save_file)
@@ -333,12 +306,12 @@ class Checkpointer:
         self.last_saved = step
         return path
 
-    def _trainer_state(self, step: int, train_time_ms: float, counters: dict, per_rank: list, sharded: bool) -> dict:
+    def _trainer_state(self, step: int, train_time_ms: float, counters: dict, per_rank: list) -> dict:
         metrics = self.run_dir / METRICS
         return {"step": step, "train_time_ms": float(train_time_ms), "counters": dict(counters),
                 "config": json.dumps(self.config, sort_keys=True), "config_hash": config_hash(self.config),
                 "run_config": json.dumps(run_config(self.cfg), sort_keys=True),
-                "world_size": self.dist.world_size, "ranks": per_rank, "optimizer_per_rank": sharded,
+                "world_size": self.dist.world_size, "ranks": per_rank,
                 "metrics": metrics.read_text(encoding="utf-8") if metrics.exists() else "",
                 "torch_version": str(torch.__version__)}
 
