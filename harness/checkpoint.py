@@ -98,8 +98,8 @@ class Checkpointer:
     validating only, so a refused resume changes no file). `restore` loads the state and only then
     rewrites metrics.jsonl (before the metrics logger opens it); `due`/`save` write checkpoints."""
 
-    def __init__(self, cfg: Config, dist_info: D.DistInfo, run_dir: Path):
-        self.cfg, self.dist, self.run_dir = cfg, dist_info, Path(run_dir)
+    def __init__(self, cfg: Config, rank_info: D.RankInfo, run_dir: Path):
+        self.cfg, self.rank_info, self.run_dir = cfg, rank_info, Path(run_dir)
         self.root = Path(cfg.checkpoint.dir).expanduser() if cfg.checkpoint.dir else self.run_dir / "checkpoints"
         self.config = model_optim_config(cfg)
         self.last_saved: int | None = None
@@ -175,7 +175,7 @@ class Checkpointer:
         overrides = list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
         record = {"event": "resume", "step": step, "checkpoint": str(self.resume_path),
                   "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-                  **run_info(self.dist.device, self.dist.world_size, overrides)}  # the command line that resumed
+                  **run_info(self.rank_info.device, self.rank_info.world_size, overrides)}  # the command line that resumed
         try:
             with open(self.run_dir / RESUMES, "a", encoding="utf-8") as f:
                 f.write(json.dumps(record) + "\n")
@@ -187,8 +187,8 @@ class Checkpointer:
         if changed:
             print(f"warning: resuming with changed run settings (allowed; the result will differ from the "
                   f"original run): {'; '.join(changed)}", flush=True)
-        if world != self.dist.world_size:
-            print(f"warning: the checkpoint was written by {world} ranks, this run has {self.dist.world_size}: "
+        if world != self.rank_info.world_size:
+            print(f"warning: the checkpoint was written by {world} ranks, this run has {self.rank_info.world_size}: "
                   "per-rank RNG states are re-dealt, results are not bit-identical to the original run", flush=True)
 
     def _rewrite_metrics(self, text: str) -> None:
@@ -217,7 +217,7 @@ class Checkpointer:
         if self.resume_path is None:
             on_main(lambda: self._commit_resume(0, ""))
             return Resumed(0, 0.0, {})
-        path, rank, world = self.resume_path, self.dist.rank, self.dist.world_size
+        path, rank, world = self.resume_path, self.rank_info.rank, self.rank_info.world_size
         blind = [r for r, seen in enumerate(_all_gather((path / "trainer.pt").is_file())) if not seen]
         if blind:  # every rank reads the checkpoint itself: on several nodes it must be on shared storage
             raise CheckpointError(f"ranks {blind} cannot see checkpoint {path}: put checkpoint.dir (or hydra.run.dir) "
@@ -240,14 +240,14 @@ class Checkpointer:
             group.update(fresh)
         ranks = trainer["ranks"]
         mine = ranks[rank] if len(ranks) == world else ranks[rank % len(ranks)]
-        set_rng_state(mine["rng"], self.dist.device)
+        set_rng_state(mine["rng"], self.rank_info.device)
         loader.load_state_dict(mine["loader"])
         on_main(lambda: self._commit_resume(int(trainer["step"]), trainer["metrics"]))
         self.last_saved = int(trainer["step"])
-        if self.dist.is_main:
+        if self.rank_info.is_main:
             self.history = [json.loads(line) for line in trainer["metrics"].splitlines() if line.strip()]
             self._record_resume(int(trainer["step"]))
-        if self.dist.is_main:
+        if self.rank_info.is_main:
             print(f"resumed from {path} at step {trainer['step']} (train_time {trainer['train_time_ms']:.0f} ms)",
                   flush=True)
         return Resumed(int(trainer["step"]), float(trainer["train_time_ms"]), dict(trainer.get("counters", {})))
@@ -271,7 +271,7 @@ class Checkpointer:
         if not bool(torch.isfinite(norms).all()):  # one device sync
             raise NonFiniteLoss(f"the model has non-finite weights at step {step}; checkpoint not written; "
                                 f"{self.last_good(step)}")
-        per_rank = _all_gather({"rng": rng_state(self.dist.device), "loader": loader.state_dict()})
+        per_rank = _all_gather({"rng": rng_state(self.rank_info.device), "loader": loader.state_dict()})
 
         def write() -> str:
             try:
@@ -283,7 +283,7 @@ class Checkpointer:
                 pending.add("model.pt", model.state_dict())
                 pending.add("optimizer.pt", optimizer.state_dict())
                 pending.add("trainer.pt", self._trainer_state(step, train_time_ms, counters, per_rank))
-                path = pending.commit({"config_hash": config_hash(self.config), "world_size": self.dist.world_size,
+                path = pending.commit({"config_hash": config_hash(self.config), "world_size": self.rank_info.world_size,
                                        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
             except OSError as e:  # ENOSPC and co., also when torch.save saw them first (checkpoint_store.save_file)
                 pending.abort()
@@ -311,7 +311,7 @@ class Checkpointer:
         return {"step": step, "train_time_ms": float(train_time_ms), "counters": dict(counters),
                 "config": json.dumps(self.config, sort_keys=True), "config_hash": config_hash(self.config),
                 "run_config": json.dumps(run_config(self.cfg), sort_keys=True),
-                "world_size": self.dist.world_size, "ranks": per_rank,
+                "world_size": self.rank_info.world_size, "ranks": per_rank,
                 "metrics": metrics.read_text(encoding="utf-8") if metrics.exists() else "",
                 "torch_version": str(torch.__version__)}
 

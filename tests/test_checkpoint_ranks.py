@@ -36,7 +36,7 @@ def worker(rank: int, store_file: str, run_dir: str, cfg, failures) -> None:
     torch.set_num_threads(1)  # forked from a process that may have an OpenMP pool: stay single-threaded
     dist.init_process_group("gloo", init_method=f"file://{store_file}", rank=rank, world_size=2)
     try:
-        info = D.DistInfo(rank, rank, 2, torch.device("cpu"))
+        info = D.RankInfo(rank, rank, 2, torch.device("cpu"))
         model, opt = make(rank)
         for p in model.parameters():  # replicated state, as the hybrid optimizer keeps it
             opt.state[p]["momentum_buffer"] = torch.full_like(p, 7.0)
@@ -74,6 +74,6 @@ def test_rng_and_loader_state_come_back_per_rank(tmp_path):
     # One rank resumes the two-rank checkpoint: the optimizer state is whole, the loader is rank 0's.
     model, opt = make(0)
     loader = Loader(-1)
-    Checkpointer(cfg, D.DistInfo(0, 0, 1, torch.device("cpu")), tmp_path / "run").restore(model, opt, loader)
+    Checkpointer(cfg, D.RankInfo(0, 0, 1, torch.device("cpu")), tmp_path / "run").restore(model, opt, loader)
     assert loader.pos == 10
     assert all(torch.equal(opt.state[p]["momentum_buffer"], torch.full_like(p, 7.0)) for p in model.parameters())

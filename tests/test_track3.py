@@ -192,7 +192,7 @@ def test_track3_experiments_run_through_the_trainer(experiment, tmp_path):
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        summary = train.train(cfg, D.DistInfo(0, 0, 1, torch.device("cpu")), tmp_path / "run")
+        summary = train.train(cfg, D.RankInfo(0, 0, 1, torch.device("cpu")), tmp_path / "run")
     finally:
         torch.set_num_threads(threads)
     vals = [e for e in read_metrics(tmp_path / "run" / "metrics.jsonl") if e.get("event") == "val"]
