@@ -21,7 +21,8 @@ Learning rates and sweeps
   modular norm lr; our models run x + f(norm(x)), for which they are a principled default split,
   not a depth-independence guarantee.
   Roles routed to Adam (scalars, gains, the head by default) keep their absolute rates: Adam's
-  elementwise step has no place in the modular norm.
+  elementwise step has no place in the modular norm. A tied table counts as the token input table
+  and, on the Embed map, keeps the width rule (tied_embed_lr_times_width / n_embd) in both modes.
 Units differ by map: a linear-map rate is the update's RMS->RMS operator norm (spectral scale),
 an embed-map rate is the RMS each touched token row moves, an Adam rate is Adam's usual step.
 """
@@ -104,7 +105,7 @@ class MuonConfig(DualConfig):
     """`optim=muon`: the speedrun's Muon as in records 12-20, as what it changes in `dual` (each change is
     one of the benchmark's ablations, scripts/bench_arms.py): quintic Newton-Schulz x5 at Muon's scale and
     Adam for the embeddings (and a tied table, as record 4). Everything else is dual's: Nesterov 0.95
-    warmed up from 0.85 over 300 steps, Adam (0.8, 0.95), eps 1e-10, embed 0.6 / head 0.008 / scalars 0.04."""
+    warmed up from 0.85 over 300 steps (record 20; record 12 sets 500), Adam (0.8, 0.95), eps 1e-10, embed 0.6 / head 0.008 / scalars 0.04."""
     name: str = "muon"
     embed_map: str = "adam"
     embed_eps: float = 0.0            # (no table on the Embed map)
@@ -187,13 +188,18 @@ def rates_from_config(cfg: Any, routes: dict[str, str], n_layer: int = 1, width:
         absolute["embed_head"] = cfg.tied_embed_lr_times_width / width
     rates: dict[str, float] = {}
     if cfg.rate_mode == "mass":
-        inputs = tuple(r for r in ("embed", "pos_embed", "value_embed") if r in routes) or ("embed",)
+        # A tied table is the token input table (its mass is the embedding's) and also the head.
+        tables = {"embed": "embed" in routes or "embed_head" in routes, "pos_embed": "pos_embed" in routes,
+                  "value_embed": "value_embed" in routes}
+        inputs = tuple(r for r, present in tables.items() if present) or ("embed",)
         frac = mass_rule_fractions(max(1, n_layer), inputs, embed_mass=cfg.embed_mass, blocks_mass=cfg.blocks_mass,
                                    head_mass=cfg.head_mass)
-        if "embed_head" in routes:
-            frac["embed_head"] = frac["embed"] if routes["embed_head"] == "embed" else frac["head"]
+        frac["embed_head"] = frac["head"]  # on Adam or the linear map a tied table steps as the head
         for role, m in routes.items():
-            rates[role] = lr * frac[role] if m != "adam" else float(absolute[role])
+            if m == "adam" or (role == "embed_head" and m == "embed"):  # the width rule above, in both modes
+                rates[role] = float(absolute[role])
+            else:
+                rates[role] = lr * frac[role]
     else:
         for role in routes:
             rates[role] = lr if role in HIDDEN_ROLES else float(absolute[role])

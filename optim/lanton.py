@@ -33,7 +33,7 @@ touched (Adam already adapts per coordinate). Decoupled weight decay uses the la
 
 Cost per step, per layer on the linear map: one extra Newton-Schulz on R_t (the same cost as the
 update's own, so the orthogonalization work doubles; sharded round-robin like the update) and
-O(params) elementwise work; embed map: O(params). One all_reduce of one float per linear-map layer
+O(params) elementwise work; embed map: O(params). One all_reduce of a vector holding one float per linear-map layer
 brings the sharded norms to every rank, so every rank holds identical state. No extra tensor state:
 two scalars per layer ("lanton_noise_sq", "lanton_samples") in the optimizer's state_dict.
 """

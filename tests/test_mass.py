@@ -62,3 +62,15 @@ def test_nonuniform_role_is_reported():
     chain = compose(Atom("a", "mlp_in"), Bond(0.5), Atom("b", "mlp_in"))
     with pytest.raises(ValueError, match="role 'mlp_in' different factors"):
         role_fractions(chain)
+
+
+def test_mass_mode_on_a_tied_gpt2_with_learned_positions():
+    """model=gpt2_124m's routes (tied table on the Embed map, learned positions): the tied table is the
+    token input table for the mass split and keeps the width rule for its own rate (it is the head too)."""
+    from optim.hybrid_config import DualConfig, rates_from_config
+    routes = {"embed_head": "embed", "pos_embed": "embed", "attn_q": "linear", "mlp_out": "linear", "gain": "adam"}
+    rates = rates_from_config(DualConfig(rate_mode="mass", lr=0.05), routes, n_layer=12, width=768)
+    frac = mass_rule_fractions(12, ("embed", "pos_embed"))
+    assert rates["embed_head"] == pytest.approx(3.2 / 768)
+    assert rates["pos_embed"] == pytest.approx(0.05 * frac["pos_embed"])
+    assert rates["attn_q"] == pytest.approx(0.05 * frac["attn_q"])
