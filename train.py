@@ -25,6 +25,7 @@ from data.loader import DataError
 from data.shards import ShardError
 from harness import distributed as D
 from harness import outcome, sweep
+from harness import faults  # tests' fault injection; its two call sites are in the loop below
 from harness.atomic_io import write_text_atomic
 from harness.checkpoint import Checkpointer, CheckpointError, SaveInterrupted
 from harness.checkpoint_store import describe_os_error, latest
@@ -87,10 +88,10 @@ def evaluate(model: torch.nn.Module, val_set, device: torch.device, autocast) ->
     return D.all_reduce_mean(total / batches).item()
 
 
-def train(cfg: Config, dist: D.DistInfo, run_dir: Path, stop: StopRequest | None = None) -> dict:
-    device, tc = dist.device, cfg.train
-    accum = grad_accum_steps(cfg, dist.world_size)
-    ckpt = Checkpointer(cfg, dist, run_dir)  # checks checkpoint.dir and resolves resume=... (reads only)
+def train(cfg: Config, rank_info: D.RankInfo, run_dir: Path, stop: StopRequest | None = None) -> dict:
+    device, tc = rank_info.device, cfg.train
+    accum = grad_accum_steps(cfg, rank_info.world_size)
+    ckpt = Checkpointer(cfg, rank_info, run_dir)  # checks checkpoint.dir and resolves resume=... (reads only)
     stop = stop or StopRequest(False, 1, device)
     torch.manual_seed(cfg.seed)  # same init on every rank (DDP also broadcasts rank 0's weights)
     if device.type == "cuda":
@@ -100,11 +101,11 @@ def train(cfg: Config, dist: D.DistInfo, run_dir: Path, stop: StopRequest | None
         keep_freed_memory()  # no page-fault storm from each step's big temporaries (harness/cpu_alloc.py)
 
     # Data: synthetic shards are made once per node; the val set is checked before any compute.
-    if dist.local_rank == 0:
+    if rank_info.local_rank == 0:
         prepare_data(cfg.data)
     D.barrier()
-    val_set = build_val_batches(cfg.data, tc.val_tokens, tc.micro_batch_seqs, tc.seq_len, dist.rank, dist.world_size)
-    make_loader = lambda: build_train_loader(cfg.data, tc.seq_len, tc.micro_batch_seqs, dist.rank, dist.world_size,
+    val_set = build_val_batches(cfg.data, tc.val_tokens, tc.micro_batch_seqs, tc.seq_len, rank_info.rank, rank_info.world_size)
+    make_loader = lambda: build_train_loader(cfg.data, tc.seq_len, tc.micro_batch_seqs, rank_info.rank, rank_info.world_size,
                                              tc.global_batch_tokens)
     loader = make_loader()
 
@@ -115,12 +116,12 @@ def train(cfg: Config, dist: D.DistInfo, run_dir: Path, stop: StopRequest | None
     n_params = sum(p.numel() for p in model.parameters())
     optimizer = build_optimizer(cfg.optim, list(model.named_parameters()), model.param_roles())
     net = torch.compile(model) if tc.compile else model
-    if dist.world_size > 1:
+    if rank_info.world_size > 1:
         net = DDP(net, device_ids=[device.index] if device.type == "cuda" else None)
     autocast = autocast_context(cfg, device)
     guard = NonFiniteGuard(tc, ckpt.last_good)
-    if dist.is_main:
-        print(f"parameters: {n_params:,} | world {dist.world_size} x micro {tc.micro_batch_seqs} x seq "
+    if rank_info.is_main:
+        print(f"parameters: {n_params:,} | world {rank_info.world_size} x micro {tc.micro_batch_seqs} x seq "
               f"{tc.seq_len} x accum {accum} = {tc.global_batch_tokens:,} tokens/step | device {device} "
               f"| run dir {run_dir}", flush=True)
         print(format_rates(optimizer.param_groups), flush=True)
@@ -146,6 +147,8 @@ def train(cfg: Config, dist: D.DistInfo, run_dir: Path, stop: StopRequest | None
                     loss = net(x, y)
                 (loss * token_scale / accum).backward()
             loss_sum += loss.detach()
+        if faults.active("nan", step):  # tests only (SPEEDRUN_FAULT): this rank's loss reads NaN
+            loss_sum.fill_(float("nan"))
         if guard.skip_step(step, loss_sum):  # train.nonfinite=skip: a NaN/inf step's update is dropped on every rank
             optimizer.zero_grad(set_to_none=True)
             return loss_sum / accum
@@ -170,7 +173,7 @@ def train(cfg: Config, dist: D.DistInfo, run_dir: Path, stop: StopRequest | None
         warmup_ms = 1000 * (time.perf_counter() - t_warmup)
 
     start_step, train_time_ms, counters = ckpt.restore(model, optimizer, loader)  # (0, 0, {}) when starting fresh
-    log = make_logger(cfg, dist, run_dir, ckpt.history)  # after restore: metrics.jsonl ends at the resumed step
+    log = make_logger(cfg, rank_info, run_dir, ckpt.history)  # after restore: metrics.jsonl ends at the resumed step
     guard.skipped, last_val = counters.get("skipped_steps", 0), float("nan")
     # train.stop_after_step runs a prefix of the run: the schedule (lr, momentum, windows) stays max_steps'.
     end = tc.max_steps if tc.stop_after_step is None else tc.stop_after_step
@@ -178,12 +181,13 @@ def train(cfg: Config, dist: D.DistInfo, run_dir: Path, stop: StopRequest | None
         raise ConfigError(f"train.stop_after_step={end} is before step {start_step}, where this run resumes: "
                           "raise it, or start a new run folder")
     has_diagnostics = getattr(optimizer, "has_diagnostics", lambda: False)  # optim.diag_every (hybrid optimizer)
-    epochs = EpochWatch(loader, tc.global_batch_tokens, dist.is_main)  # says when the train data repeats
+    epochs = EpochWatch(loader, tc.global_batch_tokens, rank_info.is_main)  # says when the train data repeats
     sync(device)
     t0 = time.perf_counter()
     for step in range(start_step, end + 1):
         last = step == end
         model.set_train_progress(step, tc.max_steps)  # time-dependent architecture (sliding-window schedule)
+        faults.at_step(step)  # tests only (SPEEDRUN_FAULT, harness/faults.py): SIGKILL, exit, SIGTERM, sleep
         stopping = stop.requested(step)  # SIGTERM/SIGINT on any rank: every rank stops here
         validate = last or val_due(step, tc.max_steps, tc.val_every, tc.val_tail_every, tc.val_tail_frac)
         checkpoint = stopping or ckpt.due(step, last)
@@ -223,15 +227,15 @@ def train(cfg: Config, dist: D.DistInfo, run_dir: Path, stop: StopRequest | None
                      **window_fields(model.window_tokens())})
             guard.check(step + 1, loss_value)  # names the step, the loss and the last good checkpoint
 
-    if cfg.checkpoint.final_weights and dist.is_main:  # what the run learned, for scripts.sample / eval
+    if cfg.checkpoint.final_weights and rank_info.is_main:  # what the run learned, for scripts.sample / eval
         save_final_weights(run_dir, model, step)
     summary = {"final_val_loss": last_val, "steps": step, "tokens": step * tc.global_batch_tokens,
-               "reached_target": tc.stop_at_val_loss is not None and last_val <= tc.stop_at_val_loss,
-               "train_time_ms": train_time_ms, "parameters": n_params, "world_size": dist.world_size,
+               "stopped_at_val_loss": tc.stop_at_val_loss is not None and last_val <= tc.stop_at_val_loss,
+               "train_time_ms": train_time_ms, "parameters": n_params, "world_size": rank_info.world_size,
                "skipped_steps": guard.skipped, "compile_warmup_ms": warmup_ms}
     if end < tc.max_steps and step == end:
         summary["stopped_early"] = f"train.stop_after_step={end} of max_steps={tc.max_steps}"
-        if dist.is_main:
+        if rank_info.is_main:
             print(f"stopped early after step {end} of {tc.max_steps} (train.stop_after_step): the schedule was the "
                   f"{tc.max_steps}-step run's", flush=True)
     if device.type == "cuda":
@@ -242,11 +246,11 @@ def train(cfg: Config, dist: D.DistInfo, run_dir: Path, stop: StopRequest | None
 
 def job_outcome(hydra_cfg: DictConfig, run_dir: Path, overrides: list[str], sweep_dir: str | None) -> Outcome:
     """Run one job; every way it can end becomes one Outcome, its line printed once (harness/outcome.py)."""
-    cfg, dist, lock, where = None, None, RunLock(run_dir), ""
+    cfg, rank_info, lock, where = None, None, RunLock(run_dir), ""
     again = (f"to continue, run the same command again (resume=auto finds this run) or add hydra.run.dir={run_dir}"
              if sweep_dir is None else f"the sweep stops; to finish it, run the same command with "
                                        f"hydra.sweep.dir={sweep_dir}")
-    is_main = lambda: dist.is_main if dist is not None else launcher_rank() == 0  # noqa: E731
+    is_main = lambda: rank_info.is_main if rank_info is not None else launcher_rank() == 0  # noqa: E731
 
     def say(status: str, message: str, stream=sys.stdout, **fields) -> Outcome:
         if is_main():
@@ -255,25 +259,25 @@ def job_outcome(hydra_cfg: DictConfig, run_dir: Path, overrides: list[str], swee
 
     try:
         cfg = load_config(hydra_cfg)
-        dist = D.init_distributed(cfg.device)
-        where = f" (rank {dist.rank})" if dist.world_size > 1 else ""
+        rank_info = D.init_distributed(cfg.device)
+        where = f" (rank {rank_info.rank})" if rank_info.world_size > 1 else ""
         # Rank 0's Hydra output folder is the run folder for every rank (decided once, no races).
-        run_dir = Path(D.broadcast_object(str(run_dir) if dist.is_main else None))
-        error, finished = D.broadcast_object(claim(run_dir, hydra_cfg, lock) if dist.is_main else None)
+        run_dir = Path(D.broadcast_object(str(run_dir) if rank_info.is_main else None))
+        error, finished = D.broadcast_object(claim(run_dir, hydra_cfg, lock) if rank_info.is_main else None)
         if error is not None:
             raise RunDirError(error)
         if finished is not None:
             return say("already_finished", finished)
-        if dist.is_main:
+        if rank_info.is_main:
             write_text_atomic(run_dir / "config.yaml", OmegaConf.to_yaml(hydra_cfg, resolve=True))
-        with StopRequest(cfg.checkpoint.on_signal, cfg.checkpoint.stop_check_every, dist.device) as stop:
-            summary = train(cfg, dist, run_dir, stop)
+        with StopRequest(cfg.checkpoint.on_signal, cfg.checkpoint.stop_check_every, rank_info.device) as stop:
+            summary = train(cfg, rank_info, run_dir, stop)
         return Outcome("finished", f"finished {summary['steps']} steps, final val loss {summary['final_val_loss']:.4f}",
                        step=summary["steps"], final_val_loss=summary["final_val_loss"], overrides=overrides)
     except Preempted as e:
         return say("stopped", f"{e}; {again}", step=e.step)
     except USER_ERRORS as e:
-        if dist is None or dist.is_main or not getattr(e, "from_rank0", False):  # the same error once
+        if rank_info is None or rank_info.is_main or not getattr(e, "from_rank0", False):  # the same error once
             print(f"error{where}: {e}", file=sys.stderr, flush=True)
         return Outcome("failed", str(e), overrides=overrides)
     except NonFiniteLoss as e:  # the loss is all-reduced: every rank sees it

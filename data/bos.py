@@ -19,7 +19,7 @@ Rows form one global sequence that does not depend on world size or batch shape.
 A global micro-step takes its next world*B rows and rank r materializes rows
 [r*B, (r+1)*B); every rank computes the (cheap, index-only) packing of all of
 them. So world=1 with accumulation 2 sees the rows of world=2 with accumulation
-1, as in contiguous mode. `data.loader.document_ids(inputs)` gives the document
+1, as in contiguous mode. `model.masks.document_ids(inputs, bos)` gives the document
 index of every position for document-causal attention masks.
 
 The document index of a shard (start positions of 50256) is built in the

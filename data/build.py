@@ -55,10 +55,3 @@ class ValidationSet:
 def build_val_batches(cfg: DataConfig, val_tokens: int, micro_batch_seqs: int, seq_len: int,
                       rank: int, world: int) -> ValidationSet:
     return ValidationSet(cfg, val_tokens, micro_batch_seqs, seq_len, rank, world)
-
-
-def build_tokenizer(cfg: DataConfig):
-    """The GPT-2 tiktoken Encoding from data.tokenizer_bpe, else the first available source."""
-    from data.tokenizer import gpt2_encoding
-
-    return gpt2_encoding(cfg.tokenizer_bpe or None)

@@ -6,6 +6,8 @@ from enum import Enum
 from pathlib import Path
 from typing import Optional
 
+from data.shards import EOT_TOKEN
+
 
 @dataclass
 class SyntheticConfig:
@@ -20,7 +22,7 @@ class SyntheticConfig:
     """
 
     vocab: int = 512
-    bos_token: int = 50256
+    bos_token: int = EOT_TOKEN
     branching: int = 4
     train_tokens: int = 1_000_000
     val_tokens: int = 131_072
@@ -73,7 +75,7 @@ class DataConfig:
     @property
     def bos_token(self) -> int:
         """The token that starts every document: the synthetic chain's, or GPT-2's <|endoftext|>."""
-        return self.synthetic.bos_token if self.synthetic is not None else 50256
+        return self.synthetic.bos_token if self.synthetic is not None else EOT_TOKEN
 
     def check(self) -> None:
         if self.synthetic is not None:

@@ -60,16 +60,6 @@ def to_batch(buf: np.ndarray, batch: int, seq_len: int) -> tuple[torch.Tensor, t
     return t[:-1].view(batch, seq_len), t[1:].view(batch, seq_len)
 
 
-def document_ids(tokens: torch.Tensor, bos: int = EOT_TOKEN) -> torch.Tensor:
-    """[..., T] token ids -> [..., T] int32 document index within each row.
-
-    The index increases at every `bos` token, so two positions may attend to each
-    other under document-causal attention iff their ids are equal. A row that
-    starts mid-document (contiguous mode) has id 0 until its first `bos`.
-    """
-    return (tokens == bos).cumsum(-1, dtype=torch.int32)
-
-
 def cu_seqlens(tokens: torch.Tensor, bos: int = EOT_TOKEN) -> torch.Tensor:
     """1-D token ids [N] -> int32 cumulative document boundaries [0, s1, ..., N] (varlen attention)."""
     starts = torch.nonzero(tokens == bos).flatten()

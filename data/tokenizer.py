@@ -33,7 +33,8 @@ from pathlib import Path
 
 import tiktoken
 
-EOT_TOKEN = 50256  # <|endoftext|>: document separator, prefixed to every document
+from data.shards import EOT_TOKEN  # <|endoftext|> = 50256: the document separator, prefixed to every document
+
 VOCAB_SIZE = 50257  # 50256 BPE ranks + <|endoftext|>
 GPT2_PATTERN = r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
 # sha256 of GPT-2's ranks in the .tiktoken format (tiktoken's r50k_base file).

@@ -3,9 +3,9 @@
 What a checkpoint holds (on-disk format: harness/checkpoint_store.py; configs and RNG: checkpoint_state.py):
     model.pt      the model's state_dict (the raw module: no DDP / compile prefixes)
     optimizer.pt  the optimizer's state_dict: every param group / role, with its own counters. Written
-                  by rank 0 when every rank holds the same state (the hybrid optimizer keeps it whole
-                  and identical on all ranks); if ranks differ (a sharded optimizer), each rank writes
-                  optimizer.rank<R>.pt and resuming needs the same world size.
+                  by rank 0: every optimizer of ours keeps its state whole and identical on all ranks
+                  (the hybrid optimizer shards only the Newton-Schulz work, not the state), so one
+                  copy resumes any world size.
     trainer.pt    step (the LR schedule is a function of it), train_time_ms, counters (skipped steps),
                   per-rank RNG states (torch CPU/CUDA, numpy, python) and data-loader positions,
                   gathered to rank 0; the model+optim config (flat dict, its hash) and the run config;
@@ -38,8 +38,8 @@ from harness.atomic_io import write_text_atomic
 from harness.checkpoint_store import (CheckpointError, PendingCheckpoint, describe_os_error, find_checkpoint,
                                       latest, list_checkpoints, load_file, prune, read_manifest, remove_stale,
                                       save_file, set_aside, step_name, verify)
-from harness.checkpoint_state import (config_diff, config_hash, model_optim_config, optimizer_fingerprint,
-                                      rng_state, run_config, set_rng_state)
+from harness.checkpoint_state import (config_diff, config_hash, model_optim_config, rng_state, run_config,
+                                      set_rng_state)
 from harness.config import Config
 from harness.nonfinite import NonFiniteLoss
 from harness.run_info import run_info
@@ -98,8 +98,8 @@ class Checkpointer:
     validating only, so a refused resume changes no file). `restore` loads the state and only then
     rewrites metrics.jsonl (before the metrics logger opens it); `due`/`save` write checkpoints."""
 
-    def __init__(self, cfg: Config, dist_info: D.DistInfo, run_dir: Path):
-        self.cfg, self.dist, self.run_dir = cfg, dist_info, Path(run_dir)
+    def __init__(self, cfg: Config, rank_info: D.RankInfo, run_dir: Path):
+        self.cfg, self.rank_info, self.run_dir = cfg, rank_info, Path(run_dir)
         self.root = Path(cfg.checkpoint.dir).expanduser() if cfg.checkpoint.dir else self.run_dir / "checkpoints"
         self.config = model_optim_config(cfg)
         self.last_saved: int | None = None
@@ -175,7 +175,7 @@ class Checkpointer:
         overrides = list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
         record = {"event": "resume", "step": step, "checkpoint": str(self.resume_path),
                   "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-                  **run_info(self.dist.device, self.dist.world_size, overrides)}  # the command line that resumed
+                  **run_info(self.rank_info.device, self.rank_info.world_size, overrides)}  # the command line that resumed
         try:
             with open(self.run_dir / RESUMES, "a", encoding="utf-8") as f:
                 f.write(json.dumps(record) + "\n")
@@ -187,8 +187,8 @@ class Checkpointer:
         if changed:
             print(f"warning: resuming with changed run settings (allowed; the result will differ from the "
                   f"original run): {'; '.join(changed)}", flush=True)
-        if world != self.dist.world_size:
-            print(f"warning: the checkpoint was written by {world} ranks, this run has {self.dist.world_size}: "
+        if world != self.rank_info.world_size:
+            print(f"warning: the checkpoint was written by {world} ranks, this run has {self.rank_info.world_size}: "
                   "per-rank RNG states are re-dealt, results are not bit-identical to the original run", flush=True)
 
     def _rewrite_metrics(self, text: str) -> None:
@@ -217,7 +217,7 @@ class Checkpointer:
         if self.resume_path is None:
             on_main(lambda: self._commit_resume(0, ""))
             return Resumed(0, 0.0, {})
-        path, rank, world = self.resume_path, self.dist.rank, self.dist.world_size
+        path, rank, world = self.resume_path, self.rank_info.rank, self.rank_info.world_size
         blind = [r for r, seen in enumerate(_all_gather((path / "trainer.pt").is_file())) if not seen]
         if blind:  # every rank reads the checkpoint itself: on several nodes it must be on shared storage
             raise CheckpointError(f"ranks {blind} cannot see checkpoint {path}: put checkpoint.dir (or hydra.run.dir) "
@@ -228,16 +228,11 @@ class Checkpointer:
         except RuntimeError as e:
             raise CheckpointError(f"checkpoint {path}: the model state does not fit this model: "
                                   f"{' '.join(str(e).split())[:300]}") from None
-        sharded = trainer.get("optimizer_per_rank", False)
-        if sharded and trainer["world_size"] != world:
-            raise CheckpointError(f"checkpoint {path} holds per-rank optimizer state of {trainer['world_size']} "
-                                  f"ranks; resume it with --nproc_per_node={trainer['world_size']} (this run: {world})")
-        opt_file = f"optimizer.rank{rank}.pt" if sharded else "optimizer.pt"
         # Hyperparameters come from this run's config (and device, e.g. fused=); state and counters from
         # the checkpoint. "step" is the hybrid optimizer's per-group step counter.
         fresh_groups = [{k: v for k, v in g.items() if k not in ("params", "step")} for g in optimizer.param_groups]
         try:
-            optimizer.load_state_dict(load_file(path / opt_file, "optimizer state"))
+            optimizer.load_state_dict(load_file(path / "optimizer.pt", "optimizer state"))
         except (ValueError, KeyError, RuntimeError) as e:
             raise CheckpointError(f"checkpoint {path}: the optimizer state does not fit this optimizer: "
                                   f"{' '.join(str(e).split())[:300]}") from None
@@ -245,14 +240,14 @@ class Checkpointer:
             group.update(fresh)
         ranks = trainer["ranks"]
         mine = ranks[rank] if len(ranks) == world else ranks[rank % len(ranks)]
-        set_rng_state(mine["rng"], self.dist.device)
+        set_rng_state(mine["rng"], self.rank_info.device)
         loader.load_state_dict(mine["loader"])
         on_main(lambda: self._commit_resume(int(trainer["step"]), trainer["metrics"]))
         self.last_saved = int(trainer["step"])
-        if self.dist.is_main:
+        if self.rank_info.is_main:
             self.history = [json.loads(line) for line in trainer["metrics"].splitlines() if line.strip()]
             self._record_resume(int(trainer["step"]))
-        if self.dist.is_main:
+        if self.rank_info.is_main:
             print(f"resumed from {path} at step {trainer['step']} (train_time {trainer['train_time_ms']:.0f} ms)",
                   flush=True)
         return Resumed(int(trainer["step"]), float(trainer["train_time_ms"]), dict(trainer.get("counters", {})))
@@ -276,41 +271,19 @@ class Checkpointer:
         if not bool(torch.isfinite(norms).all()):  # one device sync
             raise NonFiniteLoss(f"the model has non-finite weights at step {step}; checkpoint not written; "
                                 f"{self.last_good(step)}")
-        per_rank = _all_gather({"rng": rng_state(self.dist.device), "loader": loader.state_dict()})
-        prints = _all_gather(optimizer_fingerprint(optimizer))
-        sharded = any(p != prints[0] for p in prints)
-        pending: PendingCheckpoint | None = None
+        per_rank = _all_gather({"rng": rng_state(self.rank_info.device), "loader": loader.state_dict()})
 
-        def begin() -> str:
-            nonlocal pending
+        def write() -> str:
             try:
                 remove_stale(self.root)
                 pending = PendingCheckpoint(self.root, step)
             except OSError as e:
                 raise self._write_error(step, e) from None
-            return str(pending.tmp)
-
-        tmp = Path(on_main(begin))
-        own = None
-        if sharded:  # each rank writes its own optimizer shard into the same temporary folder
             try:
-                own = ("ok", f"optimizer.rank{self.dist.rank}.pt",
-                       save_file(optimizer.state_dict(), tmp / f"optimizer.rank{self.dist.rank}.pt"))
-            except OSError as e:
-                own = ("error", describe_os_error(e), None)
-        shard_files = _all_gather(own)
-
-        def write() -> str:
-            try:
-                for entry in shard_files if sharded else []:
-                    if entry[0] == "error":
-                        raise OSError(0, entry[1])
-                    pending.add_written(entry[1], entry[2])
                 pending.add("model.pt", model.state_dict())
-                if not sharded:
-                    pending.add("optimizer.pt", optimizer.state_dict())
-                pending.add("trainer.pt", self._trainer_state(step, train_time_ms, counters, per_rank, sharded))
-                path = pending.commit({"config_hash": config_hash(self.config), "world_size": self.dist.world_size,
+                pending.add("optimizer.pt", optimizer.state_dict())
+                pending.add("trainer.pt", self._trainer_state(step, train_time_ms, counters, per_rank))
+                path = pending.commit({"config_hash": config_hash(self.config), "world_size": self.rank_info.world_size,
                                        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
             except OSError as e:  # ENOSPC and co., also when torch.save saw them first (checkpoint_store.save_file)
                 pending.abort()
@@ -333,12 +306,12 @@ class Checkpointer:
         self.last_saved = step
         return path
 
-    def _trainer_state(self, step: int, train_time_ms: float, counters: dict, per_rank: list, sharded: bool) -> dict:
+    def _trainer_state(self, step: int, train_time_ms: float, counters: dict, per_rank: list) -> dict:
         metrics = self.run_dir / METRICS
         return {"step": step, "train_time_ms": float(train_time_ms), "counters": dict(counters),
                 "config": json.dumps(self.config, sort_keys=True), "config_hash": config_hash(self.config),
                 "run_config": json.dumps(run_config(self.cfg), sort_keys=True),
-                "world_size": self.dist.world_size, "ranks": per_rank, "optimizer_per_rank": sharded,
+                "world_size": self.rank_info.world_size, "ranks": per_rank,
                 "metrics": metrics.read_text(encoding="utf-8") if metrics.exists() else "",
                 "torch_version": str(torch.__version__)}
 

@@ -1,6 +1,5 @@
 """The small parts of a checkpoint besides model and optimizer: the config fingerprint that decides
-whether a checkpoint may be resumed (and names the keys that differ), per-rank RNG states, and a cheap
-summary of optimizer state to tell replicated from per-rank (sharded) state.
+whether a checkpoint may be resumed (and names the keys that differ) and per-rank RNG states.
 
 Everything here is plain data (str, int, float, lists, dicts, tensors) for torch.load(weights_only=True).
 """
@@ -90,16 +89,3 @@ def set_rng_state(state: dict, device: torch.device) -> None:
                          n["cached_gaussian"]))
     p = state["python"]
     random.setstate((p["version"], tuple(p["state"]), p["gauss"]))
-
-
-def optimizer_fingerprint(optimizer: torch.optim.Optimizer) -> tuple:
-    """Cheap summary of the optimizer state (entries, elements, float64 sum): equal on every rank
-    when the state is replicated, different when each rank holds its own shard."""
-    entries, numel, total = 0, 0, 0.0
-    for state in optimizer.state.values():
-        for value in state.values():
-            if torch.is_tensor(value):
-                entries += 1
-                numel += value.numel()
-                total += float(value.detach().double().sum())
-    return entries, numel, total

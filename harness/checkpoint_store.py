@@ -4,7 +4,7 @@ Layout of a checkpoint directory (`checkpoint.dir`, default `<run dir>/checkpoin
 
     step_000120/            one complete checkpoint (the name is the optimizer steps done)
         model.pt            torch.save'd tensors and plain data only (read with weights_only=True)
-        optimizer.pt        (or optimizer.rank<R>.pt per rank when ranks hold different state)
+        optimizer.pt
         trainer.pt
         manifest.json       written last: format, step, and every file's size and sha256
     .tmp-step_000140-xyz/   a checkpoint being written (never listed; removed at the next save)
@@ -119,10 +119,6 @@ class PendingCheckpoint:
 
     def add(self, name: str, obj: Any) -> None:
         self.files[name] = save_file(obj, self.tmp / name)
-
-    def add_written(self, name: str, entry: dict) -> None:
-        """A file another rank wrote into self.tmp itself."""
-        self.files[name] = entry
 
     def commit(self, meta: dict) -> Path:
         manifest = {"format": FORMAT, "version": VERSION, "step": self.step, **meta, "files": self.files}

@@ -23,7 +23,8 @@ _joined: list[str] = []       # their backends: exit_process() must not finalize
 
 
 @dataclass(frozen=True)
-class DistInfo:
+class RankInfo:
+    """This process's place in the job (torch.distributed itself is `dist` everywhere)."""
     rank: int
     local_rank: int
     world_size: int
@@ -48,7 +49,7 @@ def pick_device(choice: Device, local_rank: int) -> torch.device:
     return torch.device("cuda", local_rank)
 
 
-def init_distributed(choice: Device) -> DistInfo:
+def init_distributed(choice: Device) -> RankInfo:
     """Join the process group torchrun describes (NCCL on CUDA, gloo on CPU), or run alone."""
     export_torch_env()  # SLURM / submitit tasks: their rank and rendezvous, in torchrun's variables
     rank = int(os.environ.get("RANK", 0))
@@ -70,7 +71,7 @@ def init_distributed(choice: Device) -> DistInfo:
                                 rank=rank, world_size=world, timeout=timeout,
                                 device_id=device if device.type == "cuda" else None)
         _joined.append(backend)
-    return DistInfo(rank, local_rank, world, device)
+    return RankInfo(rank, local_rank, world, device)
 
 
 def barrier() -> None:

@@ -6,11 +6,13 @@ Set SPEEDRUN_FAULT to one or more `;`-separated faults, each `ACTION:key=value:.
     exit:step=5:rank=1       os._exit(1) on rank 1 only (a crashed worker)
     sigterm:step=6:rank=1    send SIGTERM to itself (as a scheduler's preemption notice)
     sleep:ms=200             sleep at the top of every step (gives a test time to signal mid-run)
-    nan:step=5:rank=1        the loss of step 5 on rank 1 reads NaN (see harness/nonfinite.py)
+    nan:step=5:rank=1        the loss of step 5 on rank 1 reads NaN (then train.nonfinite decides)
 
 `step` is the optimizer step about to run (0-based); `rank` (default: every rank) the global rank;
 `attempt` (default: every attempt) torchrun's TORCHELASTIC_RESTART_COUNT, so a fault can fire on
 the first attempt only and the elastic restart then runs clean. Unset, this module does nothing.
+train.py calls it in two visible places: `at_step` at the top of every step of the loop, and
+`active("nan", step)` where train_step has the step's loss.
 """
 from __future__ import annotations
 

@@ -9,7 +9,7 @@ sites never branch on rank. Events:
                "lr/<role>" (each param group's lr now), "lr_factor" (the schedule's factor, when every
                group has the same), "window_tokens", "window_short_tokens" (sliding-window models)}
     {"event": "diag",  "step", "tokens", "train_time_ms", <the optimizer's diagnostics(): flat name -> float>}
-    {"event": "summary", "final_val_loss", "best_val_loss", "target_reached_step", ...}   (last)
+    {"event": "summary", "final_val_loss", "best_val_loss", "target_val_loss_step", ...}   (last)
 
 `step` counts optimizer steps done, `tokens` = step * global batch tokens, and
 `train_time_ms` is training wall-clock only (validation, checkpoints, diagnostics and compile excluded).
@@ -127,9 +127,9 @@ def format_summary(summary: dict) -> str:
     parts = [f"done: {summary.get('steps', 'n/a')} steps",
              f"val_loss final {num('final_val_loss', '.4f')} best {num('best_val_loss', '.4f')}"]
     if summary.get("target_val_loss") is not None:
-        hit = summary.get("target_reached_step")
+        hit = summary.get("target_val_loss_step")
         parts.append(f"target {summary['target_val_loss']:g} " + (
-            f"reached at step {hit} ({summary['target_reached_train_time_ms'] / 1000:.1f}s)" if hit is not None
+            f"reached at step {hit} ({summary['target_val_loss_train_time_ms'] / 1000:.1f}s)" if hit is not None
             else "not reached"))
     parts.append(f"train_time {(summary.get('train_time_ms') or 0) / 1000:.1f}s")
     if summary.get("tokens_per_s"):
@@ -249,8 +249,8 @@ class ValTracker:
         best = min((p.val_loss for p in self.points), default=None)
         hit = first_crossing(Curve("live", self.points), self.target) if self.target is not None else None
         return {"best_val_loss": best, "target_val_loss": self.target,
-                "target_reached_step": hit and hit.step, "target_reached_train_time_ms": hit and hit.time_ms,
-                "target_reached_tokens": hit and hit.tokens}
+                "target_val_loss_step": hit and hit.step, "target_val_loss_train_time_ms": hit and hit.time_ms,
+                "target_val_loss_tokens": hit and hit.tokens}
 
 
 def summary_extras(summary: dict, tracker: ValTracker) -> dict:

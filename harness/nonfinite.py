@@ -14,7 +14,6 @@ from typing import Callable
 import torch
 
 from harness import distributed as D
-from harness import faults
 from harness.config import NonFinitePolicy, TrainConfig
 
 
@@ -35,8 +34,6 @@ class NonFiniteGuard:
         `loss` is this rank's mean loss over the accumulation (a device scalar). Only under the skip
         policy does this synchronize (all-reduce of the loss).
         """
-        if faults.active("nan", step):
-            loss.fill_(float("nan"))
         if self.policy is not NonFinitePolicy.skip:
             return False
         mean = D.all_reduce_mean(loss.detach().clone()).item()  # NaN on any rank makes it NaN on all

@@ -14,7 +14,6 @@ import threading
 import torch
 import torch.distributed as dist
 
-from harness import faults
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
@@ -59,7 +58,6 @@ class StopRequest:
 
         Called by every rank at the top of every step; collective on the check cadence only.
         """
-        faults.at_step(step)
         if not self.enabled or step % self.check_every:
             return False
         local = self.signal_name is not None

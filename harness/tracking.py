@@ -13,7 +13,7 @@ from hydra.types import RunMode
 from omegaconf import OmegaConf
 
 from harness.config import Config, WandbMode
-from harness.distributed import DistInfo
+from harness.distributed import RankInfo
 from harness.metrics import ConsoleSink, JsonlSink, MetricsLogger
 from harness.run_info import run_info
 
@@ -36,14 +36,14 @@ def run_identity(cfg: Config) -> tuple[str | None, str | None, list[str]]:
     return group, ",".join(kept) or None, overrides
 
 
-def make_logger(cfg: Config, dist: DistInfo, run_dir: Path, history: list[dict] | None = None) -> MetricsLogger:
+def make_logger(cfg: Config, rank_info: RankInfo, run_dir: Path, history: list[dict] | None = None) -> MetricsLogger:
     """history: the metrics.jsonl events of a resumed run up to its checkpoint (already in the file):
     they feed the best/target tracking, and the file keeps its first "run" event (so it stays
     identical to an uninterrupted run's; harness/checkpoint.py records resumes in resumes.jsonl)."""
-    if not dist.is_main:
+    if not rank_info.is_main:
         return MetricsLogger([])
     group, name, overrides = run_identity(cfg)
-    info = run_info(dist.device, dist.world_size, overrides)
+    info = run_info(rank_info.device, rank_info.world_size, overrides)
     sinks = [ConsoleSink(cfg.train.max_steps), JsonlSink(run_dir / "metrics.jsonl")]
     if cfg.logger.name == "wandb" and cfg.logger.mode is not WandbMode.disabled:
         from harness.wandb_sink import WandbSink  # wandb is imported only when asked for

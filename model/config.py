@@ -10,6 +10,8 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import Optional
 
+from data.shards import EOT_TOKEN  # the shards' document separator: the one definition of 50256
+
 
 class Norm(Enum):
     layernorm = "layernorm"
@@ -105,7 +107,7 @@ class ModelConfig:
     no_attn_layers: list[int] = field(default_factory=list)  # blocks without attention (record 20: [7])
     # document-causal sliding-window attention over long packed sequences
     doc_causal: bool = False       # never attend across a document start (a bos_token in the input)
-    bos_token: int = 50256
+    bos_token: int = EOT_TOKEN
     window_size: int = 0           # sliding window in tokens (0 = none): query q sees keys k with q - k < window
     window_block: int = 0          # > 0: the window is whole blocks of this many tokens (FlexAttention blocks):
                                    # query block i sees key blocks > i - window/window_block (record 20: 128)

@@ -37,8 +37,11 @@ DENSE_MASK_LIMIT = 2**30  # elements of an explicit [B, T, T] mask before we ref
 
 
 def document_ids(idx: torch.Tensor, bos_token: int) -> torch.Tensor:
-    """idx [B, T] -> [B, T] int32: index of the document each position belongs to within its row."""
-    return (idx == bos_token).cumsum(dim=1, dtype=torch.int32)
+    """idx [..., T] token ids -> [..., T] int32: the index of the document each position belongs to
+    within its row. It increases at every `bos_token`, so two positions may attend to each other under
+    document-causal attention iff their ids are equal; a row that starts mid-document (contiguous
+    loading) has id 0 until its first `bos_token`."""
+    return (idx == bos_token).cumsum(dim=-1, dtype=torch.int32)
 
 
 def window_units(cfg: ModelConfig, step: int = 0, max_steps: int = 1) -> tuple[int, int]:

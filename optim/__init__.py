@@ -1,8 +1,9 @@
 """Optimizers, routed by parameter role (see roles.py); this package never imports the model.
 
-Public pieces: `orthogonalize` (Newton-Schulz), the duality maps `dualize_linear`,
-`dualize_embed` and Adam's `adam_direction`, the role-routed `HybridOptimizer`, and
-`build_optimizer`, which the trainer calls with `cfg.optim`.
+To know what update a parameter gets: its role's row in the routing table (optim/roles.py), then that
+map's module (optim/maps/linear.py, embed.py, adam.py), whose `direction` is the whole rule. Public
+pieces: `orthogonalize` (Newton-Schulz), the maps `LinearMap`, `EmbedMap`, `AdamMap`, the role-routed
+`HybridOptimizer` (optim/hybrid.py) and `build_optimizer`, which the trainer calls with `cfg.optim`.
 """
 from __future__ import annotations
 
@@ -11,8 +12,8 @@ from typing import Any, Callable
 import torch
 
 from optim.adamw import build_adamw
-from optim.duality import adam_direction, dualize_embed, dualize_linear, exact_polar, linear_scale
 from optim.hybrid import HybridOptimizer, build_hybrid
+from optim.maps import AdamMap, EmbedMap, LinearMap
 from optim.newton_schulz import orthogonalize
 from optim.roles import check_roles
 
@@ -20,8 +21,8 @@ from optim.roles import check_roles
 OPTIMIZERS: dict[str, Callable[..., torch.optim.Optimizer]] = {
     "adamw": build_adamw, "muon": build_hybrid, "dual": build_hybrid}
 
-__all__ = ["orthogonalize", "dualize_linear", "dualize_embed", "adam_direction", "exact_polar", "linear_scale",
-           "HybridOptimizer", "build_hybrid", "build_optimizer", "OPTIMIZERS"]
+__all__ = ["orthogonalize", "LinearMap", "EmbedMap", "AdamMap", "HybridOptimizer", "build_hybrid", "build_optimizer",
+           "OPTIMIZERS"]
 
 
 def build_optimizer(cfg: Any, named_params: list[tuple[str, torch.nn.Parameter]],

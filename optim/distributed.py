@@ -1,10 +1,10 @@
 """Sharded orthogonalization: each rank runs Newton-Schulz on 1/world of the hidden matrices,
-then one all_gather gives every rank every update.
+then one all_gather gives every rank every polar factor U V^T.
 
 Newton-Schulz costs O(rows * cols * min(rows, cols)) per matrix, far more than the elementwise
 optimizer work, so it is the part worth splitting. Matrices are sorted by size (largest first)
 and dealt round-robin, which balances the ranks' work to within one matrix of each size class.
-Each rank concatenates its updates into one flat fp32 buffer, padded to the longest rank's
+Each rank concatenates its results into one flat fp32 buffer, padded to the longest rank's
 length (all_gather needs equal sizes on gloo and NCCL); every rank knows the deal and the
 shapes, so it unpacks the gathered buffers without any further communication.
 """
@@ -14,10 +14,10 @@ import torch
 import torch.distributed as dist
 
 
-def rank_and_world(group: dist.ProcessGroup | None = None) -> tuple[int, int]:
-    """(rank, world size) in `group`, or (0, 1) when torch.distributed is not initialized."""
+def rank_and_world() -> tuple[int, int]:
+    """(rank, world size) of the default process group, or (0, 1) when torch.distributed is not initialized."""
     if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(group), dist.get_world_size(group)
+        return dist.get_rank(), dist.get_world_size()
     return 0, 1
 
 
@@ -30,10 +30,10 @@ def shard_round_robin(sizes: list[int], world: int) -> list[list[int]]:
 
 
 def gather_updates(outputs: list[torch.Tensor], deal: list[list[int]], shapes: list[torch.Size],
-                   rank: int, world: int, group: dist.ProcessGroup | None = None) -> list[torch.Tensor]:
-    """Every item's update on every rank, in item order.
+                   rank: int, world: int) -> list[torch.Tensor]:
+    """Every item's result on every rank, in item order.
 
-    outputs: this rank's updates, for items deal[rank] in that order (fp32, any device).
+    outputs: this rank's results, for items deal[rank] in that order (fp32, any device).
     deal:    per rank, its item indices (from shard_round_robin); shapes: every item's shape.
     With world == 1 this only reorders; otherwise one all_gather of padded flat fp32 buffers.
     """
@@ -46,12 +46,12 @@ def gather_updates(outputs: list[torch.Tensor], deal: list[list[int]], shapes: l
     numels = [int(torch.Size(s).numel()) for s in shapes]
     lengths = [sum(numels[i] for i in deal[r]) for r in range(world)]
     longest = max(lengths)
-    device = outputs[0].device if outputs else _default_device(group)
+    device = outputs[0].device if outputs else _default_device()
     flat = torch.zeros(longest, dtype=torch.float32, device=device)
     if outputs:
         flat[:lengths[rank]] = torch.cat([o.reshape(-1).float() for o in outputs])
     gathered = [torch.empty_like(flat) for _ in range(world)]
-    dist.all_gather(gathered, flat, group=group)
+    dist.all_gather(gathered, flat)
     for r in range(world):
         offset = 0
         for i in deal[r]:
@@ -60,8 +60,8 @@ def gather_updates(outputs: list[torch.Tensor], deal: list[list[int]], shapes: l
     return result  # type: ignore[return-value]
 
 
-def _default_device(group: dist.ProcessGroup | None) -> torch.device:
+def _default_device() -> torch.device:
     """Device for a rank that owns no item: NCCL needs a CUDA tensor, gloo a CPU one."""
-    if dist.get_backend(group) == "nccl":
+    if dist.get_backend() == "nccl":
         return torch.device("cuda", torch.cuda.current_device())
     return torch.device("cpu")

@@ -17,8 +17,9 @@ us, so those two lines below are our reading, chosen so the switch only redistri
   dual norm      n_t = ||R_t||_*            linear map: sqrt(d_out/d_in) * nuclear(R_t), summed over
                                              the blocks of a fused weight, with nuclear(R) estimated
                                              without an SVD as <R, orthogonalize(R)> (the same
-                                             Newton-Schulz as the update);
-                                             embed map: sqrt(d) * sum_j ||r_j||_2 (exact, elementwise)
+                                             Newton-Schulz as the update: LinearMap.noise_sample);
+                                             embed map: sqrt(d) * sum_j ||r_j||_2 (exact, elementwise:
+                                             EmbedMap.noise_sample)
   estimate       H_t = b H_{t-1} + (1 - b) n_t^2,   sigma = sqrt(H_t / (1 - b^k))   (k samples; b =
                                              optim.lanton_beta; the first step a layer is seen gives no
                                              sample: its momentum has no history yet)
@@ -32,33 +33,14 @@ touched (Adam already adapts per coordinate). Decoupled weight decay uses the la
 
 Cost per step, per layer on the linear map: one extra Newton-Schulz on R_t (the same cost as the
 update's own, so the orthogonalization work doubles; sharded round-robin like the update) and
-O(params) elementwise work; embed map: O(params). One all_reduce of one float per linear-map layer
+O(params) elementwise work; embed map: O(params). One all_reduce of a vector holding one float per linear-map layer
 brings the sharded norms to every rank, so every rank holds identical state. No extra tensor state:
 two scalars per layer ("lanton_noise_sq", "lanton_samples") in the optimizer's state_dict.
 """
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.distributed as dist
-
-from optim.newton_schulz import orthogonalize
-
-
-def linear_dual_norm_estimate(R: torch.Tensor, method: str, steps: int | None) -> torch.Tensor:
-    """sqrt(d_out/d_in) * sum over blocks of <R_b, orthogonalize(R_b)> ~ the linear map's dual norm.
-
-    R: [d_out, d_in] or [blocks, d_out, d_in] (fp32). <R, U V^T> = sum of singular values = nuclear(R)
-    when the polar factor is exact; Newton-Schulz makes it an estimate (the methods' output singular
-    values, optimizer.md). Returns a 0-dim fp32 tensor on R's device."""
-    polar = orthogonalize(R, method, steps).float()
-    return (R.float() * polar).sum() * math.sqrt(R.size(-2) / R.size(-1))
-
-
-def embed_dual_norm(R: torch.Tensor) -> torch.Tensor:
-    """Dual of the Embed map's l1->RMS norm: sqrt(d) * sum_j ||r_j||_2 for R [vocab, d]; 0-dim fp32."""
-    return torch.linalg.vector_norm(R.float(), dim=1).sum() * math.sqrt(R.size(1))
 
 
 def observe(state: dict, sample: torch.Tensor | None, beta: float, device: torch.device) -> None:
@@ -105,8 +87,7 @@ def group_factors(sigmas: list[torch.Tensor | None]) -> list[torch.Tensor | None
     return out
 
 
-def share_sharded(values: list[torch.Tensor | None], device: torch.device, world: int,
-                  group: dist.ProcessGroup | None) -> list[torch.Tensor | None]:
+def share_sharded(values: list[torch.Tensor | None], device: torch.device, world: int) -> list[torch.Tensor | None]:
     """Every linear-map layer's noise sample on every rank. Each rank filled only the entries of its own
     Newton-Schulz share (None elsewhere); one all_reduce(SUM) of the vector (zeros elsewhere) makes them
     identical everywhere. Entries of layers seen for the first time come back as 0 and are ignored by
@@ -117,29 +98,32 @@ def share_sharded(values: list[torch.Tensor | None], device: torch.device, world
     for i, v in enumerate(values):
         if v is not None:
             vec[i] = v.to(device)
-    dist.all_reduce(vec, group=group)
+    dist.all_reduce(vec)
     return list(vec.unbind())
 
 
-def layer_factors(states: dict, linear_items: list, noise: list, embed_items: list, beta: float, world: int,
-                  process_group: dist.ProcessGroup | None, diag: dict | None) -> dict:
-    """One optimizer step's LANTON bookkeeping, on every rank: share the linear-map samples (`noise`,
-    this rank's share filled), add each embed-map layer's sample (exact, elementwise), fold them into
-    every layer's state and return each layer's rate multiplier within its role group as
-    {param: 0-dim tensor} (absent: factor 1). linear_items: [(param, group)]; embed_items: [(param,
-    group, update)]; states: the optimizer's per-param state (momentum_buffer already updated).
+def seen(state: dict) -> bool:
+    """True once `observe` has started this layer's count: from then on each step gives a sample."""
+    return "lanton_noise_sq" in state
+
+
+def layer_factors(states: dict, linear_items: list, linear_noise: list, embed_items: list, embed_noise: list,
+                  beta: float, world: int, diag: dict | None) -> dict:
+    """One optimizer step's LANTON bookkeeping, on every rank: share the linear-map samples (`linear_noise`,
+    this rank's Newton-Schulz share filled, None elsewhere), fold them and the embed-map samples (every
+    table, exact) into every layer's state and return each layer's rate multiplier within its role group
+    as {param: 0-dim tensor} (absent: factor 1). linear_items: [(param, group)]; embed_items: [(param,
+    group, update)]; samples come from each map's `noise_sample` (None for a layer not `seen` yet).
     diag, when given, gets "lanton_lr/<name>" (the layer's rate) and "lanton_noise/<name>" (sigma), as
     0-dim tensors or floats (no host sync here)."""
     device = linear_items[0][0].device if linear_items else None
-    noise = share_sharded(noise, device, world, process_group)
+    linear_noise = share_sharded(linear_noise, device, world)
     members: dict[int, tuple[dict, list]] = {}
-    for (p, group), sample in zip(linear_items, noise):
+    for (p, group), sample in zip(linear_items, linear_noise):
         observe(states[p], sample, beta, p.device)
         members.setdefault(id(group), (group, []))[1].append(p)
-    for p, group, _ in embed_items:
-        state = states[p]
-        sample = embed_dual_norm(p.grad.float() - state["momentum_buffer"]) if "lanton_noise_sq" in state else None
-        observe(state, sample, beta, p.device)
+    for (p, group, _), sample in zip(embed_items, embed_noise):
+        observe(states[p], sample, beta, p.device)
         members.setdefault(id(group), (group, []))[1].append(p)
     factors = {}
     for group, params in members.values():

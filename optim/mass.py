@@ -17,11 +17,19 @@ the factor accumulates, from the root down:
 and the modular norm of a weight update is max over atoms of ||dw_atom||_atom / factor(atom).
 So with every atom stepped to norm lr * factor, the whole update has modular norm exactly lr.
 
-For a GPT: embed (mass 1) -> L blocks (total mass 5) -> head (mass 1), each block two residuals
-x -> (1 - 1/2L) x + (1/2L) f(x), f = attention or MLP. The 1/2L multiply is a bond of
-sensitivity 1/2L, so f's atoms gain a factor 2L while f's mass shrinks like 1/L: the split does
-not depend on depth. `mass_rule_fractions` derives it from the tree (embed 1/7, head 1/7,
-attn-out and MLP matrices 5/21, Q/K/V 5/7) rather than hardcoding it.
+`gpt_tree` is modula's reference GPT, the network these fractions are exact for: embed (mass 1)
+-> L blocks (total mass 5) -> head (mass 1), each block two residuals x -> (1 - 1/2L) x + (1/2L) f(x),
+f = attention or MLP. The 1/2L multiply is a bond of sensitivity 1/2L, so f's atoms gain a factor 2L
+while f's mass shrinks like 1/L: there the split does not depend on depth (embed 1/7, head 1/7,
+attn-out and MLP matrices 5/21, Q/K/V 5/7; a fused QKV weight's blocks get Q/K/V's).
+
+Our models are not that network: they run x + f(norm(x)) (model/block.py). An unscaled residual sum
+has sensitivity 1 + s_f (2 for a well-normed f), compounding over the 2L residuals, and norm(x) is not
+Lipschitz near 0, so the same algebra applied to them gives depth-dependent factors, not these. For our models `optim.rate_mode=mass` is therefore a principled default
+split of one rate (the reference network's), not a guarantee that the modular norm of the update is
+lr or that the split transfers across depth. The tree below exists only to derive the fractions; it
+is not a second description of the model (the model's own structure reaches the optimizer only as
+parameter roles).
 """
 from __future__ import annotations
 
@@ -146,17 +154,14 @@ def modular_norm(m: Module, atom_norms: dict[str, float]) -> float:
                default=0.0)
 
 
-# ---- the GPT --------------------------------------------------------------------------------
+# ---- modula's reference GPT -------------------------------------------------------------------
 
-def attention(layer: int, fused_qkv: bool) -> Module:
+def attention(layer: int) -> Module:
     """W_out o (1/3 * attention) o (Q, K, V). The functional attention is taken as 1-sensitive in
     each of q, k, v (as modula's 1/d-scaled attention), so the three branches sum to sensitivity
     3, which the 1/3 multiply brings back to 1: the block stays well-normed, Q/K/V get 3x the
     step of W_out."""
-    if fused_qkv:
-        qkv = [Atom(f"{layer}.attn_qkv.{i}", "attn_qkv") for i in range(3)]
-    else:
-        qkv = [Atom(f"{layer}.attn_{x}", f"attn_{x}") for x in "qkv"]
+    qkv = [Atom(f"{layer}.attn_{x}", f"attn_{x}") for x in "qkv"]
     return compose(Atom(f"{layer}.attn_out", "attn_out"), Bond(1 / 3), Concat(qkv))
 
 
@@ -165,9 +170,9 @@ def mlp(layer: int) -> Module:
     return compose(Atom(f"{layer}.mlp_out", "mlp_out"), Bond(1.0), Atom(f"{layer}.mlp_in", "mlp_in"))
 
 
-def gpt_tree(n_layer: int, input_roles: tuple[str, ...] = ("embed",), fused_qkv: bool = False,
-             embed_mass: float = 1.0, blocks_mass: float = 5.0, head_mass: float = 1.0) -> Module:
-    """head o blocks o input for an n_layer GPT with 1/2L-scaled residuals.
+def gpt_tree(n_layer: int, input_roles: tuple[str, ...] = ("embed",), embed_mass: float = 1.0,
+             blocks_mass: float = 5.0, head_mass: float = 1.0) -> Module:
+    """head o blocks o input for modula's n_layer GPT with (1 - 1/2L) x + (1/2L) f(x) residuals.
 
     input_roles: the embedding tables summed at the input (e.g. ("embed", "pos_embed")); they
     share `embed_mass` equally (one input module tared to embed_mass). Value embeddings, which
@@ -179,7 +184,7 @@ def gpt_tree(n_layer: int, input_roles: tuple[str, ...] = ("embed",), fused_qkv:
     inp = tables[0] if len(tables) == 1 else compose(Bond(1.0), Concat(tables))
     tare(inp, embed_mass)
     alpha = 1 / (2 * n_layer)
-    layers = [compose(residual(alpha, mlp(l)), residual(alpha, attention(l, fused_qkv))) for l in range(n_layer)]
+    layers = [compose(residual(alpha, mlp(l)), residual(alpha, attention(l))) for l in range(n_layer)]
     blocks = tare(compose(*reversed(layers)), blocks_mass)
     return compose(Atom("head", "head", mass=head_mass), blocks, inp)
 
@@ -197,14 +202,12 @@ def role_fractions(tree: Module) -> dict[str, float]:
     return out
 
 
-def mass_rule_fractions(n_layer: int = 1, input_roles: tuple[str, ...] = ("embed",), fused_qkv: bool = False,
-                        embed_mass: float = 1.0, blocks_mass: float = 5.0,
-                        head_mass: float = 1.0) -> dict[str, float]:
-    """Role -> fraction of the global lr under the mass rule (independent of n_layer).
+def mass_rule_fractions(n_layer: int = 1, input_roles: tuple[str, ...] = ("embed",), embed_mass: float = 1.0,
+                        blocks_mass: float = 5.0, head_mass: float = 1.0) -> dict[str, float]:
+    """Role -> fraction of the global lr under the mass rule (the same at every n_layer).
 
-    With the defaults: embed 1/7, head 1/7, attn_out / mlp_in / mlp_out 5/21, attn_q/k/v 5/7
-    (attn_qkv 5/7 per block). Separate and fused Q/K/V are both listed so either naming works.
-    """
-    frac = role_fractions(gpt_tree(n_layer, input_roles, fused_qkv, embed_mass, blocks_mass, head_mass))
-    other = role_fractions(gpt_tree(n_layer, input_roles, not fused_qkv, embed_mass, blocks_mass, head_mass))
-    return {**other, **frac}
+    With the defaults: embed 1/7, head 1/7, attn_out / mlp_in / mlp_out 5/21, attn_q/k/v 5/7, and
+    attn_qkv 5/7 (a fused weight is orthogonalized per block, each block one of Q, K, V)."""
+    frac = role_fractions(gpt_tree(n_layer, input_roles, embed_mass, blocks_mass, head_mass))
+    frac["attn_qkv"] = frac["attn_q"]
+    return frac

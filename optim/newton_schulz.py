@@ -10,7 +10,7 @@ Frobenius norm so that every singular value is <= 1 (the region where the polyno
 are designed to work). Wide layout (rows <= cols) keeps the Gram matrix X X^T at
 min(rows, cols)^2, so tall inputs are transposed in and out.
 
-Methods (coefficients (a, b, c) per step; see optimizer.md for the accuracy table):
+Methods (coefficients (a, b, c) per step; docs/optimizer.md has their measured accuracy):
 - cubic:         X <- 1.5 X - 0.5 X X^T X; converges to 1 on (0, sqrt 3) but slowly from small s.
 - quintic:       Muon's (3.4445, -4.7750, 2.0315) every step; output s in ~[0.68, 1.2] by design
                  (fast growth of small s traded for not converging exactly).

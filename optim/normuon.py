@@ -9,37 +9,31 @@ neurons get much larger updates than others. NorMuon keeps an Adam-style second 
     N_t   = O_t / (sqrt(v_t) + eps)                            (v broadcast along each row)
     out   = N_t * target / ||N_t||_F
 
-O here is the linear map's output, scale(d_out, d_in) * U V^T (optim/duality.py), for each block of a
-fused weight separately; rows are d_out (PyTorch's [d_out, d_in] layout). The paper's rescale is
+O here is the linear map's output, scale(d_out, d_in) * U V^T (optim/maps/linear.py), for each block of
+a fused weight separately; rows are d_out (PyTorch's [d_out, d_in] layout). The paper's rescale is
 eta_hat = 0.2 eta sqrt(m n) / ||N||_F, the Frobenius norm of Moonshot's 0.2 sqrt(max(m, n)) U V^T;
 ours is the same rule for whatever `optim.scale` is: target = scale(d_out, d_in) * sqrt(min(d_out,
 d_in)), the Frobenius norm of an exact scale * U V^T (equal to the paper's with scale=rms_match).
 So the layer's step keeps its size and lr keeps its meaning; only its split across neurons changes.
 No bias correction is needed: it would multiply every row by the same factor, which the rescale
-removes. State: "normuon_v", fp32, one value per row ([d_out] or [blocks, d_out / blocks]).
+removes. State: "normuon_v", fp32, one value per row ([d_out] or [blocks, d_out / blocks]), created by
+the linear map (LinearMap.init_state), which also computes the target.
 
 Every rank applies it after the all_gather of the orthogonalized updates (O(params) elementwise work,
 like momentum), so every rank keeps the complete, identical state. Cost: a few elementwise passes.
 """
 from __future__ import annotations
 
-import math
-
 import torch
 
-from optim.duality import linear_scale
 
-
-def normuon_(d: torch.Tensor, state: dict, beta: float, eps: float, scale: str) -> torch.Tensor:
-    """Neuron-normalized copy of the linear-map update d [..., rows, cols] (leading dims: blocks);
-    updates state["normuon_v"] ([..., rows]) in place. Returns fp32, d's shape."""
+def normuon_(d: torch.Tensor, v: torch.Tensor, beta: float, eps: float, target: float) -> torch.Tensor:
+    """Neuron-normalized copy of the linear-map update d [..., rows, cols] (leading dims: blocks), rescaled
+    to Frobenius norm `target` per matrix; updates v ([..., rows], fp32) in place. Returns fp32, d's shape."""
     d = d.float()
-    if "normuon_v" not in state:
-        state["normuon_v"] = torch.zeros(d.shape[:-1], dtype=torch.float32, device=d.device)
-    v = state["normuon_v"]
     v.lerp_(d.square().mean(dim=-1), 1 - beta)
     n = d / (v.sqrt().unsqueeze(-1) + eps)
-    rows, cols = d.size(-2), d.size(-1)
-    target = linear_scale(rows, cols, scale) * math.sqrt(min(rows, cols))
     fro = torch.linalg.vector_norm(n, dim=(-2, -1), keepdim=True)
-    return n * (target / fro.clamp_min(torch.finfo(torch.float32).tiny))
+    # A zero update (e.g. the first step of a layer behind a zero-initialized projection) stays zero:
+    # target / 0 would make it 0 * inf = NaN.
+    return n * torch.where(fro > 0, target / fro.clamp_min(torch.finfo(torch.float32).tiny), 0.0)

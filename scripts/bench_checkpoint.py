@@ -40,7 +40,7 @@ from model.gpt import GPT  # noqa: E402
 from optim import build_optimizer  # noqa: E402
 from tests.inprocess import compose_config  # noqa: E402
 
-CPU = D.DistInfo(0, 0, 1, torch.device("cpu"))
+CPU = D.RankInfo(0, 0, 1, torch.device("cpu"))
 
 
 def config(model: str, optim: str, *extra: str):

@@ -94,7 +94,7 @@ def harness_inprocess(cfg, run_dir: Path) -> list[float]:
     from harness import distributed as D
 
     run_dir.mkdir(parents=True)
-    trainer.train(cfg, D.DistInfo(0, 0, 1, torch.device("cpu")), run_dir)
+    trainer.train(cfg, D.RankInfo(0, 0, 1, torch.device("cpu")), run_dir)
     return step_times(run_dir)
 
 

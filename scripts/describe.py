@@ -26,6 +26,7 @@ from harness.config import Config, ConfigError, load_config, register_configs  #
 from model.gpt import GPT  # noqa: E402
 from model.masks import window_units  # noqa: E402
 from optim import build_optimizer  # noqa: E402
+from optim.newton_schulz import schedule  # noqa: E402
 
 
 def load(overrides: list[str]) -> Config:
@@ -54,16 +55,14 @@ def group_rule(opt: torch.optim.Optimizer, group: dict) -> tuple[str, str]:
         betas = group.get("betas")
         return type(opt).__name__, f"betas {_num(betas)} eps {_num(group.get('eps'))}" if betas else ""
     if rule == "adam":
-        betas = group.get("betas", getattr(opt, "adam_betas", None))
-        return "adam", f"betas {_num(betas)} eps {_num(getattr(opt, 'adam_eps', None))}"
-    start, warm = getattr(opt, "warmup", (None, 0))
-    mom = f"momentum {_num(getattr(opt, 'momentum', None))}" + (" nesterov" if getattr(opt, "nesterov", False) else "")
+        return "adam", f"betas {_num(group.get('betas'))} eps {_num(opt.adam.eps)}"
+    start, warm = opt.warmup
+    mom = f"momentum {_num(opt.momentum)}" + (" nesterov" if opt.linear.nesterov else "")
     if warm:
         mom += f" (from {_num(start)} over {warm} steps)"
     if rule == "linear":
-        steps = getattr(opt, "ns_steps", None)
-        rule = f"linear/NS {getattr(opt, 'ns_method', '?')}" + (f"x{steps}" if steps else "") + \
-               f" scale={getattr(opt, 'scale', '?')}"
+        lin = opt.linear
+        rule = f"linear/NS {lin.ns_method}x{len(schedule(lin.ns_method, lin.ns_steps))} scale={lin.scale}"
     return rule, mom
 
 

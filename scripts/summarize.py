@@ -87,8 +87,8 @@ def load_run(path: Path, name: str, target: float | None) -> Run:
     rate = last["tokens"] / (last["train_time_ms"] / 1000) if last.get("tokens") and last.get("train_time_ms") else None
     hit = tracker.summary()
     stats = {"final_val_loss": vals[-1]["val_loss"] if vals else None, "best_val_loss": hit["best_val_loss"],
-             "target": goal, "steps_to_target": hit["target_reached_step"],
-             "time_to_target_s": None if hit["target_reached_train_time_ms"] is None else hit["target_reached_train_time_ms"] / 1000,
+             "target": goal, "steps_to_target": hit["target_val_loss_step"],
+             "time_to_target_s": None if hit["target_val_loss_train_time_ms"] is None else hit["target_val_loss_train_time_ms"] / 1000,
              "tokens_per_s": rate, "steps": max((e.get("step", 0) for e in events if "step" in e), default=0),
              "final_step": vals[-1]["step"] if vals else None}
     return Run(name, path, config, overrides, [(e["train_time_ms"], e["val_loss"]) for e in vals], stats,

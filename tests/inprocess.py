@@ -16,7 +16,7 @@ from tests.conftest import REPO
 register_configs()
 SMOKE = ["experiment=smoke", "train.precision=fp32", "train.log_every=1", "train.val_tokens=8192"]
 # Wall-clock and memory figures differ between any two runs; everything else must match exactly.
-TIMING = ("train_time_ms", "step_avg_ms", "tokens_per_s", "target_reached_train_time_ms", "peak_host_memory_mib",
+TIMING = ("train_time_ms", "step_avg_ms", "tokens_per_s", "target_val_loss_train_time_ms", "peak_host_memory_mib",
           "peak_memory_mib")
 
 
@@ -38,7 +38,7 @@ def run(run_dir: Path, *overrides: str, stop=None) -> dict:
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # as the subprocess tests; on shared cores more threads only spin against each other
     try:
-        return train.train(cfg, D.DistInfo(0, 0, 1, torch.device("cpu")), run_dir, stop)
+        return train.train(cfg, D.RankInfo(0, 0, 1, torch.device("cpu")), run_dir, stop)
     finally:
         torch.set_num_threads(threads)
 

@@ -6,7 +6,9 @@ import pytest
 import torch
 
 from data.bos import BOSAlignedLoader
-from data.loader import DataError, document_ids
+from data.loader import DataError
+from data.shards import EOT_TOKEN
+from model.masks import document_ids
 from data.shards import EOT_TOKEN, open_shard, write_shard
 from tests.data_helpers import synthetic_docs, write_stream
 
@@ -68,7 +70,7 @@ def test_every_sequence_starts_with_bos_and_caps_documents(doc_shards):
         x, y = ld.next_batch()
         assert (x[:, 0] == EOT_TOKEN).all()
         assert torch.equal(x[:, 1:], y[:, :-1])
-        ids = document_ids(torch.cat([x, y[:, -1:]], 1))
+        ids = document_ids(torch.cat([x, y[:, -1:]], 1), EOT_TOKEN)
         for row in ids:  # no document longer than the cap inside a row
             assert torch.bincount(row)[1:].max() <= 10
 

@@ -8,13 +8,13 @@ import pytest
 from hydra import compose, initialize_config_dir
 
 from data.bos import BOSAlignedLoader
-from data.build import build_tokenizer, build_train_loader, build_val_batches
+from data.build import build_train_loader, build_val_batches
 from data.config import DataConfig, LoaderMode, SyntheticConfig
 from data.loader import ContiguousLoader
 from data.shards import ShardError, write_shard
 from harness.config import ConfigError, load_config, register_configs
 from tests.conftest import error_lines, run_train
-from tests.data_helpers import SHARED_BPE, synthetic_docs, write_stream
+from tests.data_helpers import synthetic_docs, write_stream
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 register_configs()
@@ -61,13 +61,6 @@ def test_bos_mode_uses_the_synthetic_document_token(tmp_path):
     write_shard(tmp_path / "fineweb_train_000001.bin", tokens)
     x, _ = build_train_loader(cfg, 8, 4, 0, 1).next_batch()
     assert (x[:, 0] == 100).all()
-
-
-@pytest.mark.skipif(not SHARED_BPE.is_file(), reason="../shared/tokenizer/gpt2.tiktoken is absent")
-def test_build_tokenizer_from_config(monkeypatch):
-    monkeypatch.setenv("TIKTOKEN_CACHE_DIR", "")
-    enc = build_tokenizer(DataConfig(tokenizer_bpe=str(SHARED_BPE)))
-    assert enc.encode_ordinary("Hello world") == [15496, 995]
 
 
 def test_trainer_names_a_shard_outside_the_model_vocabulary(tmp_path):

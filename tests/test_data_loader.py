@@ -5,9 +5,10 @@ import numpy as np
 import pytest
 import torch
 
-from data.loader import ContiguousLoader, DataError, cu_seqlens, document_ids, resolve_shards, validation_batches
+from data.loader import ContiguousLoader, DataError, cu_seqlens, resolve_shards, validation_batches
 from data.prefetch import ShardCache
 from data.shards import EOT_TOKEN
+from model.masks import document_ids
 from tests.data_helpers import synthetic_docs, write_stream
 
 B, T = 2, 16
@@ -120,7 +121,7 @@ def test_validation_split_across_ranks(tmp_path):
 
 def test_document_ids_and_cu_seqlens():
     row = torch.tensor([[5, 50256, 7, 8, 50256, 9], [50256, 1, 2, 3, 50256, 50256]])
-    assert document_ids(row).tolist() == [[0, 1, 1, 1, 2, 2], [1, 1, 1, 1, 2, 3]]
+    assert document_ids(row, EOT_TOKEN).tolist() == [[0, 1, 1, 1, 2, 2], [1, 1, 1, 1, 2, 3]]
     assert cu_seqlens(row[0]).tolist() == [0, 1, 4, 6]
     assert cu_seqlens(row[1]).tolist() == [0, 4, 5, 6]
     assert EOT_TOKEN == 50256

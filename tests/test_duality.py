@@ -4,8 +4,19 @@ import math
 import pytest
 import torch
 
-from optim import adam_direction, dualize_embed, dualize_linear, linear_scale
-from optim.duality import embed_dual_norm, embed_norm, exact_polar, linear_dual_norm, linear_norm
+from optim.hybrid_config import DualConfig
+from optim.maps import EmbedMap, LinearMap, adam_direction, exact_polar, linear_scale
+
+linear_norm, linear_dual_norm, embed_norm, embed_dual_norm = (LinearMap.norm, LinearMap.dual_norm, EmbedMap.norm,
+                                                              EmbedMap.dual_norm)
+
+
+def dualize_linear(G, scale="spectral", method="quintic", exact=False):
+    return LinearMap(DualConfig(scale=scale, ns_method=method)).dualize(G, exact=exact)
+
+
+def dualize_embed(G, eps=0.0):
+    return EmbedMap(DualConfig(embed_eps=eps)).dualize(G)
 
 
 def gaussian(*shape, seed=0):

@@ -119,7 +119,7 @@ def test_a_real_small_filesystem_fills_up_during_a_checkpoint(tmp_path, small_tm
 
 def test_second_ctrl_c_inside_the_save_discards_it_and_keeps_the_previous(tmp_path, monkeypatch):
     """Ctrl-C at step 5 asks for a stop checkpoint; a second Ctrl-C lands while torch.save writes it."""
-    from harness import preemption
+    from harness import faults
 
     def first_ctrl_c(step):
         if step == 5:
@@ -133,7 +133,7 @@ def test_second_ctrl_c_inside_the_save_discards_it_and_keeps_the_previous(tmp_pa
             os.kill(os.getpid(), signal.SIGINT)  # delivered here: the handler raises KeyboardInterrupt
         return write(self, data)
 
-    monkeypatch.setattr(preemption.faults, "at_step", first_ctrl_c)
+    monkeypatch.setattr(faults, "at_step", first_ctrl_c)  # train.py calls faults.at_step(step) each step
     monkeypatch.setattr(store._HashingWriter, "write", second_ctrl_c)
     with StopRequest(True, 1, torch.device("cpu")) as stop:
         with pytest.raises(SaveInterrupted) as err:

@@ -7,12 +7,21 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from optim import build_hybrid, dualize_embed, dualize_linear, orthogonalize
-from optim.duality import embed_norm, linear_norm
+from optim import build_hybrid, orthogonalize
 from optim.hybrid_config import DualConfig, MuonConfig, rates_from_config
+from optim.maps import EmbedMap, LinearMap
 from optim.mass import gpt_tree, modular_norm, update_factors
 
 V, D = 40, 16
+embed_norm, linear_norm = EmbedMap.norm, LinearMap.norm
+
+
+def dualize_linear(G, scale, method):
+    return LinearMap(DualConfig(scale=scale, ns_method=method)).dualize(G)
+
+
+def dualize_embed(G):
+    return EmbedMap(DualConfig(embed_eps=0.0)).dualize(G)
 
 
 def toy_params(n_layer=2, fused=True, tied=False, seed=0):
@@ -107,7 +116,7 @@ def test_fused_qkv_is_orthogonalized_per_block():
 def test_tied_embedding_needs_an_explicit_map():
     named, roles = toy_params(tied=True)
     with pytest.raises(ValueError, match="optim.tied_map"):
-        build_hybrid(cfg_of(DualConfig), named, roles)
+        build_hybrid(cfg_of(DualConfig, tied_map=None), named, roles)
     opt = build_hybrid(cfg_of(DualConfig, tied_map="embed"), named, roles)
     assert group_of(opt, "wte.weight")["map"] == "embed"
     opt = build_hybrid(cfg_of(DualConfig, tied_map="linear"), named, roles)

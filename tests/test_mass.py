@@ -18,9 +18,8 @@ def test_fractions_match_the_spec_at_every_depth(n_layer):
         assert frac[role] == pytest.approx(value, rel=1e-12), role
 
 
-@pytest.mark.parametrize("fused", [False, True])
-def test_gpt_tree_is_well_normed(fused):
-    tree = gpt_tree(4, fused_qkv=fused)
+def test_gpt_tree_is_well_normed():
+    tree = gpt_tree(4)
     assert mass(tree) == pytest.approx(7.0)
     assert sensitivity(tree) == pytest.approx(1.0)  # residuals, attention and MLP all 1-sensitive
 
@@ -38,7 +37,7 @@ def test_input_tables_share_the_embed_mass():
 
 
 def test_modular_norm_is_max_of_atom_norms_over_factors():
-    tree = gpt_tree(3, input_roles=("embed", "pos_embed"), fused_qkv=True)
+    tree = gpt_tree(3, input_roles=("embed", "pos_embed"))
     factors = update_factors(tree)
     rng = random.Random(0)
     for _ in range(5):
@@ -63,3 +62,15 @@ def test_nonuniform_role_is_reported():
     chain = compose(Atom("a", "mlp_in"), Bond(0.5), Atom("b", "mlp_in"))
     with pytest.raises(ValueError, match="role 'mlp_in' different factors"):
         role_fractions(chain)
+
+
+def test_mass_mode_on_a_tied_gpt2_with_learned_positions():
+    """model=gpt2_124m's routes (tied table on the Embed map, learned positions): the tied table is the
+    token input table for the mass split and keeps the width rule for its own rate (it is the head too)."""
+    from optim.hybrid_config import DualConfig, rates_from_config
+    routes = {"embed_head": "embed", "pos_embed": "embed", "attn_q": "linear", "mlp_out": "linear", "gain": "adam"}
+    rates = rates_from_config(DualConfig(rate_mode="mass", lr=0.05), routes, n_layer=12, width=768)
+    frac = mass_rule_fractions(12, ("embed", "pos_embed"))
+    assert rates["embed_head"] == pytest.approx(3.2 / 768)
+    assert rates["pos_embed"] == pytest.approx(0.05 * frac["pos_embed"])
+    assert rates["attn_q"] == pytest.approx(0.05 * frac["attn_q"])

@@ -1,9 +1,9 @@
-"""Newton-Schulz orthogonalization: symmetries, singular-value behaviour and accuracy (optimizer.md)."""
+"""Newton-Schulz orthogonalization: symmetries, singular-value behaviour and accuracy (docs/optimizer.md)."""
 import pytest
 import torch
 
 from optim import orthogonalize
-from optim.duality import exact_polar
+from optim.maps import exact_polar
 from optim.newton_schulz import METHODS, schedule, scalar_iteration
 
 ALL = sorted(METHODS)

@@ -54,15 +54,15 @@ def run_steps(schema_name: str, world_info=(0, 1), **overrides):
     """3 optimizer steps on fixed gradients (the same on every rank, as after DDP's all-reduce), with
     optional config overrides. Returns final params and how many linear-map matrices this process
     orthogonalized."""
-    import optim.hybrid as hybrid
+    from optim.maps import LinearMap
     calls = []
-    original = hybrid.dualize_linear_batched
+    original = LinearMap.orthogonalize
 
-    def counting(mats, *args, **kwargs):
+    def counting(self, mats, *args, **kwargs):
         calls.extend(tuple(x.shape) for x in mats)
-        return original(mats, *args, **kwargs)
+        return original(self, mats, *args, **kwargs)
 
-    hybrid.dualize_linear_batched = counting
+    LinearMap.orthogonalize = counting
     try:
         named, roles = make_params()
         schema = {"dual": DualConfig, "muon": MuonConfig}[schema_name]
@@ -73,7 +73,7 @@ def run_steps(schema_name: str, world_info=(0, 1), **overrides):
                 p.grad = torch.randn(p.shape, generator=gen)
             opt.step()
     finally:
-        hybrid.dualize_linear_batched = original
+        LinearMap.orthogonalize = original
     return {n: p.detach().clone() for n, p in named}, len(calls)
 
 

@@ -11,6 +11,7 @@ from model.gpt import GPT
 from optim import build_optimizer, orthogonalize
 from optim.hybrid_config import DualConfig, MuonConfig
 from tests.conftest import error_lines, run_train
+from tests.inprocess import compose_config
 
 
 def tiny_model(**kw) -> GPT:
@@ -60,7 +61,7 @@ def test_real_fused_qkv_step_is_per_block():
 def test_tied_model_needs_tied_map():
     model = tiny_model()  # GPT-2 default: tied embedding / head
     with pytest.raises(ValueError, match="optim.tied_map"):
-        build_optimizer(DualConfig(), list(model.named_parameters()), model.param_roles())
+        build_optimizer(DualConfig(tied_map=None), list(model.named_parameters()), model.param_roles())
     opt = build_optimizer(DualConfig(tied_map="embed"), list(model.named_parameters()), model.param_roles())
     assert groups_by_name(opt)["wte.weight"]["map"] == "embed"
     loss_backward(model)
@@ -100,15 +101,13 @@ def test_bad_optim_value_is_one_line_naming_the_key(tmp_path):
     assert len(lines) == 1 and "optim.rate_mode='auto'" in lines[0]
 
 
-@pytest.mark.parametrize("name,schema", [("dual", DualConfig), ("muon", MuonConfig)])
-def test_yaml_matches_schema_defaults(name, schema):
-    """configs/optim/NAME.yaml states every default explicitly; the two must not drift apart. The one
-    intended difference: the schema leaves tied_map unset (a tied model is rejected) and the yaml
-    files choose a map (and dual a rate) for a tied table explicitly, so GPT-2's tied model runs."""
+@pytest.mark.parametrize("name", ["adamw", "dual", "muon"])
+def test_optim_yaml_states_no_value_of_its_own(name):
+    """Each default is stated once, in the schema (optim/hybrid_config.py, optim/config.py):
+    configs/optim/NAME.yaml only names it, so `optim=NAME` is exactly the schema's defaults."""
     from pathlib import Path
+    from optim.config import OPTIM_SCHEMAS
     yaml = OmegaConf.load(Path(__file__).resolve().parents[1] / "configs" / "optim" / f"{name}.yaml")
-    defaults = OmegaConf.structured(schema)
-    assert defaults.tied_map is None and yaml.tied_map in ("adam", "embed")
-    for key, value in yaml.items():
-        if key not in ("defaults", "tied_map", "role_lr"):
-            assert defaults[key] == value, key
+    assert set(yaml.keys()) == {"defaults"}
+    schema = OPTIM_SCHEMAS[f"{name}_schema"]
+    assert compose_config(f"optim={name}").optim == schema()

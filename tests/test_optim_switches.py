@@ -13,13 +13,20 @@ import torch
 from omegaconf import OmegaConf
 
 from optim import build_hybrid
-from optim.duality import linear_scale
 from optim.hybrid_config import DualConfig, MuonConfig
-from optim.lanton import embed_dual_norm, linear_dual_norm_estimate
+from optim.maps import EmbedMap, LinearMap, linear_scale
 
 V, D, LAYERS, STEPS, LR = 40, 16, 3, 4, 0.05
 HIDDEN = {"qkv": ([3 * D, D], "attn_qkv"), "proj": ([D, D], "attn_out"), "fc": ([4 * D, D], "mlp_in"),
           "out": ([D, 4 * D], "mlp_out")}
+
+
+def linear_dual_norm_estimate(R, method, steps):
+    return LinearMap(DualConfig(ns_method=method, ns_steps=steps)).dual_norm_estimate(R)
+
+
+def embed_dual_norm(R):
+    return EmbedMap.dual_norm(R, torch.float32)
 
 
 def model_params(seed=0):
@@ -181,6 +188,20 @@ def test_normuon_matches_the_formula(scale):
     assert (rms.max() / rms.min()).item() == pytest.approx(1.0, abs=1e-4)
     assert first.norm().item() == pytest.approx(linear_scale(4 * D, D, scale) * math.sqrt(D), rel=1e-5)
     assert opt.state[dict(named_n)["h.0.qkv.weight"]]["normuon_v"].shape == (3, D)
+
+
+@pytest.mark.parametrize("switch", ["normuon", "lanton"])
+def test_a_zero_gradient_leaves_a_layer_finite_and_unchanged(switch):
+    """A layer behind a zero-initialized projection gets an all-zero gradient at first (track 3's q/k/v
+    on step 1): its step must be zero, not 0 * (target / 0) = NaN (found on the track-3 proxy)."""
+    named, roles = model_params()
+    grads = gradients(named, steps=2)
+    for step in grads:
+        step["h.0.qkv.weight"].zero_()
+    deltas, _ = run(config(**{switch: True}), grads, named, roles)
+    for t in range(2):
+        assert all(bool(torch.isfinite(d).all()) for d in deltas[t].values()), t
+        assert torch.count_nonzero(deltas[t]["h.0.qkv.weight"]) == 0
 
 
 # ---- cautious weight decay ------------------------------------------------------------------------

@@ -151,7 +151,7 @@ def test_muon_momentum_newton_schulz_and_adam_settings(built, rec):
 def test_record4_rms_match_reproduces_the_record_step():
     """The record stepped 3.6e-4 * sqrt(max(rows, cols)) (per QKV block: sqrt(768)); rms_match is
     0.2 * sqrt(max(rows, cols)) per block, so lr 1.8e-3 gives the same step for every matrix."""
-    from optim.duality import linear_scale
+    from optim.maps import linear_scale
     for rows, cols in ((768, 768), (3072, 768), (768, 3072)):
         assert math.isclose(1.8e-3 * linear_scale(rows, cols, "rms_match"), 3.6e-4 * math.sqrt(max(rows, cols)))
 

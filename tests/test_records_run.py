@@ -79,14 +79,14 @@ def test_record_runs_five_steps_on_cpu(rec, runs):
     trains = [e for e in events if e["event"] == "train"]
     assert [e["step"] for e in vals] == [0, 5] and [e["step"] for e in trains] == [1, 2, 3, 4, 5]
     assert all(0 < e["train_loss"] < 12 for e in trains) and vals[-1]["val_loss"] < vals[0]["val_loss"]
-    assert events[-1]["steps"] == 5 and events[-1]["reached_target"] is False
+    assert events[-1]["steps"] == 5 and events[-1]["stopped_at_val_loss"] is False
 
 
 def test_stop_at_val_loss_ends_a_time_to_target_run(runs):
     # a target every validation meets: the run stops at its first validation, before any training step
     events = events_of(runs, "record12_flexattn", 50.0)
     assert [e["event"] for e in events] == ["run", "val", "summary"]  # "run": git commit and hardware
-    assert events[-1]["steps"] == 0 and events[-1]["reached_target"] is True
+    assert events[-1]["steps"] == 0 and events[-1]["stopped_at_val_loss"] is True
 
 
 def test_stop_at_val_loss_must_be_positive():

@@ -6,13 +6,12 @@ import time
 
 import pytest
 import torch
-
-import optim.hybrid
 from omegaconf import OmegaConf
 
 from data.build import build_val_batches
 from harness.metrics import read_metrics
 from harness.weights import WEIGHTS_FILE, load_trained
+from optim.maps import LinearMap
 from tests.inprocess import SMOKE, compose_config, run
 from tests.wandb_records import isolated_wandb_env, offline_runs, read_offline_run
 
@@ -57,7 +56,7 @@ def test_diagnostics_are_not_training_time(tmp_path, monkeypatch):
     shift = [0.0]
     real = time.perf_counter
     monkeypatch.setattr(time, "perf_counter", lambda: real() + shift[0])
-    slow_ns, slow_norm = optim.hybrid.HybridOptimizer._ns_error, optim.hybrid._linear_norm_blocks
+    slow_ns, slow_norm = LinearMap.ns_error, LinearMap.norm
 
     def ns_error(self, *args):
         shift[0] += 1000.0
@@ -67,8 +66,8 @@ def test_diagnostics_are_not_training_time(tmp_path, monkeypatch):
         shift[0] += 1000.0
         return slow_norm(*args, **kwargs)
 
-    monkeypatch.setattr(optim.hybrid.HybridOptimizer, "_ns_error", ns_error)
-    monkeypatch.setattr(optim.hybrid, "_linear_norm_blocks", linear_norm)
+    monkeypatch.setattr(LinearMap, "ns_error", ns_error)
+    monkeypatch.setattr(LinearMap, "norm", staticmethod(linear_norm))
     summary = run(tmp_path, *DUAL, "optim.diag_every=2", "train.max_steps=6", "train.val_every=3")
     events = read_metrics(tmp_path / "metrics.jsonl")
     assert [e["step"] for e in events if e["event"] == "diag"] == [2, 4, 6]

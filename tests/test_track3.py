@@ -37,7 +37,8 @@ def test_track3_muon_groups_are_the_scripts():
                       "gain": ("adam", 0.015, 0.001, adam), "bias": ("adam", 0.015, 0.001, adam),
                       **{r: ("linear", 0.025, 0.05, ()) for r in
                          ("attn_q", "attn_k", "attn_v", "attn_out", "mlp_in", "mlp_out")}}
-    assert (opt.adam_eps, opt.momentum, opt.nesterov, opt.warmup[1], opt.ns_method, opt.ns_steps, opt.scale) == \
+    lin = opt.linear
+    assert (opt.adam.eps, opt.momentum, lin.nesterov, opt.warmup[1], lin.ns_method, lin.ns_steps, lin.scale) == \
         (1e-10, 0.95, True, 0, "track3", 12, "muon")
 
 
@@ -48,7 +49,7 @@ def test_track3_adamw_groups_are_the_scripts():
                       "gain": ("adam", 0.01, 0.0, aux), "bias": ("adam", 0.01, 0.0, aux),
                       **{r: ("adam", 0.0015, 0.1, block) for r in
                          ("attn_q", "attn_k", "attn_v", "attn_out", "mlp_in", "mlp_out")}}
-    assert opt.adam_eps == 1e-10
+    assert opt.adam.eps == 1e-10
 
 
 @pytest.mark.parametrize("experiment,curve", [("track3_muon", "track3_muon"), ("track3_adamw", "track3_adamw"),
@@ -191,7 +192,7 @@ def test_track3_experiments_run_through_the_trainer(experiment, tmp_path):
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        summary = train.train(cfg, D.DistInfo(0, 0, 1, torch.device("cpu")), tmp_path / "run")
+        summary = train.train(cfg, D.RankInfo(0, 0, 1, torch.device("cpu")), tmp_path / "run")
     finally:
         torch.set_num_threads(threads)
     vals = [e for e in read_metrics(tmp_path / "run" / "metrics.jsonl") if e.get("event") == "val"]

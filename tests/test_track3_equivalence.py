@@ -167,11 +167,11 @@ def test_full_size_parameter_count_and_every_groups_hyperparameters(experiment):
                 seen.add(name)
                 assert ours_g["initial_lr"] == g["lr"] and ours_g["weight_decay"] == g["weight_decay"], name
                 if type(ref_opt).__name__ == "Muon":
-                    assert ours_g["map"] == "linear" and opt.momentum == g["mu"] and opt.nesterov, name
-                    assert (opt.ns_method, opt.ns_steps, opt.scale, opt.warmup[1]) == ("track3", 12, "muon", 0)
+                    assert ours_g["map"] == "linear" and opt.momentum == g["mu"] and opt.linear.nesterov, name
+                    assert (opt.linear.ns_method, opt.linear.ns_steps, opt.linear.scale, opt.warmup[1]) == ("track3", 12, "muon", 0)
                 else:
                     assert ours_g["map"] == "adam" and tuple(ours_g["betas"]) == tuple(g["betas"]), name
-                    assert opt.adam_eps == g["eps"] and g["decoupled_weight_decay"], name
+                    assert opt.adam.eps == g["eps"] and g["decoupled_weight_decay"], name
     assert seen == set(mine)
 
 

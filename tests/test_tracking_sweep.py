@@ -51,8 +51,8 @@ def test_two_lrs_two_seeds_offline_wandb_and_summary(tmp_path, monkeypatch):
         assert [(h["_step"], h["tokens"]) for h in val_rows] == [(0, 0), (3, 12288), (6, 24576)]
         assert all("train_time_ms" in h for h in val_rows)
         assert rec["summary"]["final_val_loss"] == summary["final_val_loss"]
-        assert rec["summary"]["target_reached_step"] == summary["target_reached_step"] is not None
-        assert rec["summary"]["target_reached_train_time_ms"] == summary["target_reached_train_time_ms"]
+        assert rec["summary"]["target_val_loss_step"] == summary["target_val_loss_step"] is not None
+        assert rec["summary"]["target_val_loss_train_time_ms"] == summary["target_val_loss_train_time_ms"]
 
     # summarize.py: one row per run, mean +- std per lr, the plot and its series.
     out = tmp_path / "report"

@@ -21,7 +21,7 @@ TRAIN = {"event": "train", "step": 10, "tokens": 1000, "train_time_ms": 100.0, "
 DIAG = {"event": "diag", "step": 10, "tokens": 1000, "train_time_ms": 100.0, "ns_error": 0.031, "momentum": 0.9,
         "update_norm/attn_out": 0.05, "update_rms/gain": 0.01}
 SUMMARY = {"steps": 40, "final_val_loss": 3.3, "best_val_loss": 3.1, "target_val_loss": 3.28,
-           "target_reached_step": 20, "target_reached_train_time_ms": 200.0, "train_time_ms": 400.0,
+           "target_val_loss_step": 20, "target_val_loss_train_time_ms": 200.0, "train_time_ms": 400.0,
            "tokens_per_s": 10_000.0, "peak_host_memory_mib": 512.4}
 
 
@@ -32,8 +32,8 @@ def test_summary_records_when_the_target_was_first_reached(tmp_path):
     log.close({"final_val_loss": 3.3, "tokens": 4000, "train_time_ms": 400.0})
     summary = read_metrics(tmp_path / "m.jsonl")[-1]
     assert summary["event"] == "summary"
-    assert summary["target_reached_step"] == 20 and summary["target_reached_train_time_ms"] == 200.0
-    assert summary["target_reached_tokens"] == 2000 and summary["best_val_loss"] == 3.1
+    assert summary["target_val_loss_step"] == 20 and summary["target_val_loss_train_time_ms"] == 200.0
+    assert summary["target_val_loss_tokens"] == 2000 and summary["best_val_loss"] == 3.1
     assert summary["tokens_per_s"] == pytest.approx(10_000) and summary["peak_host_memory_mib"] > 0
 
 
@@ -41,7 +41,7 @@ def test_target_never_reached_is_null():
     tracker = ValTracker(3.0)
     for e in VAL:
         tracker.update(e)
-    assert tracker.summary()["target_reached_step"] is None and tracker.summary()["best_val_loss"] == 3.1
+    assert tracker.summary()["target_val_loss_step"] is None and tracker.summary()["best_val_loss"] == 3.1
 
 
 class FakeTTY(io.StringIO):
@@ -151,7 +151,7 @@ def test_wandb_sink_charts_val_loss_against_time_and_tokens(tmp_path):
     assert fake.run.rows[2][1] == {"train_time_ms": 100.0, "tokens": 1000, "diag/ns_error": 0.031,
                                    "diag/momentum": 0.9, "diag/update_norm/attn_out": 0.05,
                                    "diag/update_rms/gain": 0.01}
-    sink.close({"final_val_loss": 3.2, "target_reached_step": None})
+    sink.close({"final_val_loss": 3.2, "target_val_loss_step": None})
     assert fake.run.summary == {"final_val_loss": 3.2} and fake.run.finished
 
 

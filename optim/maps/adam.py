@@ -1,0 +1,56 @@
+"""The Adam path: gains, biases and scalars (roles gain, bias, scalar), the head by default
+(optim.head_map=adam), embeddings with optim.embed_map=adam (Muon's setup) and hidden matrices with
+optim.hidden_map=adam (track 3's AdamW result). These have no operator norm to dualize against (a
+vector's coordinates are independent), so they take Adam's elementwise, sign-like step:
+
+    m <- b1 m + (1 - b1) g,   v <- b2 v + (1 - b2) g^2           (t: the group's optimizer step, from 1)
+    d = (m / (1 - b1^t)) / (sqrt(v / (1 - b2^t)) + eps)
+    p <- p (1 - lr wd) - lr d          applied by HybridOptimizer (the decay masked with optim.cautious_wd)
+
+betas: optim.adam_betas (optim.hidden_adam_betas for hidden matrices), eps: optim.adam_eps, wd:
+optim.adam_weight_decay (optim.weight_decay for hidden matrices), each group's own ("betas",
+"weight_decay"). State: "exp_avg", "exp_avg_sq" (fp32), on every rank.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+
+@torch.no_grad()
+def adam_direction(grad: torch.Tensor, exp_avg: torch.Tensor, exp_avg_sq: torch.Tensor, step: int,
+                   betas: tuple[float, float], eps: float) -> torch.Tensor:
+    """Update the moment buffers in place and return the bias-corrected direction d above.
+    step: 1-based count of updates including this one. All tensors share grad's shape."""
+    beta1, beta2 = betas
+    exp_avg.lerp_(grad, 1 - beta1)
+    exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
+    bias1 = 1 - beta1**step
+    bias2 = 1 - beta2**step
+    denom = (exp_avg_sq / bias2).sqrt_().add_(eps)  # in place on one temporary: big tables (head) are memory-bound
+    return torch.div(exp_avg, denom).div_(bias1)
+
+
+class AdamMap:
+    """Adam's update rule; cfg: the optim config (optim/hybrid_config.py's fields)."""
+
+    name = "adam"
+
+    def __init__(self, cfg: Any):
+        self.eps = cfg.adam_eps
+
+    @staticmethod
+    def check_shape(name: str, role: str, p: torch.Tensor) -> None:
+        """Any shape: Adam is elementwise."""
+
+    @staticmethod
+    def init_state(state: dict, p: torch.Tensor) -> None:
+        if "exp_avg" not in state:
+            state["exp_avg"] = torch.zeros_like(p, dtype=torch.float32)
+            state["exp_avg_sq"] = torch.zeros_like(p, dtype=torch.float32)
+
+    def direction(self, p: torch.Tensor, state: dict, step: int, betas: tuple[float, float]) -> torch.Tensor:
+        """The direction d (fp32, p's shape) that p steps along, p <- p - lr d; step: the group's step (from 1)."""
+        self.init_state(state, p)
+        return adam_direction(p.grad.float(), state["exp_avg"], state["exp_avg_sq"], step, betas, self.eps)

@@ -1,0 +1,157 @@
+"""The linear map: the update of every hidden matrix (attn_q/k/v, attn_qkv, attn_out, mlp_in, mlp_out;
+the head too with optim.head_map=linear). What a weight such as W_q [d_out, d_in] gets, in order:
+
+    buf <- beta buf + (1 - beta) g,  u = (1 - beta) g + beta buf    momentum -> Nesterov (maps/momentum.py)
+    U V^T = NS(u)                      Newton-Schulz (optim/newton_schulz.py), per Q/K/V block of a fused weight
+    d = scale(d_out, d_in) * U V^T     the duality map of the RMS->RMS operator norm
+    d <- NorMuon(d)                    only with optim.normuon (optim/normuon.py)
+    p <- p (1 - lr wd) - lr d          applied by HybridOptimizer (lr x LANTON's per-layer factor with optim.lanton;
+                                       the decay masked with optim.cautious_wd: optim/lanton.py, optim/cautious.py)
+
+The norm and its dual, for W, G [d_out, d_in]:
+
+    ||W||   = sqrt(d_in / d_out) * spectral(W)      (RMS->RMS: how much W can grow an RMS-1 input)
+    ||G||_* = sqrt(d_out / d_in) * nuclear(G)      and <G, dualize(G)> = ||G||_* with the exact polar factor.
+
+scale: `spectral` sqrt(d_out/d_in) (the paper's: ||d|| = 1), `muon` sqrt(max(1, rows/cols)) (Muon's;
+equal unless fan-in > fan-out), `rms_match` 0.2 sqrt(max(rows, cols)) (Moonshot: update RMS ~0.2 like
+AdamW's, so AdamW rates transfer). Newton-Schulz is the expensive step, so HybridOptimizer runs it for
+every weight at once, batched per shape and split across ranks (optim/distributed.py): `direction` hands
+it its input and receives U V^T back. Everything else here runs on every rank, so every rank holds the
+complete, identical state ("momentum_buffer", and "normuon_v" with optim.normuon).
+"""
+from __future__ import annotations
+
+import math
+from typing import Any, Callable, Generator
+
+import torch
+
+from optim.maps.momentum import nesterov, update_momentum_
+from optim.newton_schulz import orthogonalize, orthogonalize_batched
+from optim.normuon import normuon_
+from optim.roles import FUSED_BLOCKS
+
+SCALES = ("spectral", "muon", "rms_match")
+
+
+def linear_scale(rows: int, cols: int, rule: str = "spectral") -> float:
+    """Factor multiplying U V^T for a [rows=d_out, cols=d_in] matrix, by `rule` (see the module docstring)."""
+    if rule == "spectral":
+        return math.sqrt(rows / cols)
+    if rule == "muon":
+        return math.sqrt(max(1.0, rows / cols))
+    if rule == "rms_match":
+        return 0.2 * math.sqrt(max(rows, cols))
+    raise ValueError(f"unknown linear scale rule {rule!r}; choose one of {list(SCALES)}")
+
+
+def exact_polar(G: torch.Tensor) -> torch.Tensor:
+    """U V^T from an SVD of G [..., rows, cols] (fp64 inside), over the nonzero singular values only,
+    so that, like Newton-Schulz, rank is preserved and the zero matrix maps to zero. Reference path."""
+    U, S, Vh = torch.linalg.svd(G.double(), full_matrices=False)
+    tol = S.amax(dim=-1, keepdim=True) * max(G.shape[-2:]) * torch.finfo(torch.float64).eps
+    keep = (S > tol).to(U.dtype)
+    return ((U * keep.unsqueeze(-2)) @ Vh).to(G.dtype)
+
+
+def block_shape(shape: torch.Size, role: str) -> torch.Size:
+    """The independent matrices of a [d_out, d_in] weight: [blocks, d_out / blocks, d_in] for a fused
+    role (optim.roles.FUSED_BLOCKS: attn_qkv's Q, K and V), else [d_out, d_in] itself."""
+    blocks = FUSED_BLOCKS.get(role, 1)
+    return torch.Size([blocks, shape[0] // blocks, shape[1]]) if blocks > 1 else torch.Size(shape)
+
+
+class LinearMap:
+    """The hidden matrices' update rule; cfg: the optim config (optim/hybrid_config.py's fields)."""
+
+    name = "linear"
+
+    def __init__(self, cfg: Any):
+        self.scale, self.ns_method, self.ns_steps = cfg.scale, cfg.ns_method, cfg.ns_steps
+        self.momentum_form, self.nesterov = cfg.momentum_form, cfg.nesterov
+        self.normuon, self.normuon_beta, self.normuon_eps = cfg.normuon, cfg.normuon_beta, cfg.normuon_eps
+
+    # ---- the norm -----------------------------------------------------------------------------
+
+    @staticmethod
+    def norm(W: torch.Tensor) -> torch.Tensor:
+        """RMS->RMS operator norm of each matrix of W [..., d_out, d_in] (fp64): sqrt(d_in/d_out) spectral(W)."""
+        return math.sqrt(W.size(-1) / W.size(-2)) * torch.linalg.matrix_norm(W.double(), ord=2)
+
+    @staticmethod
+    def dual_norm(G: torch.Tensor) -> torch.Tensor:
+        """Its dual, sqrt(d_out/d_in) * nuclear(G), of each matrix of G [..., d_out, d_in] (fp64, by SVD)."""
+        return math.sqrt(G.size(-2) / G.size(-1)) * torch.linalg.matrix_norm(G.double(), ord="nuc")
+
+    def dual_norm_estimate(self, R: torch.Tensor) -> torch.Tensor:
+        """The dual norm without an SVD, summed over the matrices of R [..., d_out, d_in] (fp32): nuclear(R) =
+        <R, U V^T>, with U V^T from this map's Newton-Schulz (LANTON's noise sample). 0-dim, R's device."""
+        polar = orthogonalize(R, self.ns_method, self.ns_steps).float()
+        return (R.float() * polar).sum() * math.sqrt(R.size(-2) / R.size(-1))
+
+    # ---- the duality map ----------------------------------------------------------------------
+
+    def dualize(self, G: torch.Tensor, exact: bool = False) -> torch.Tensor:
+        """scale(d_out, d_in) * U V^T for each matrix of G = U S V^T [..., d_out, d_in], U V^T by this map's
+        Newton-Schulz, or by an exact SVD with `exact` (tests, references). G's shape and dtype."""
+        return self.scaled(exact_polar(G) if exact else orthogonalize(G, self.ns_method, self.ns_steps))
+
+    def scaled(self, polar: torch.Tensor) -> torch.Tensor:
+        """The duality map's last step: scale(d_out, d_in) * U V^T, for each matrix of polar [..., d_out, d_in]."""
+        return polar * linear_scale(polar.size(-2), polar.size(-1), self.scale)
+
+    def orthogonalize(self, mats: list[torch.Tensor]) -> list[torch.Tensor]:
+        """U V^T of every tensor in `mats` ([..., rows, cols] each), one batched Newton-Schulz call per shape."""
+        return orthogonalize_batched(mats, self.ns_method, self.ns_steps)
+
+    # ---- state and the update -----------------------------------------------------------------
+
+    @staticmethod
+    def check_shape(name: str, role: str, p: torch.Tensor) -> None:
+        blocks = FUSED_BLOCKS.get(role, 1)
+        if p.ndim != 2 or p.size(0) % blocks:
+            raise ValueError(f"parameter {name!r} (role {role!r}) is routed to the linear map but has shape "
+                             f"{tuple(p.shape)}; expected [d_out, d_in]" +
+                             (f" with d_out divisible by {blocks}" if blocks > 1 else ""))
+
+    def init_state(self, state: dict, p: torch.Tensor, role: str) -> None:
+        """Create the entries `state` lacks (a fresh parameter, or a checkpoint saved with other switches)."""
+        if "momentum_buffer" not in state:
+            state["momentum_buffer"] = torch.zeros_like(p, dtype=torch.float32)
+        if self.normuon and "normuon_v" not in state:  # one second moment per row of each block
+            state["normuon_v"] = torch.zeros(block_shape(p.shape, role)[:-1], dtype=torch.float32, device=p.device)
+
+    def direction(self, p: torch.Tensor, state: dict, beta: float, role: str
+                  ) -> Generator[Callable[[], torch.Tensor], torch.Tensor, torch.Tensor]:
+        """The direction d (fp32, p's shape) that p steps along, p <- p - lr d, as a generator: it runs to the
+        Newton-Schulz input and yields a function making it (called on the one rank that orthogonalizes
+        this weight), is sent back U V^T ([blocks, rows, cols] or [rows, cols]) and returns d."""
+        self.init_state(state, p, role)
+        buf, shape = state["momentum_buffer"], block_shape(p.shape, role)
+        update_momentum_(buf, p.grad, beta, self.momentum_form)  # every rank: the state stays complete
+        # Newton-Schulz of the Nesterov direction, per block: HybridOptimizer batches it with the other weights'
+        polar = yield lambda: nesterov(buf, p.grad, beta, self.momentum_form, self.nesterov).view(shape)
+        d = self.scaled(polar)  # the duality map: scale * U V^T
+        if self.normuon:
+            rows, cols = shape[-2], shape[-1]
+            target = linear_scale(rows, cols, self.scale) * math.sqrt(min(rows, cols))  # ||scale * U V^T||_F
+            d = normuon_(d, state["normuon_v"], self.normuon_beta, self.normuon_eps, target)
+        return d.reshape(p.shape)
+
+    def noise_sample(self, p: torch.Tensor, state: dict, role: str) -> torch.Tensor:
+        """LANTON's noise sample of this layer: the dual norm of G - B (B: the updated momentum buffer),
+        summed over blocks, estimated by Newton-Schulz (optim/lanton.py). 0-dim fp32."""
+        residual = p.grad.float() - state["momentum_buffer"]
+        return self.dual_norm_estimate(residual.view(block_shape(p.shape, role)))
+
+    def ns_error(self, u: torch.Tensor) -> dict[str, float]:
+        """Diagnostics on the first matrix of u [..., rows, cols]: Newton-Schulz's relative error against
+        the exact polar factor (fp64) and the range of the singular values it produced (ideal: all 1)."""
+        x = u.reshape(-1, *u.shape[-2:])[0]
+        ns = orthogonalize(x, self.ns_method, self.ns_steps).double()
+        ref = exact_polar(x.double())
+        s = torch.linalg.svdvals(ns)
+        k = min(x.shape)
+        return {"ns_error": float((ns - ref).norm() / ref.norm().clamp_min(1e-30)),
+                "ns_sv_min": float(s[:k].min()), "ns_sv_max": float(s.max())}
