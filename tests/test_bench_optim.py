@@ -9,8 +9,7 @@ from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
-import bench_optim  # noqa: E402
+import scripts.bench_optim as bench_optim
 
 ARMS = ["muon", "dual", "dual-lanton"]
 BASE = ["--experiment", "smoke", "--steps", "400", "--lr-mults", "0.5,1,2", "--jobs", "1",

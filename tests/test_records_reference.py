@@ -63,11 +63,7 @@ def our_name(name: str) -> str:
 
 
 def config(rec: str, *extra: str):
-    import importlib.util
-    from tests.conftest import REPO
-    spec = importlib.util.spec_from_file_location("describe", REPO / "scripts" / "describe.py")
-    describe = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(describe)
+    import scripts.describe as describe
     layers = RECORDS[rec][1]
     return describe.load([f"experiment={rec}", *SHRINK, f"model.n_layer={layers}", *extra])
 

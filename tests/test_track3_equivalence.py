@@ -215,9 +215,5 @@ def test_bf16_table_runs_the_model_in_bf16_like_the_script(experiment):
 
 
 def _describe():
-    import importlib.util
-    from tests.conftest import REPO
-    spec = importlib.util.spec_from_file_location("describe", REPO / "scripts" / "describe.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    import scripts.describe as describe
+    return describe
