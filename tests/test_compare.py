@@ -69,6 +69,7 @@ def test_speedrun_log_format_is_parsed(tmp_path):
         read_curve(tmp_path / "empty.txt")
 
 
+@pytest.mark.e2e
 def test_compare_reports_known_crossings_and_plots(tmp_path):
     # crosses 3.28 first at step 300 (3.279), after 300 * 50 ms = 15 s
     fast = write_run(tmp_path / "fast", [10.9, 4.0, 3.5, 3.279, 3.27])
@@ -108,6 +109,7 @@ def test_ttest_p_values_match_the_closed_form():
         one_sided_ttest([3.2])
 
 
+@pytest.mark.e2e
 def test_significance_cli_on_run_folders(tmp_path):
     runs = [write_run(tmp_path / f"seed{i}", [10.9, 3.5, v], seed=i) for i, v in enumerate([3.270, 3.271, 3.272])]
     proc = run_script("significance", *map(str, runs))

@@ -2,6 +2,7 @@
 import csv
 import subprocess
 
+import pytest
 from omegaconf import OmegaConf
 
 from harness.metrics import read_metrics
@@ -16,6 +17,7 @@ def git_head():
     return done.stdout.strip() if done.returncode == 0 else None
 
 
+@pytest.mark.e2e
 def test_two_lrs_two_seeds_offline_wandb_and_summary(tmp_path, monkeypatch):
     repo_before = {p.name for p in REPO.iterdir()}
     sweep = tmp_path / "sweep"
