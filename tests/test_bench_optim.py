@@ -138,7 +138,7 @@ def test_switch_cost_measures_every_arm_on_a_tiny_model():
 
     import torch
 
-    import bench_switch_cost as cost
+    import scripts.bench_switch_cost as cost
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:

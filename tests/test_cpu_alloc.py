@@ -27,6 +27,7 @@ def _faults_per_step(steps: int = 2) -> float:
     return (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - start) / steps
 
 
+@pytest.mark.e2e  # integration: the process's page-fault counters over 100 MB temporaries
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's mallopt")
 def test_big_temporaries_stop_faulting_pages():
     mallopt = ctypes.CDLL(ctypes.util.find_library("c")).mallopt

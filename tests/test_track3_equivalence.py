@@ -19,7 +19,7 @@ from optim import build_optimizer
 from tests.inprocess import compose_config
 from tests.track3_reference import definitions, load_reference_weights, needs_reference, our_name, setup
 
-pytestmark = needs_reference
+pytestmark = [needs_reference, pytest.mark.e2e]  # integration: the reference scripts at shrunk size
 EXPERIMENTS = ("track3_muon", "track3_adamw")
 SMALL = dict(vocab_size=512, num_layers=2, model_dim=256)
 SMALL_OVERRIDES = ("model.n_layer=2", "model.n_embd=256", "model.n_head=2", "model.vocab_size=512",
