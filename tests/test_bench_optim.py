@@ -118,12 +118,12 @@ def test_dry_run_lists_arms_aliases_and_run_count(tmp_path, monkeypatch, capsys)
 @pytest.mark.e2e
 def test_tiny_real_benchmark_end_to_end(tmp_path):
     """Real train.py runs (smoke, 4 steps): 2 arms, 2 lrs, 2 seeds; the report is written."""
-    import subprocess
-    cmd = [sys.executable, str(Path(bench_optim.__file__)), "--experiment", "smoke", "--steps", "4",
-           "--val-every", "2", "--set", "train.val_tokens=4096", "--arms", "muon", "dual-normuon",
-           "--extra", "muon:model.tie_embeddings=false", "--center", "*=0.05", "--lr-mults", "1,2",
-           "--seeds", "2", "--jobs", "2", "--out-runs", str(tmp_path / "runs"), "--report", str(tmp_path / "r.md")]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    from tests.conftest import run_script
+    proc = run_script("bench_optim", "--experiment", "smoke", "--steps", "4",
+                      "--val-every", "2", "--set", "train.val_tokens=4096", "--arms", "muon", "dual-normuon",
+                      "--extra", "muon:model.tie_embeddings=false", "--center", "*=0.05", "--lr-mults", "1,2",
+                      "--seeds", "2", "--jobs", "2", "--out-runs", str(tmp_path / "runs"),
+                      "--report", str(tmp_path / "r.md"), timeout=600)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     text = (tmp_path / "r.md").read_text()
     assert "| dual-normuon |" in text and "Reference: **muon**" in text and "**Incomplete**" not in text
