@@ -4,8 +4,6 @@ of finished runs, refusal of a folder made by other overrides, restart of a run 
 report. One real end-to-end benchmark of tiny smoke runs is marked e2e."""
 import json
 import math
-import sys
-from pathlib import Path
 
 import pytest
 
