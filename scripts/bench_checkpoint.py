@@ -1,7 +1,7 @@
 """Checkpoint size, write and resume time for a model + optimizer, and the proof that checkpoint time
 stays out of train time.
 
-    python scripts/bench_checkpoint.py [--model gpt2_124m] [--optim dual] [--repeats 3]
+    python -m scripts.bench_checkpoint [--model gpt2_124m] [--optim dual] [--repeats 3]
                                        [--train-optim adamw] [--steps 4] [--out results/benchmarks/checkpoint_cpu.md]
 
 1. State: the model and optimizer after one real optimizer step (so every momentum / Adam buffer
@@ -21,24 +21,23 @@ import argparse
 import os
 import platform
 import shutil
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import torch
 
+import train as trainer
+from data.build import build_train_loader, prepare_data
+from harness import distributed as D
+from harness.atomic_io import write_text_atomic
+from harness.checkpoint import Checkpointer
+from harness.checkpoint_store import read_manifest
+from model.gpt import GPT
+from optim import build_optimizer
+from tests.inprocess import compose_config
+
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-import train as trainer  # noqa: E402
-from data.build import build_train_loader, prepare_data  # noqa: E402
-from harness import distributed as D  # noqa: E402
-from harness.atomic_io import write_text_atomic  # noqa: E402
-from harness.checkpoint import Checkpointer  # noqa: E402
-from harness.checkpoint_store import read_manifest  # noqa: E402
-from model.gpt import GPT  # noqa: E402
-from optim import build_optimizer  # noqa: E402
-from tests.inprocess import compose_config  # noqa: E402
 
 CPU = D.RankInfo(0, 0, 1, torch.device("cpu"))
 
@@ -134,7 +133,7 @@ def report(args, state: dict, rows: list[dict]) -> str:
     mean_save = sum(state["saves"]) / len(state["saves"])
     lines = [
         f"# Checkpoint size and time: model={args.model}, optim={args.optim} (CPU)", "",
-        f"Command: `python scripts/bench_checkpoint.py --model {args.model} --optim {args.optim} "
+        f"Command: `python -m scripts.bench_checkpoint --model {args.model} --optim {args.optim} "
         f"--repeats {args.repeats} --train-optim {args.train_optim} --steps {args.steps}`  ",
         f"Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} vCPUs shared with other jobs "
         f"(load average {os.getloadavg()[0]:.1f} at the end), torch {torch.__version__}, "
@@ -177,7 +176,8 @@ def report(args, state: dict, rows: list[dict]) -> str:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(prog="python -m scripts.bench_checkpoint", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="gpt2_124m")
     ap.add_argument("--optim", default="dual")
     ap.add_argument("--repeats", type=int, default=3)

@@ -1,6 +1,6 @@
 """Loader throughput on this machine: tokens/s per process that `next_batch()` delivers.
 
-    python scripts/bench_loader.py [--dir SHARDS] [--seconds 2] [--out results/benchmarks/loader_cpu.md]
+    python -m scripts.bench_loader [--dir SHARDS] [--seconds 2] [--out results/benchmarks/loader_cpu.md]
 
 What is measured: wall time of `loader.next_batch()` on one process (rank 0 of
 `--world` ranks), i.e. locating the batch in the memory-mapped shards, slicing it
@@ -26,11 +26,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from data.bos import BOSAlignedLoader  # noqa: E402
-from data.loader import ContiguousLoader  # noqa: E402
-from data.shards import EOT_TOKEN, find_shards, write_shard  # noqa: E402
-from harness.atomic_io import write_text_atomic  # noqa: E402
+from data.bos import BOSAlignedLoader
+from data.loader import ContiguousLoader
+from data.shards import EOT_TOKEN, find_shards, write_shard
+from harness.atomic_io import write_text_atomic
 
 
 def synthesize(folder: Path, shards: int = 2, tokens_per_shard: int = 25_000_000, seed: int = 0) -> list[Path]:
@@ -75,7 +74,7 @@ def slicing_only(files: list[Path], B: int, T: int, seconds: float) -> float:
 
 
 def main() -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m scripts.bench_loader", description=__doc__.split("\n\n")[0])
     p.add_argument("--dir", default=None, help="folder of fineweb_train_*.bin shards (default: synthesize)")
     p.add_argument("--seconds", type=float, default=2.0, help="time per configuration")
     p.add_argument("--world", type=int, default=8, help="simulated world size (this process is rank 0)")
@@ -114,7 +113,7 @@ def main() -> int:
     lines = [
         "# Loader throughput (CPU)",
         "",
-        f"Command: `python scripts/bench_loader.py{' --dir ' + args.dir if args.dir else ''} --seconds {args.seconds:g}"
+        f"Command: `python -m scripts.bench_loader{' --dir ' + args.dir if args.dir else ''} --seconds {args.seconds:g}"
         f" --world {args.world}`  ",
         f"Machine: {cpu}, {torch.get_num_threads()} torch threads; Python {platform.python_version()}, "
         f"numpy {np.__version__}, torch {torch.__version__}  ",

@@ -5,8 +5,8 @@ matrices) and each method, times orthogonalize (median of --reps runs after one 
 the SVD route to U V^T, and measures the relative error ||NS(G) - U V^T||_F / ||U V^T||_F and the
 range of the output's singular values on Gaussian inputs. Writes a markdown table.
 
-    python scripts/bench_ns.py                       # CPU, fp32 -> results/benchmarks/ns_cpu.md
-    python scripts/bench_ns.py --device cuda --out results/benchmarks/ns_gpu.md   # bf16 NS
+    python -m scripts.bench_ns                       # CPU, fp32 -> results/benchmarks/ns_cpu.md
+    python -m scripts.bench_ns --device cuda --out results/benchmarks/ns_gpu.md   # bf16 NS
 
 --batched times the optimizer's two ways through GPT-2 124M's 48 hidden matrices (12 layers x fused
 QKV [2304, 768] as 3 blocks, attention out [768, 768], MLP in [3072, 768] and out [768, 3072]):
@@ -19,16 +19,14 @@ import argparse
 import os
 import platform
 import statistics
-import sys
 import time
 from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from harness.atomic_io import write_text_atomic  # noqa: E402
-from optim import orthogonalize  # noqa: E402
-from optim.newton_schulz import METHODS, default_dtype, orthogonalize_batched, schedule  # noqa: E402
+from harness.atomic_io import write_text_atomic
+from optim import orthogonalize
+from optim.newton_schulz import METHODS, default_dtype, orthogonalize_batched, schedule
 
 SHAPES = [(768, 768), (768, 3072), (12, 768, 3072)]
 
@@ -56,7 +54,8 @@ def svd_polar(G: torch.Tensor) -> torch.Tensor:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(prog="python -m scripts.bench_ns", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--out", default=None, help="default results/benchmarks/ns_cpu.md (--batched: ns_batched_cpu.md)")
@@ -115,7 +114,7 @@ def bench_batched(device: torch.device, reps: int, method: str, out: Path) -> No
     blocks = sum(m.reshape(-1, *m.shape[-2:]).size(0) for m in mats)
     lines = [
         f"# Batched Newton-Schulz: GPT-2 124M's hidden matrices ({device.type})", "",
-        f"Command: `python scripts/bench_ns.py --batched --device {device.type} --reps {reps}`  ",
+        f"Command: `python -m scripts.bench_ns --batched --device {device.type} --reps {reps}`  ",
         f"Machine: {name}, torch {torch.__version__}, {torch.get_num_threads()} threads; {method} in "
         f"{default_dtype(device)}; median of {reps} runs of each path, interleaved, after a warm-up of each "
         f"(runs: per matrix {', '.join(f'{t:.1f}' for t in times['per'])} s; batched "
@@ -141,7 +140,7 @@ def write_report(path: Path, rows, device, work_dtype, reps, load) -> None:
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or platform.machine()
     lines = [
         f"# Newton-Schulz vs SVD ({device.type})", "",
-        f"Command: `python scripts/bench_ns.py --device {device.type}`  ",
+        f"Command: `python -m scripts.bench_ns --device {device.type}`  ",
         f"Machine: {name}, torch {torch.__version__}, {torch.get_num_threads()} threads; NS in {work_dtype}, "
         f"SVD in fp32; median of {reps} runs after a warm-up. Inputs: standard Gaussian.  ",
         f"1-minute load average {load[0]:.1f} before and {load[1]:.1f} after the run (timings on a shared "

@@ -9,7 +9,7 @@ loss picks the arm's lr; phase 2: seeds 1..N-1 at that lr. Resumable: a folder w
 holds a summary is reused (a folder made by other overrides is refused, naming it); a run stopped by
 SIGTERM resumes from its checkpoint; one that died without a checkpoint is moved aside and rerun.
 
-    python scripts/bench_optim.py --experiment cpu_fineweb --data ../shared/corpora/fineweb-sample/tokens \\
+    python -m scripts.bench_optim --experiment cpu_fineweb --data ../shared/corpora/fineweb-sample/tokens \\
         --set model.tie_embeddings=false --center muon=0.01 --center 'dual*=0.03' --steps 400 --dry-run
 
 --dry-run prints the resolved arms and the run plan and launches nothing; --report-only writes the
@@ -27,12 +27,11 @@ import time
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from pathlib import Path
 
+from scripts.bench_arms import ARMS, Arm, parse_arm_specs, resolve_arms
+from scripts.bench_stats import load_run
+from scripts.optim_report import write_report
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "scripts"))
-from bench_arms import ARMS, Arm, parse_arm_specs, resolve_arms  # noqa: E402
-from bench_stats import load_run  # noqa: E402
-from optim_report import write_report  # noqa: E402
 
 RECORD = "bench.json"  # in each run folder: the overrides it was launched with
 
@@ -137,7 +136,8 @@ def chosen_lr(results: dict, arm: str, grid: list[float]) -> float | None:
 
 
 def parse_args(argv: list[str] | None):
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(prog="python -m scripts.bench_optim", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--experiment", default="cpu_fineweb", help="base experiment of every run")
     ap.add_argument("--data", default=None, help="data.dir for every run (token shards)")
     ap.add_argument("--set", nargs="*", default=[], dest="common", help="more overrides for every run")
@@ -216,7 +216,7 @@ def main(argv: list[str] | None = None) -> None:
     chosen = {a.name: chosen_lr(results, a.name, grids[a.name]) for a in live}
     expected = {(a.name, lr, 0) for a in live for lr in grids[a.name]}
     expected |= {(n, c, s) for n, c in chosen.items() if c is not None for s in range(1, args.seeds)}
-    setup = {"command": " ".join(["python scripts/bench_optim.py", *(argv if argv is not None else sys.argv[1:])]),
+    setup = {"command": " ".join(["python -m scripts.bench_optim", *(argv if argv is not None else sys.argv[1:])]),
              "base": base, "reference": args.reference, "seeds": args.seeds, "lr_mults": args.lr_mults,
              "steps": args.steps, "device": args.device, "machine": machine(args.device, args.jobs, args.threads),
              "wall_min": (time.time() - t_start) / 60, "missing": sorted(run_name(*k) for k in expected - results.keys()),

@@ -15,7 +15,7 @@ Modes:
 
 The ratio is the median over repeats of (harness median step time / bare median step time).
 
-    python scripts/bench_overhead.py --data-dir ../shared/corpora/fineweb-sample/tokens --steps 30 --repeats 8
+    python -m scripts.bench_overhead --data-dir ../shared/corpora/fineweb-sample/tokens --steps 30 --repeats 8
 """
 from __future__ import annotations
 
@@ -30,9 +30,9 @@ import tempfile
 import time
 from pathlib import Path
 
+from harness.atomic_io import write_text_atomic
+
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-from harness.atomic_io import write_text_atomic  # noqa: E402
 
 
 def overrides(args) -> list[str]:
@@ -107,8 +107,8 @@ def harness_subprocess(args, run_dir: Path) -> list[float]:
 
 
 def bare_subprocess(args) -> list[float]:
-    out = subprocess.run([sys.executable, __file__, "--bare", *sys.argv[1:]], capture_output=True, text=True,
-                         cwd=REPO, check=True).stdout
+    out = subprocess.run([sys.executable, "-m", "scripts.bench_overhead", "--bare", *sys.argv[1:]],
+                         capture_output=True, text=True, cwd=REPO, check=True).stdout
     return json.loads(out.strip().splitlines()[-1])
 
 
@@ -130,7 +130,8 @@ def measure(args, tmp: Path) -> list[tuple[float, float]]:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(prog="python -m scripts.bench_overhead", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--experiment", default="cpu_fineweb")
     ap.add_argument("--data-dir", required=True)
     ap.add_argument("--steps", type=int, default=30)
@@ -156,7 +157,7 @@ def main() -> None:
     lines = [
         "# Harness overhead (CPU)",
         "",
-        f"Command: `python scripts/bench_overhead.py {' '.join(sys.argv[1:])}` ({os.cpu_count()} CPUs "
+        f"Command: `python -m scripts.bench_overhead {' '.join(sys.argv[1:])}` ({os.cpu_count()} CPUs "
         f"{platform.machine()}, torch {torch.__version__}, {torch.get_num_threads()} threads).",
         "",
         f"Mode `{args.mode}`: median step time of steps {args.skip}..{args.steps} of each segment; the order of "

@@ -9,12 +9,10 @@ from __future__ import annotations
 
 import json
 import math
-import sys
 from pathlib import Path
 from statistics import mean, stdev
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from harness.curves import Curve, Point, first_crossing  # noqa: E402
+from harness.curves import Curve, Point, first_crossing
 
 
 def load_run(run_dir: Path) -> dict | None:

@@ -6,7 +6,7 @@ load hit every arm alike): each segment runs K steps and records the optimizer s
 whole step's (forward + backward + optimizer). Figures: the median over repeats of each segment's
 mean ms per step. cautious_wd needs a decay: its arm is compared with dual at the same decay.
 
-    python scripts/bench_switch_cost.py --repeats 7 --steps 5 --out results/benchmarks/switch_cost_cpu.md
+    python -m scripts.bench_switch_cost --repeats 7 --steps 5 --out results/benchmarks/switch_cost_cpu.md
 """
 from __future__ import annotations
 
@@ -20,13 +20,13 @@ from pathlib import Path
 
 import torch
 
+from harness.atomic_io import write_text_atomic
+from model.config import ModelConfig
+from model.gpt import GPT
+from optim import build_optimizer
+from optim.hybrid_config import DualConfig
+
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-from harness.atomic_io import write_text_atomic  # noqa: E402
-from model.config import ModelConfig  # noqa: E402
-from model.gpt import GPT  # noqa: E402
-from optim import build_optimizer  # noqa: E402
-from optim.hybrid_config import DualConfig  # noqa: E402
 
 WD = 0.05
 ARMS = {  # name -> DualConfig overrides
@@ -90,7 +90,8 @@ def load() -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(prog="python -m scripts.bench_switch_cost", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--steps", type=int, default=5, help="steps per timed segment")
     ap.add_argument("--repeats", type=int, default=7, help="segments per arm (the median is reported)")
     ap.add_argument("--threads", type=int, default=1, help="torch threads (the benchmark's runs use 1)")
@@ -113,7 +114,7 @@ def main(argv: list[str] | None = None) -> None:
     after = load()
     where = torch.cuda.get_device_name(0) if device.type == "cuda" else f"{os.cpu_count()} CPU cores, {platform.processor() or platform.machine()}"
     L = [f"# Per-step cost of the optimizer switches vs plain dual ({args.device.upper()})", "",
-         f"Command: `python scripts/bench_switch_cost.py {' '.join(argv if argv is not None else sys.argv[1:])}` "
+         f"Command: `python -m scripts.bench_switch_cost {' '.join(argv if argv is not None else sys.argv[1:])}` "
          f"({(time.time() - t0) / 60:.1f} min), torch {torch.__version__}, {args.threads} thread(s), {where}.  ",
          f"Machine load: {before} before, {after} after (other work shares these cores: figures are noisy).  ",
          f"Method: one model + optimizer per arm, one fixed batch of {SHAPES[next(iter(SHAPES))][1]} x "

@@ -1,8 +1,8 @@
 """Compare runs against a reference result: val loss vs training time and vs tokens, and time to target.
 
-    python scripts/compare.py outputs/runs/A outputs/runs/B --record record05_modernarch
-    python scripts/compare.py logs/1234.txt --record record12_flexattn --target 3.28 --interpolate
-    python scripts/compare.py outputs/runs/T3 --record track3_muon      # track 3: #36's 10 runs
+    python -m scripts.compare outputs/runs/A outputs/runs/B --record record05_modernarch
+    python -m scripts.compare logs/1234.txt --record record12_flexattn --target 3.28 --interpolate
+    python -m scripts.compare outputs/runs/T3 --record track3_muon      # track 3: #36's 10 runs
 
 RUN may be a run folder of this harness (metrics.jsonl), a metrics.jsonl, a speedrun log
 (`step:N/M val_loss:X train_time:Tms` lines) or a step,val_loss,train_time_ms CSV.
@@ -30,11 +30,9 @@ import math
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from harness.curves import (DEFAULT_TARGET, RECORD_TOKENS_PER_STEP, BandPoint, Crossing, Curve,  # noqa: E402
+from harness.curves import (DEFAULT_TARGET, RECORD_TOKENS_PER_STEP, BandPoint, Crossing, Curve,
                             CurveError, band, first_crossing, mean_curve, read_curve, record_curves)
-from harness.significance import TRACK3_MARGIN  # noqa: E402
+from harness.significance import TRACK3_MARGIN
 
 REPO = Path(__file__).resolve().parents[1]
 ZOOM = 1.5  # the y-axis shows at most target + ZOOM, unless a run lies entirely above it
@@ -192,7 +190,8 @@ def _plot_difference(ax, runs: list[Curve], spread: list[BandPoint]) -> list[str
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(prog="python -m scripts.compare", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("runs", nargs="+", help="run folders, metrics.jsonl files, speedrun logs or CSVs")
     ap.add_argument("--record", required=True, help="reference name (results/records/<name>.csv) or a CSV path")
     ap.add_argument("--target", type=float, default=DEFAULT_TARGET)

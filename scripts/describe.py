@@ -1,7 +1,7 @@
 """Describe a configuration before spending GPU hours on it: the model and optimizer it builds.
 
-    python scripts/describe.py experiment=record08_untie
-    python scripts/describe.py experiment=record20_sub3min model.n_layer=16 optim.lr=0.04
+    python -m scripts.describe experiment=record08_untie
+    python -m scripts.describe experiment=record20_sub3min model.n_layer=16 optim.lr=0.04
 
 Composes the config exactly as train.py does (same overrides), builds the model and the
 optimizer on the meta device (no memory, no data, no training) and prints: `parameters: N`,
@@ -14,19 +14,18 @@ import sys
 from collections import Counter
 from pathlib import Path
 
+import torch
+from hydra import compose, initialize_config_dir
+from hydra.errors import HydraException
+from omegaconf.errors import OmegaConfBaseException
+
+from harness.config import Config, ConfigError, load_config, register_configs
+from model.gpt import GPT
+from model.masks import window_units
+from optim import build_optimizer
+from optim.newton_schulz import schedule
+
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-
-import torch  # noqa: E402
-from hydra import compose, initialize_config_dir  # noqa: E402
-from hydra.errors import HydraException  # noqa: E402
-from omegaconf.errors import OmegaConfBaseException  # noqa: E402
-
-from harness.config import Config, ConfigError, load_config, register_configs  # noqa: E402
-from model.gpt import GPT  # noqa: E402
-from model.masks import window_units  # noqa: E402
-from optim import build_optimizer  # noqa: E402
-from optim.newton_schulz import schedule  # noqa: E402
 
 
 def load(overrides: list[str]) -> Config:

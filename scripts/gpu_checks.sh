@@ -56,12 +56,12 @@ pack() {  # what the summary needs, refreshed after every step: each run's metri
 }
 
 train() {  # train.py OVERRIDES...; in a dry run, compose the same config and print what it builds
-    if [ "$DRY" = 1 ]; then $PY scripts/describe.py "$@"; else $PY train.py "$@"; fi
+    if [ "$DRY" = 1 ]; then $PY -m scripts.describe "$@"; else $PY train.py "$@"; fi
 }
 
 side_by_side() {  # side_by_side RECORD EXPERIMENT STEPS: vs_reference.py, both runs within this step's limit
     local per_run=$(((STEP_LIMIT - 25) / 2))  # two runs, then the report
-    $PY scripts/vs_reference.py --reference "$CARRY/reference/$1.py" --experiment "$2" --data "$DATA" \
+    $PY -m scripts.vs_reference --reference "$CARRY/reference/$1.py" --experiment "$2" --data "$DATA" \
         --steps "$3" --gpus 1 --val-tokens 393216 --timeout "$per_run" --python "$PY" \
         --out "$OUT/vs_reference/${1%%_*}" $([ "$DRY" = 1 ] && echo --dry-run)
 }
@@ -76,7 +76,7 @@ if ! $PY -c "import hydra, omegaconf" 2>/dev/null; then  # the GPU machine has t
     $PY -m pip install --quiet --no-index --find-links "$CARRY/wheels" hydra-core omegaconf >> "$OUT/gpu.txt" 2>&1 ||
         $PY -m pip install --quiet --user --no-index --find-links "$CARRY/wheels" hydra-core omegaconf >> "$OUT/gpu.txt" 2>&1
 fi
-$PY scripts/repeat_shards.py --src "$CARRY/fineweb-sample" --out "$DATA" --train-tokens 40000000 | tee -a "$OUT/gpu.txt"
+$PY -m scripts.repeat_shards --src "$CARRY/fineweb-sample" --out "$DATA" --train-tokens 40000000 | tee -a "$OUT/gpu.txt"
 
 GPT2=(model=gpt2_124m "data.dir=$DATA" device=cuda train.val_every=0 train.val_tokens=262144 train.log_every=5
       train.compile=true)
@@ -93,6 +93,6 @@ fi
 MFU_RUNS=$(ls -d "$RUNS"/gpt2_adamw_compile "$RUNS"/gpt2_dual_compile "$OUT"/vs_reference/*/ours 2>/dev/null |
            while read -r d; do [ -s "$d/metrics.jsonl" ] && echo "$d"; done)
 # shellcheck disable=SC2086  # one run folder per word
-$PY scripts/mfu.py $MFU_RUNS "${MFU_ARGS[@]}" 2>&1 | tee "$OUT/mfu.md"
+$PY -m scripts.mfu $MFU_RUNS "${MFU_ARGS[@]}" 2>&1 | tee "$OUT/mfu.md"
 echo "=== total wall $((SECONDS - START))s of a ${BUDGET}s budget" | tee -a "$OUT/gpu.txt"
 ls -la "$OUT"

@@ -1,6 +1,6 @@
 """Model FLOPs utilization of a finished run: its steady training throughput against the GPU's peak.
 
-    python scripts/mfu.py outputs/gpu_checks/gpt2_adamw_compile [more run folders] [--peak-tflops 989]
+    python -m scripts.mfu outputs/gpu_checks/gpt2_adamw_compile [more run folders] [--peak-tflops 989]
 
 For each run folder (config.yaml + metrics.jsonl) it rebuilds the model on the meta device (no
 memory) to count the matmul parameters: every weight the forward multiplies (hidden matrices and the
@@ -23,7 +23,6 @@ import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
 
 STEADY_STEPS = 5
 PEAK_TFLOPS = {"H200": 989.4, "H100": 989.4, "A100": 312.0, "L40S": 362.0}  # dense bf16, no sparsity
@@ -64,7 +63,8 @@ def steady_tokens_per_s(run_dir: Path) -> tuple[float, str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(prog="python -m scripts.mfu", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("runs", nargs="+", type=Path)
     ap.add_argument("--peak-tflops", type=float, default=None, help="default: from the GPU's name")
     args = ap.parse_args(argv)

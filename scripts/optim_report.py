@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import io
 import math
-import sys
 from pathlib import Path
 
 import matplotlib
@@ -26,10 +25,8 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_stats import mean_curve, spread, steps_to, val_at, welch_less  # noqa: E402
 from harness.atomic_io import atomic_open, write_text_atomic  # noqa: E402
+from scripts.bench_stats import mean_curve, spread, steps_to, val_at, welch_less  # noqa: E402
 
 GOAL_RATIO, GOAL_P, GOAL_SEEDS = 0.90, 0.01, 4
 

@@ -1,6 +1,6 @@
 """Make a bigger shard folder from a small sample by repeating its train tokens (for speed checks only).
 
-    python scripts/repeat_shards.py --src ../shared/corpora/fineweb-sample/tokens --out outputs/data/tiled \
+    python -m scripts.repeat_shards --src ../shared/corpora/fineweb-sample/tokens --out outputs/data/tiled \
         --train-tokens 40000000
 
 The val shards are linked unchanged; the train shards' tokens, in order, are repeated until
@@ -17,8 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from data.shards import find_shards, open_shard, write_shard  # noqa: E402
+from data.shards import find_shards, open_shard, write_shard
 
 
 def repeat_shards(src: Path, out: Path, train_tokens: int, shard_tokens: int) -> list[Path]:
@@ -44,7 +43,8 @@ def repeat_shards(src: Path, out: Path, train_tokens: int, shard_tokens: int) ->
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(prog="python -m scripts.repeat_shards", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--src", type=Path, required=True)
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--train-tokens", type=int, required=True)

@@ -1,10 +1,10 @@
 """Is a result significant? Track 1's t-test, track 3's z-test, and track 3's pairwise rule.
 
-    python scripts/significance.py outputs/runs/seed*                  # track 1: mean < 3.28 at p < 0.01
-    python scripts/significance.py --values 3.2771 3.2793 3.2780       # final losses typed in
-    python scripts/significance.py --rule track3 outputs/multirun/X/*  # (3.28 - mean) sqrt(n) >= 0.004
-    python scripts/significance.py --rule pairwise --new NEW_RUNS... --old OLD_RUNS...
-    python scripts/significance.py --rule pairwise --new-summary 3.2785 10 3210 --old-summary 3.2778 16 3250
+    python -m scripts.significance outputs/runs/seed*                  # track 1: mean < 3.28 at p < 0.01
+    python -m scripts.significance --values 3.2771 3.2793 3.2780       # final losses typed in
+    python -m scripts.significance --rule track3 outputs/multirun/X/*  # (3.28 - mean) sqrt(n) >= 0.004
+    python -m scripts.significance --rule pairwise --new NEW_RUNS... --old OLD_RUNS...
+    python -m scripts.significance --rule pairwise --new-summary 3.2785 10 3210 --old-summary 3.2778 16 3250
 
 RUN may be a run folder of this harness (metrics.jsonl), a speedrun log or a CSV. Each rule prints
 its inputs, the statistic and the verdict (formulas: harness/significance.py; track 1's t-test:
@@ -23,10 +23,8 @@ import math
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from harness.curves import DEFAULT_TARGET, CurveError, one_sided_ttest, read_curve  # noqa: E402
-from harness.significance import (TRACK3_LOSS_PER_100_STEPS, TRACK3_MARGIN, RunFacts, pooling_problems,  # noqa: E402
+from harness.curves import DEFAULT_TARGET, CurveError, one_sided_ttest, read_curve
+from harness.significance import (TRACK3_LOSS_PER_100_STEPS, TRACK3_MARGIN, RunFacts, pooling_problems,
                                   run_facts, spread_problem, track3_pairwise, track3_ztest)
 
 
@@ -114,7 +112,8 @@ def pairwise(new: tuple[float, int, float], old: tuple[float, int, float]) -> in
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(prog="python -m scripts.significance", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("runs", nargs="*", help="run folders, metrics.jsonl files, speedrun logs or CSVs")
     ap.add_argument("--values", type=float, nargs="+", default=[], help="final val losses given directly")
     ap.add_argument("--rule", choices=("ttest", "track3", "pairwise"), default="ttest")

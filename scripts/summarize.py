@@ -1,7 +1,7 @@
 """Compare runs: one table row per run, seeds grouped into mean +- std, and val loss against train time.
 
-    python scripts/summarize.py outputs/multirun/2026-01-02_03-04-05-123456            # a sweep
-    python scripts/summarize.py RUN_DIR OTHER_RUN_DIR ... --out results/plots/lr-sweep  # any runs
+    python -m scripts.summarize outputs/multirun/2026-01-02_03-04-05-123456            # a sweep
+    python -m scripts.summarize RUN_DIR OTHER_RUN_DIR ... --out results/plots/lr-sweep  # any runs
 
 A run is any folder holding a metrics.jsonl (searched recursively). Its parameters are read from its
 config.yaml (the resolved config) and .hydra/overrides.yaml: the table shows only the parameters that
@@ -30,10 +30,9 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from harness.atomic_io import write_text_atomic  # noqa: E402
-from harness.metrics import ValTracker, read_metrics  # noqa: E402
-from harness.significance import RunFacts, flatten, pooling_problems, spread_problem  # noqa: E402
+from harness.atomic_io import write_text_atomic
+from harness.metrics import ValTracker, read_metrics
+from harness.significance import RunFacts, flatten, pooling_problems, spread_problem
 
 DEFAULT_TARGET = 3.28
 METRICS = ("final_val_loss", "best_val_loss", "steps_to_target", "time_to_target_s", "tokens_per_s")
@@ -250,7 +249,7 @@ def plot(runs: list[Run], names: list[str], out: Path):
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m scripts.summarize", description=__doc__.split("\n")[0])
     parser.add_argument("dirs", nargs="+", type=Path, help="run folders or sweep folders (searched recursively)")
     parser.add_argument("--out", type=Path, help="write runs.csv, groups.csv, summary.md and the plot here")
     parser.add_argument("--target", type=float, help="target val loss (default: each run's train.target_val_loss)")

@@ -1,6 +1,6 @@
 """Side by side: a speedrun record's own script and our experiment, same data, GPUs and steps.
 
-    python scripts/vs_reference.py --reference ../shared/reference/modded-nanogpt/record12_flexattn.py \
+    python -m scripts.vs_reference --reference ../shared/reference/modded-nanogpt/record12_flexattn.py \
         --experiment record12_flexattn --data /data/fineweb10B --steps 200 --gpus 1
 
 What it does, printing each action:
@@ -37,10 +37,9 @@ import threading
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+from scripts.vs_reference_report import RunResult, parse_ours, parse_reference_log, write_report
 
-from scripts.vs_reference_report import RunResult, parse_ours, parse_reference_log, write_report  # noqa: E402
+REPO = Path(__file__).resolve().parents[1]
 
 RECORD_GPUS = 8  # every record ran on 8 GPUs
 STOP_LINE = re.compile(r"^(?P<indent>\s*)last_step = \(step == (?P<total>[\w.]+)\)\s*$", re.M)
@@ -120,7 +119,7 @@ def check_data(data: Path, steps: int, text: str) -> None:
         if have < need:
             raise VsReferenceError(f"the train shards in {data} hold {have:,} tokens; {steps} steps of this script "
                                    f"need up to {need:,} and its loader does not cycle: lower --steps or make more "
-                                   "shards (python scripts/repeat_shards.py)")
+                                   "shards (python -m scripts.repeat_shards)")
 
 
 def prepare_scratch(out: Path, reference: Path, data: Path, steps: int | None, val_tokens: int | None,
@@ -178,7 +177,8 @@ def torchrun(python: str, gpus: int) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(prog="python -m scripts.vs_reference", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--reference", type=Path, required=True, help="the record's script (run by path, never imported)")
     ap.add_argument("--experiment", required=True, help="our experiment file, e.g. record12_flexattn")
     ap.add_argument("--data", type=Path, required=True, help="folder of fineweb_train_*.bin / fineweb_val_*.bin")

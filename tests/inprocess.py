@@ -43,6 +43,20 @@ def run(run_dir: Path, *overrides: str, stop=None) -> dict:
         torch.set_num_threads(threads)
 
 
+def user_error(run_dir: Path, *overrides: str) -> str:
+    """The message train.py prints on its one `error:` line (exit 2) for `overrides` (no smoke defaults added),
+    found in-process: train() raises one of train.USER_ERRORS. (That such an error exits 2 in one line
+    through the command line: test_bad_input_leaves_runs_intact.py, the corrupt-checkpoint case)."""
+    import pytest
+
+    import train
+
+    with pytest.raises(train.USER_ERRORS) as err:
+        train.train(compose_config(*overrides), D.RankInfo(0, 0, 1, torch.device("cpu")), Path(run_dir))
+    assert "\n" not in str(err.value)
+    return str(err.value)
+
+
 def events(run_dir: Path) -> list[dict]:
     """metrics.jsonl events without the wall-clock fields (which differ between any two runs)."""
     lines = (Path(run_dir) / "metrics.jsonl").read_text().splitlines()

@@ -4,13 +4,10 @@ of finished runs, refusal of a folder made by other overrides, restart of a run 
 report. One real end-to-end benchmark of tiny smoke runs is marked e2e."""
 import json
 import math
-import sys
-from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
-import bench_optim  # noqa: E402
+import scripts.bench_optim as bench_optim
 
 ARMS = ["muon", "dual", "dual-lanton"]
 BASE = ["--experiment", "smoke", "--steps", "400", "--lr-mults", "0.5,1,2", "--jobs", "1",
@@ -119,12 +116,12 @@ def test_dry_run_lists_arms_aliases_and_run_count(tmp_path, monkeypatch, capsys)
 @pytest.mark.e2e
 def test_tiny_real_benchmark_end_to_end(tmp_path):
     """Real train.py runs (smoke, 4 steps): 2 arms, 2 lrs, 2 seeds; the report is written."""
-    import subprocess
-    cmd = [sys.executable, str(Path(bench_optim.__file__)), "--experiment", "smoke", "--steps", "4",
-           "--val-every", "2", "--set", "train.val_tokens=4096", "--arms", "muon", "dual-normuon",
-           "--extra", "muon:model.tie_embeddings=false", "--center", "*=0.05", "--lr-mults", "1,2",
-           "--seeds", "2", "--jobs", "2", "--out-runs", str(tmp_path / "runs"), "--report", str(tmp_path / "r.md")]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    from tests.conftest import run_script
+    proc = run_script("bench_optim", "--experiment", "smoke", "--steps", "4",
+                      "--val-every", "2", "--set", "train.val_tokens=4096", "--arms", "muon", "dual-normuon",
+                      "--extra", "muon:model.tie_embeddings=false", "--center", "*=0.05", "--lr-mults", "1,2",
+                      "--seeds", "2", "--jobs", "2", "--out-runs", str(tmp_path / "runs"),
+                      "--report", str(tmp_path / "r.md"), timeout=600)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     text = (tmp_path / "r.md").read_text()
     assert "| dual-normuon |" in text and "Reference: **muon**" in text and "**Incomplete**" not in text
@@ -139,7 +136,7 @@ def test_switch_cost_measures_every_arm_on_a_tiny_model():
 
     import torch
 
-    import bench_switch_cost as cost
+    import scripts.bench_switch_cost as cost
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:

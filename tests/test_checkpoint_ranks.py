@@ -3,6 +3,7 @@ rank, as all our optimizers keep it) is written once, and each rank gets back it
 state; one rank can resume the two-rank checkpoint."""
 from __future__ import annotations
 
+import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
@@ -59,6 +60,7 @@ def worker(rank: int, store_file: str, run_dir: str, cfg, failures) -> None:
         dist.destroy_process_group()
 
 
+@pytest.mark.e2e  # two forked gloo ranks
 def test_rng_and_loader_state_come_back_per_rank(tmp_path):
     cfg = compose_config(*SMOKE)
     failures = mp.get_context("fork").SimpleQueue()

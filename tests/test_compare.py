@@ -1,14 +1,12 @@
 """scripts/compare.py and scripts/significance.py on the reference curves and on synthetic runs."""
-import importlib.util
 import json
 import math
-import subprocess
-import sys
 
 import pytest
 
 from harness.curves import CurveError, first_crossing, one_sided_ttest, read_curve, record_curve
-from tests.conftest import REPO
+from scripts import compare, significance
+from tests.conftest import REPO, run_script
 
 RECORDS = ["record02_adamw", "record04_muon", "record05_modernarch", "record08_untie", "record09_shortcuts",
            "record12_flexattn", "record20_sub3min"]
@@ -22,20 +20,6 @@ REFERENCE = {
     "record12_flexattn": ((1875, 3.2783, 301825), (1875, 3.2783, 301825)),
     "record20_sub3min": ((1393, 3.2785, 179527), (1393, 3.2785, 179527)),
 }
-
-
-def script(name: str, *args: str) -> subprocess.CompletedProcess:
-    """Run a script as a user does (a subprocess)."""
-    return subprocess.run([sys.executable, str(REPO / "scripts" / name), *args], cwd=REPO,
-                          capture_output=True, text=True, timeout=120)
-
-
-def main_of(name: str):
-    """A script's main(argv), in-process (cheaper than a subprocess for the remaining cases)."""
-    spec = importlib.util.spec_from_file_location(name.removesuffix(".py"), REPO / "scripts" / name)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.main
 
 
 def write_run(folder, losses, every=100, ms_per_step=50.0, tokens_per_step=4096, seed=0, lr=0.003, complete=True):
@@ -85,12 +69,13 @@ def test_speedrun_log_format_is_parsed(tmp_path):
         read_curve(tmp_path / "empty.txt")
 
 
+@pytest.mark.e2e
 def test_compare_reports_known_crossings_and_plots(tmp_path):
     # crosses 3.28 first at step 300 (3.279), after 300 * 50 ms = 15 s
     fast = write_run(tmp_path / "fast", [10.9, 4.0, 3.5, 3.279, 3.27])
     slow = write_run(tmp_path / "slow", [10.9, 4.2, 3.6, 3.4, 3.3], ms_per_step=80.0)
     out = tmp_path / "plot.png"
-    proc = script("compare.py", str(fast), str(slow), "--record", "record20_sub3min", "--out", str(out))
+    proc = run_script("compare", str(fast), str(slow), "--record", "record20_sub3min", "--out", str(out))
     assert proc.returncode == 0, proc.stderr
     lines = {ln.split()[0]: ln.split() for ln in proc.stdout.splitlines() if ln.split()}
     assert lines["fast"][1:4] == ["300", "0.001B", "15.0"]
@@ -98,13 +83,13 @@ def test_compare_reports_known_crossings_and_plots(tmp_path):
     assert "not" in lines["slow"] and lines["slow"][1] == "-"
     assert out.stat().st_size > 10_000
     # one run folder: the plot lands in it by default
-    proc = script("compare.py", str(fast), "--record", "record05_modernarch")
+    proc = run_script("compare", str(fast), "--record", "record05_modernarch")
     assert proc.returncode == 0 and (fast / "compare_record05_modernarch.png").exists()
     assert "record record05_modernarch: reached at step 5000" in proc.stdout
 
 
 def test_compare_names_a_bad_input(tmp_path, capsys):
-    main = main_of("compare.py")
+    main = compare.main
     assert main([str(tmp_path), "--record", "record05_modernarch"]) == 2
     assert "no metrics.jsonl" in capsys.readouterr().err
     assert main([str(tmp_path), "--record", "record99"]) == 2
@@ -124,14 +109,15 @@ def test_ttest_p_values_match_the_closed_form():
         one_sided_ttest([3.2])
 
 
+@pytest.mark.e2e
 def test_significance_cli_on_run_folders(tmp_path):
     runs = [write_run(tmp_path / f"seed{i}", [10.9, 3.5, v], seed=i) for i, v in enumerate([3.270, 3.271, 3.272])]
-    proc = script("significance.py", *map(str, runs))
+    proc = run_script("significance", *map(str, runs))
     assert proc.returncode == 0, proc.stderr
     assert "n=3 mean=3.27100 std=0.00100" in proc.stdout and "verdict: SIGNIFICANT" in proc.stdout
 
 def test_significance_verdicts_and_errors(capsys):
-    main = main_of("significance.py")
+    main = significance.main
     assert main(["--values", "3.270", "3.272", "3.274"]) == 1
     out = capsys.readouterr().out
     assert "p=0.0101" in out and "NOT SIGNIFICANT" in out

@@ -13,8 +13,8 @@ from data.config import DataConfig, LoaderMode, SyntheticConfig
 from data.loader import ContiguousLoader
 from data.shards import ShardError, write_shard
 from harness.config import ConfigError, load_config, register_configs
-from tests.conftest import error_lines, run_train
 from tests.data_helpers import synthetic_docs, write_stream
+from tests.inprocess import user_error
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 register_configs()
@@ -67,8 +67,5 @@ def test_trainer_names_a_shard_outside_the_model_vocabulary(tmp_path):
     tokens = np.arange(70000) % 1000
     write_shard(tmp_path / "fineweb_val_000000.bin", tokens)
     write_shard(tmp_path / "fineweb_train_000001.bin", tokens)
-    proc = run_train("experiment=cpu_fineweb", f"data.dir={tmp_path}", "model.vocab_size=500",
-                     f"hydra.run.dir={tmp_path}/run")
-    assert proc.returncode == 2
-    (line,) = error_lines(proc)
+    line = user_error(tmp_path / "run", "experiment=cpu_fineweb", f"data.dir={tmp_path}", "model.vocab_size=500")
     assert "fineweb_val_000000.bin holds token id" in line and ">= vocab size 500" in line

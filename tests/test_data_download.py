@@ -59,6 +59,7 @@ def test_cli_downloads_verifies_then_skips(hub, tmp_path, capsys):
     assert len(hub.log) == n_requests and "0 downloaded" in capsys.readouterr().out
 
 
+@pytest.mark.e2e
 def test_cli_process_end_to_end(hub, tmp_path):
     out = tmp_path / "shards"
     env = {**os.environ, "PYTHONPATH": str(ROOT)}

@@ -39,6 +39,7 @@ def corpus(tmp_path):
     return path, docs
 
 
+@pytest.mark.e2e  # the tokenizer's worker processes
 @pytest.mark.skipif(not (FINEWEB_SAMPLE / "tokens").is_dir() or not SHARED_BPE.is_file(),
                     reason="../shared/corpora/fineweb-sample or ../shared/tokenizer is absent")
 def test_reproduces_the_fineweb_sample_shards_byte_for_byte(tmp_path):
@@ -52,6 +53,7 @@ def test_reproduces_the_fineweb_sample_shards_byte_for_byte(tmp_path):
     assert summary["docs"] == 2800 and summary["tokens"] == 405_727 + 3_959_053
 
 
+@pytest.mark.e2e  # the tokenizer's worker processes
 def test_sharding_rule_and_worker_independence(corpus, bpe, tmp_path):
     path, docs = corpus
     outs = []
@@ -109,6 +111,7 @@ def test_existing_shards_are_never_written_over(corpus, bpe, tmp_path):
     assert sorted(p.name for p in out.iterdir()) == ["fineweb_train_000001.bin", "fineweb_val_000000.bin"]
 
 
+@pytest.mark.e2e  # the tokenizer's worker processes
 def test_an_error_leaves_the_output_folder_untouched(corpus, bpe, tmp_path):
     path, _ = corpus
     lines = path.read_text(encoding="utf-8").splitlines(keepends=True)
@@ -128,6 +131,7 @@ def test_too_few_documents(corpus, bpe, tmp_path):
         tokenize_corpus(str(path), tmp_path / "b", 300, 1000, bpe=bpe, progress=False)
 
 
+@pytest.mark.e2e  # the tokenizer's worker processes
 def test_cli_reports_one_line(corpus, bpe, tmp_path, capsys):
     path, _ = corpus
     assert main([str(path), "--out", str(tmp_path / "o"), "--val-docs", "5", "--shard-tokens", "4000",

@@ -37,6 +37,7 @@ def test_byte_table_is_gpt2s_bijection():
     assert table["!"] == 33 and table["Ġ"] == 32 and table["Ā"] == 0  # space -> Ġ, byte 0 -> Ā
 
 
+@pytest.mark.e2e  # integration: tiktoken's converter on the full 50k vocabulary
 def test_encoder_json_conversion_matches_tiktokens_own(ranks, tmp_path):
     enc_json, vocab_bpe = write_openai_files(ranks, tmp_path / "openai")
     ours = tk.load_ranks(enc_json)
@@ -55,6 +56,7 @@ def test_merges_disagreeing_with_encoder_are_rejected(ranks, tmp_path):
         tk.load_ranks(enc_json)
 
 
+@pytest.mark.e2e  # integration: tiktoken on real text
 @needs_shared
 def test_equals_tiktoken_gpt2_on_real_text(tmp_path, monkeypatch):
     """Reference: tiktoken's own r50k_base (GPT-2's ranks, pattern, <|endoftext|>; hash-checked by tiktoken).

@@ -1,8 +1,11 @@
 """World-size invariance: 2 ranks x accumulation 1 trains exactly like 1 rank x accumulation 2."""
+import pytest
+
 from harness.metrics import read_metrics
 from tests.conftest import run_train
 
 
+@pytest.mark.e2e
 def test_two_ranks_equal_one_rank_with_accumulation(tmp_path):
     common = ["experiment=smoke", "train.max_steps=5", "train.log_every=1", "train.val_every=0",
               "train.precision=fp32"]

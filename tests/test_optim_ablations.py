@@ -2,19 +2,15 @@
 table, scripts/bench_arms.py), changes only that in the composed config, and only the parameters it
 should in an optimizer step. Together they cover every difference between the two configurations."""
 import math
-import sys
-from pathlib import Path
 
 import pytest
 import torch
 from omegaconf import OmegaConf
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
-from bench_arms import ABLATIONS, ARMS, compose, resolve_arms  # noqa: E402
-
-from optim import build_hybrid  # noqa: E402
-from optim.hybrid_config import DualConfig  # noqa: E402
-from optim.newton_schulz import schedule  # noqa: E402
+from optim import build_hybrid
+from optim.hybrid_config import DualConfig
+from optim.newton_schulz import schedule
+from scripts.bench_arms import ABLATIONS, ARMS, compose, resolve_arms
 
 BASE = ["experiment=smoke"]
 

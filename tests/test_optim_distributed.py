@@ -93,6 +93,7 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("schema_name", ["dual", "muon"])
 def test_two_process_gloo_equals_one_process(tmp_path, schema_name):
     single, single_calls = run_steps(schema_name)
@@ -130,6 +131,7 @@ def _switch_worker(rank: int, world: int, port: int, out_path: str) -> None:
         dist.destroy_process_group()
 
 
+@pytest.mark.e2e
 def test_two_process_gloo_equals_one_process_with_each_switch(tmp_path):
     single = {k: run_steps("dual", **ov)[0] for k, ov in SWITCHES.items()}
     plain = run_steps("dual")[0]

@@ -1,15 +1,12 @@
 """scripts/bench_stats.py and scripts/optim_report.py on made-up curves: interpolation, steps to a
 target, Welch's one-sided test against hand-computed values, and the report's ratios and verdicts."""
 import math
-import sys
-from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
-from bench_arms import Arm  # noqa: E402
-from bench_stats import mean_curve, steps_to, val_at, welch_less  # noqa: E402
-from optim_report import summarize, write_report  # noqa: E402
+from scripts.bench_arms import Arm
+from scripts.bench_stats import mean_curve, steps_to, val_at, welch_less
+from scripts.optim_report import summarize, write_report
 
 STEPS = [0, 100, 200, 300, 400]
 
@@ -77,7 +74,7 @@ def test_summary_ratios_and_p_values():
 
 def test_report_tables_verdict_and_png(tmp_path):
     arms, results, grids, chosen = fixtures()
-    setup = {"command": "python scripts/bench_optim.py --fake", "wall_min": 1.0, "base": ["experiment=smoke"],
+    setup = {"command": "python -m scripts.bench_optim --fake", "wall_min": 1.0, "base": ["experiment=smoke"],
              "reference": "muon", "seeds": 2, "lr_mults": "1,2", "steps": 400, "machine": "a test",
              "missing": ["slow_lr0.05_s2"], "notes": "## Notes\n\nhand-written context"}
     out = tmp_path / "optim.md"

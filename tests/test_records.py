@@ -6,13 +6,7 @@ import math
 import pytest
 import torch
 
-from tests.conftest import REPO
-
-import importlib.util
-
-_spec = importlib.util.spec_from_file_location("describe", REPO / "scripts" / "describe.py")
-describe = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(describe)
+import scripts.describe as describe
 
 C, H4 = 768, 3072  # width, MLP hidden
 V, VP = 50257, 50304

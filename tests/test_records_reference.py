@@ -25,7 +25,8 @@ from model.masks import window_units
 from optim import build_optimizer
 from tests.reference_scripts import REF_DIR, load, loop_statements, top_level
 
-pytestmark = pytest.mark.skipif(not REF_DIR.is_dir(), reason="../shared reference scripts not present")
+pytestmark = [pytest.mark.skipif(not REF_DIR.is_dir(), reason="../shared reference scripts not present"),
+              pytest.mark.e2e]  # integration: the record scripts at shrunk size
 
 V, BOS = 500, 499  # shrunk vocabulary; its last id plays <|endoftext|> (the scripts' 50256)
 SHRINK = ["model.n_embd=64", "model.n_head=2", f"model.vocab_size={V}", f"model.bos_token={BOS}", "device=cpu"]
@@ -63,11 +64,7 @@ def our_name(name: str) -> str:
 
 
 def config(rec: str, *extra: str):
-    import importlib.util
-    from tests.conftest import REPO
-    spec = importlib.util.spec_from_file_location("describe", REPO / "scripts" / "describe.py")
-    describe = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(describe)
+    import scripts.describe as describe
     layers = RECORDS[rec][1]
     return describe.load([f"experiment={rec}", *SHRINK, f"model.n_layer={layers}", *extra])
 

@@ -71,6 +71,7 @@ def events_of(runs, rec, stop):
     return events
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("rec", RECORDS)
 def test_record_runs_five_steps_on_cpu(rec, runs):
     stop = 0.01 if rec != "record20_sub3min" else None  # 0.01: an unreachable target must not stop the run
@@ -82,6 +83,7 @@ def test_record_runs_five_steps_on_cpu(rec, runs):
     assert events[-1]["steps"] == 5 and events[-1]["stopped_at_val_loss"] is False
 
 
+@pytest.mark.e2e
 def test_stop_at_val_loss_ends_a_time_to_target_run(runs):
     # a target every validation meets: the run stops at its first validation, before any training step
     events = events_of(runs, "record12_flexattn", 50.0)

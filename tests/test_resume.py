@@ -57,6 +57,7 @@ def clean_two(tmp_path_factory):
     return events(run_dir)
 
 
+@pytest.mark.e2e
 def test_kill9_between_checkpoints_then_resume_auto_one_rank(clean_one, tmp_path):
     killed = launch(tmp_path, COMMON, fault="kill:step=10")
     assert killed.returncode == -9, killed.stderr[-2000:]
@@ -68,6 +69,7 @@ def test_kill9_between_checkpoints_then_resume_auto_one_rank(clean_one, tmp_path
     assert train_steps(tmp_path) == list(range(1, 13))
 
 
+@pytest.mark.e2e
 def test_two_ranks_sigterm_then_kill9_then_elastic_restart(clean_two, tmp_path):
     # SIGTERM reaches rank 1 only: both ranks agree to stop after the same step, checkpoint, exit 0.
     stopped = ok(launch(tmp_path, TWO_RANKS, nproc=2, fault="sigterm:step=6:rank=1"))

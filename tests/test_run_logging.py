@@ -18,6 +18,7 @@ from tests.wandb_records import isolated_wandb_env, offline_runs, read_offline_r
 DUAL = ["optim=dual", "optim.lr=0.05"]
 
 
+@pytest.mark.e2e  # in-process, but wandb (offline) starts its service process
 def test_diag_every_10_reaches_metrics_jsonl_wandb_and_the_console(tmp_path, monkeypatch, capsys):
     for key, value in isolated_wandb_env(tmp_path, monkeypatch).items():
         monkeypatch.setenv(key, value)

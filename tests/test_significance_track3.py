@@ -9,8 +9,9 @@ import pytest
 
 from harness.curves import band, mean_curve, record_curves
 from harness.significance import RunFacts, pooling_problems, track3_pairwise, track3_ztest
-from tests.test_compare import main_of, write_run
-from tests.test_tracking_summarize import make_run, summarize  # that module puts scripts/ on sys.path
+from scripts import compare, significance
+from tests.test_compare import write_run
+from tests.test_tracking_summarize import make_run, summarize
 
 # Published in modded-nanogpt's records/track_3_optimization/README.md ("Pairwise statistical significance"),
 # with the inputs its calculations state: (new mean, n, steps), (old mean, n, steps) -> statistic.
@@ -39,7 +40,7 @@ def test_ztest_on_the_published_rule_and_result_36():
 
 
 def test_significance_cli_prints_inputs_statistic_and_verdict(capsys):
-    main = main_of("significance.py")
+    main = significance.main
     assert main(["--rule", "pairwise", "--new-summary", "3.2785", "10", "3210", "--old-summary", "3.2778", "16",
                  "3250"]) == 1
     out = capsys.readouterr().out
@@ -61,7 +62,7 @@ def test_pairwise_from_run_folders(tmp_path, capsys):
     new = [write_run(tmp_path / f"new{i}", [10.9, 3.5, v], every=1600, seed=i, lr=0.03)
            for i, v in enumerate([3.2770, 3.2774])]  # final step 3200
     old = [write_run(tmp_path / f"old{i}", [10.9, 3.5, v], every=1625, seed=i) for i, v in enumerate([3.2786, 3.2788])]
-    main = main_of("significance.py")
+    main = significance.main
     expected = ((3.2787 - 3.2772) + 50 / 100 * 0.0045) / math.sqrt(1 / 2 + 1 / 2)  # 0.00375: not enough
     assert main(["--rule", "pairwise", "--new", *map(str, new), "--old", *map(str, old)]) == 1
     out = capsys.readouterr().out
@@ -70,7 +71,7 @@ def test_pairwise_from_run_folders(tmp_path, capsys):
 
 
 def test_significance_refuses_runs_that_should_not_be_pooled(tmp_path, capsys):
-    main = main_of("significance.py")
+    main = significance.main
     mixed = [write_run(tmp_path / "a", [10.9, 3.27], seed=0, lr=3e-3), write_run(tmp_path / "b", [10.9, 3.271], seed=1,
              lr=3e-3), write_run(tmp_path / "c", [10.9, 3.272], seed=2, lr=1e-3)]
     assert main(list(map(str, mixed))) == 2
@@ -132,7 +133,7 @@ def test_compare_against_the_track3_band(tmp_path, capsys):
             f.write(json.dumps({"event": "val", "step": p.step, "tokens": p.tokens, "train_time_ms": p.time_ms,
                                 "val_loss": p.val_loss + 0.002}) + "\n")
     high = write_run(tmp_path / "high", [10.9, 6.5, 5.9, 5.2], every=1000)
-    main = main_of("compare.py")
+    main = compare.main
     out_png = tmp_path / "cmp.png"
     assert main([str(run), str(high), "--record", "track3_muon", "--out", str(out_png)]) == 0
     captured = capsys.readouterr()
@@ -144,12 +145,7 @@ def test_compare_against_the_track3_band(tmp_path, capsys):
 
 
 def test_y_range_never_hides_a_run():
-    import importlib.util
     from harness.curves import Curve, Point
-    from tests.conftest import REPO
-    spec = importlib.util.spec_from_file_location("compare", REPO / "scripts" / "compare.py")
-    compare = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(compare)
     near = Curve("near", [Point(s, s, None, v) for s, v in ((0, 10.8), (1, 4.0), (2, 3.3))])
     far = Curve("far", [Point(s, s, None, v) for s, v in ((0, 10.8), (1, 7.0), (2, 6.0))])
     assert compare.y_range([near], 3.28)[1] == pytest.approx(4.0)        # the highest point, below the zoom

@@ -7,14 +7,14 @@ from harness.config import ConfigError
 from tests.conftest import run_train
 from tests.inprocess import events, run
 
-STEPS = ["train.max_steps=24", "train.val_every=10", "train.warmdown_frac=0.5", "checkpoint.final=true"]
+STEPS = ["train.max_steps=12", "train.val_every=5", "train.warmdown_frac=0.5", "checkpoint.final=true"]
 
 
 @pytest.fixture(scope="module")
 def full_and_prefix(tmp_path_factory):
     root = tmp_path_factory.mktemp("stop_after")
     run(root / "full", *STEPS)
-    summary = run(root / "prefix", *STEPS, "train.stop_after_step=15")
+    summary = run(root / "prefix", *STEPS, "train.stop_after_step=8")
     return root, summary
 
 
@@ -22,33 +22,33 @@ def test_prefix_is_the_full_runs_first_steps(full_and_prefix):
     root, summary = full_and_prefix
     full, prefix = events(root / "full"), events(root / "prefix")
     trains = [e for e in prefix if e["event"] == "train"]
-    assert [e["step"] for e in trains] == list(range(1, 16))
-    # same lr (the 24-step schedule's warmdown starts at step 12) and bit-identical losses
-    assert trains == [e for e in full if e["event"] == "train" and e["step"] <= 15]
-    assert trains[-1]["lr_factor"] < trains[10]["lr_factor"]
+    assert [e["step"] for e in trains] == list(range(1, 9))
+    # same lr (the 12-step schedule's warmdown starts after step 7) and bit-identical losses
+    assert trains == [e for e in full if e["event"] == "train" and e["step"] <= 8]
+    assert trains[-1]["lr_factor"] < trains[4]["lr_factor"]
     vals = [e for e in prefix if e["event"] == "val"]
-    assert [e["step"] for e in vals] == [0, 10, 15]  # the final validation at N
-    assert vals[:2] == [e for e in full if e["event"] == "val" and e["step"] <= 10]
-    assert summary["steps"] == 15 and summary["stopped_early"] == "train.stop_after_step=15 of max_steps=24"
+    assert [e["step"] for e in vals] == [0, 5, 8]  # the final validation at N
+    assert vals[:2] == [e for e in full if e["event"] == "val" and e["step"] <= 5]
+    assert summary["steps"] == 8 and summary["stopped_early"] == "train.stop_after_step=8 of max_steps=12"
     assert "stopped_early" not in events(root / "full")[-1]
 
 
 def test_resuming_a_prefix_without_the_stop_finishes_the_full_run(full_and_prefix):
     root, _ = full_and_prefix
-    summary = run(root / "prefix", *STEPS)  # the final checkpoint at step 15, then steps 16..24
+    summary = run(root / "prefix", *STEPS)  # the final checkpoint at step 8, then steps 9..12
     full = events(root / "full")
-    tail = [e for e in events(root / "prefix") if e["event"] == "train" and e["step"] > 15]
-    assert tail == [e for e in full if e["event"] == "train" and e["step"] > 15]
-    assert summary["steps"] == 24 and "stopped_early" not in summary
+    tail = [e for e in events(root / "prefix") if e["event"] == "train" and e["step"] > 8]
+    assert tail == [e for e in full if e["event"] == "train" and e["step"] > 8]
+    assert summary["steps"] == 12 and "stopped_early" not in summary
     assert summary["final_val_loss"] == full[-1]["final_val_loss"]
 
 
 def test_stop_after_step_out_of_range_names_the_key(tmp_path):
-    with pytest.raises(ConfigError, match=r"train.stop_after_step must lie in \[0, train.max_steps=24\]"):
-        run(tmp_path, *STEPS, "train.stop_after_step=25")
-    run(tmp_path / "resumed", *STEPS, "train.stop_after_step=12")
-    with pytest.raises(ConfigError, match="train.stop_after_step=5 is before step 12, where this run resumes"):
-        run(tmp_path / "resumed", *STEPS, "train.stop_after_step=5")
+    with pytest.raises(ConfigError, match=r"train.stop_after_step must lie in \[0, train.max_steps=12\]"):
+        run(tmp_path, *STEPS, "train.stop_after_step=13")
+    run(tmp_path / "resumed", *STEPS, "train.stop_after_step=2")
+    with pytest.raises(ConfigError, match="train.stop_after_step=1 is before step 2, where this run resumes"):
+        run(tmp_path / "resumed", *STEPS, "train.stop_after_step=1")
 
 
 @pytest.mark.e2e

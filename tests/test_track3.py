@@ -20,10 +20,7 @@ PARAMS = 162_354_816  # 2 x 50304 x 768 + 50304 (head bias) + 12 x 7,086,336 (bl
 
 
 def _groups(experiment: str) -> dict[str, tuple]:
-    import importlib.util
-    spec = importlib.util.spec_from_file_location("describe", REPO / "scripts" / "describe.py")
-    describe = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(describe)
+    import scripts.describe as describe
     model, opt = describe.build_on_meta(describe.load([f"experiment={experiment}"]))
     assert sum(p.numel() for p in model.parameters()) == PARAMS
     return {g["role"]: (g["map"], g["initial_lr"], g["weight_decay"], tuple(g.get("betas", ())))

@@ -8,6 +8,7 @@ from tests.wandb_records import isolated_wandb_env
 FAST = ["experiment=smoke", "train.max_steps=6", "train.val_every=3", "train.val_tokens=4096", "train.log_every=2"]
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("failure", ["no_login", "no_network"])
 def test_wandb_failure_warns_once_and_training_completes(tmp_path, monkeypatch, failure):
     env = isolated_wandb_env(tmp_path, monkeypatch)

@@ -3,6 +3,7 @@ config (composed, and turned into an sbatch script by submitit), and a 2-task jo
 import tempfile
 from pathlib import Path
 
+import pytest
 import yaml
 
 from harness.metrics import read_metrics
@@ -17,6 +18,7 @@ def scratch_dirs() -> set:
     return {p.name for p in Path(tempfile.gettempdir()).glob("speedrun-rank*")}
 
 
+@pytest.mark.e2e
 def test_torchrun_two_ranks_make_one_folder_and_one_wandb_run(tmp_path, monkeypatch):
     repo_before = {p.name for p in REPO.iterdir()}
     proc = run_train(*FAST, f"hydra.run.dir={tmp_path}/runs/r", nproc=2, env=isolated_wandb_env(tmp_path, monkeypatch))
@@ -29,6 +31,7 @@ def test_torchrun_two_ranks_make_one_folder_and_one_wandb_run(tmp_path, monkeypa
     assert {p.name for p in REPO.iterdir()} == repo_before  # rank 1 wrote nothing in the working directory
 
 
+@pytest.mark.e2e
 def test_torchrun_sweep_makes_one_folder_and_one_wandb_run_per_job(tmp_path, monkeypatch):
     before = scratch_dirs()
     sweep = tmp_path / "sweep"
@@ -48,6 +51,7 @@ def compose_hydra(*overrides: str) -> dict:
     return yaml.safe_load(proc.stdout)["hydra"]
 
 
+@pytest.mark.e2e
 def test_slurm_launcher_config_composes_to_one_task_per_gpu():
     hydra = compose_hydra("hydra/launcher=slurm", "hydra.launcher.gpus_per_node=4", "hydra.launcher.nodes=2",
                           "hydra.sweep.dir=/shared/sweeps/s1")
@@ -91,6 +95,7 @@ def test_slurm_launcher_produces_a_valid_sbatch_script(tmp_path, monkeypatch):
     assert "srun" in script and "submitit.core._submit" in script
 
 
+@pytest.mark.e2e
 def test_submitit_local_job_with_two_tasks_is_one_run(tmp_path, monkeypatch):
     """The per-task path of hydra/launcher=slurm, on this machine: 2 tasks = 2 ranks of one job (gloo)."""
     sweep = tmp_path / "sweep"

@@ -2,16 +2,11 @@
 import csv
 import json
 import statistics
-import subprocess
-import sys
 
 import pytest
 from omegaconf import OmegaConf
 
-from tests.conftest import REPO
-
-sys.path.insert(0, str(REPO / "scripts"))
-import summarize  # noqa: E402
+import scripts.summarize as summarize
 
 
 def make_run(path, lr, seed, curve, model="tiny", overrides=(), complete=True, target=3.28):
@@ -69,17 +64,16 @@ def test_plot_has_one_line_per_run(sweep, tmp_path):
     assert [line.get_gid() for line in fig.axes[0].get_lines()].count("target") == 1  # 3.28 lies in range
 
 
-def test_group_override_is_one_column_and_incomplete_runs_are_flagged(tmp_path):
+def test_group_override_is_one_column_and_incomplete_runs_are_flagged(tmp_path, capsys):
     make_run(tmp_path / "a", 0.001, 0, [6.0, 4.0], model="tiny", overrides=["model=tiny"])
     make_run(tmp_path / "b", 0.001, 0, [6.0, 3.0, 2.9], model="small", overrides=["model=small"], complete=False)
-    done = subprocess.run([sys.executable, str(REPO / "scripts" / "summarize.py"), str(tmp_path / "a"), str(tmp_path / "b")],
-                          capture_output=True, text=True, timeout=120)
-    assert done.returncode == 0, done.stderr
-    assert "| run | model | final_val_loss |" in done.stdout and "model.n_layer" not in done.stdout
-    assert "/b | small | 2.9000 |" in done.stdout and "| incomplete |" in done.stdout
+    summarize.main([str(tmp_path / "a"), str(tmp_path / "b")])  # the command line: test_tracking_sweep.py
+    out = capsys.readouterr().out
+    assert "| run | model | final_val_loss |" in out and "model.n_layer" not in out
+    assert "/b | small | 2.9000 |" in out and "| incomplete |" in out
 
 
 def test_no_runs_is_a_clear_error(tmp_path):
-    done = subprocess.run([sys.executable, str(REPO / "scripts" / "summarize.py"), str(tmp_path)],
-                          capture_output=True, text=True, timeout=120)
-    assert done.returncode != 0 and "no metrics.jsonl under" in done.stderr
+    with pytest.raises(SystemExit) as err:  # exit 1, the message on stderr
+        summarize.main([str(tmp_path)])
+    assert str(err.value).startswith("error: no metrics.jsonl under")

@@ -1,12 +1,12 @@
 """Acceptance: a 2 lr x 2 seed Hydra multirun of the smoke experiment with offline wandb, then summarize.py."""
 import csv
 import subprocess
-import sys
 
+import pytest
 from omegaconf import OmegaConf
 
 from harness.metrics import read_metrics
-from tests.conftest import REPO, run_train
+from tests.conftest import REPO, run_script, run_train
 from tests.wandb_records import isolated_wandb_env, offline_runs, read_offline_run
 
 FAST = ["experiment=smoke", "train.max_steps=6", "train.val_every=3", "train.val_tokens=4096", "train.log_every=2"]
@@ -17,6 +17,7 @@ def git_head():
     return done.stdout.strip() if done.returncode == 0 else None
 
 
+@pytest.mark.e2e
 def test_two_lrs_two_seeds_offline_wandb_and_summary(tmp_path, monkeypatch):
     repo_before = {p.name for p in REPO.iterdir()}
     sweep = tmp_path / "sweep"
@@ -56,8 +57,7 @@ def test_two_lrs_two_seeds_offline_wandb_and_summary(tmp_path, monkeypatch):
 
     # summarize.py: one row per run, mean +- std per lr, the plot and its series.
     out = tmp_path / "report"
-    done = subprocess.run([sys.executable, str(REPO / "scripts" / "summarize.py"), str(sweep), "--out", str(out)],
-                          capture_output=True, text=True, timeout=300)
+    done = run_script("summarize", str(sweep), "--out", str(out), timeout=300)
     assert done.returncode == 0, done.stderr
     rows = list(csv.DictReader(open(out / "runs.csv")))
     assert [(r["optim.lr"], r["seed"]) for r in rows] == expected

@@ -107,7 +107,7 @@ def test_orchestration_on_cpu_with_a_fake_reference(tmp_path):
     from data.synthetic import ensure_synthetic_shards
     data = ensure_synthetic_shards(tmp_path / "data", SyntheticConfig(vocab=511, bos_token=511))
     out = tmp_path / "out"
-    cmd = [sys.executable, "scripts/vs_reference.py", "--reference", str(FAKE), "--experiment", "smoke",
+    cmd = [sys.executable, "-m", "scripts.vs_reference", "--reference", str(FAKE), "--experiment", "smoke",
            "--data", str(data), "--steps", "20", "--gpus", "1", "--device", "cpu", "--val-tokens", "8192",
            "--out", str(out), "--timeout", "300", "--", "train.log_every=1"]
     proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)

@@ -230,6 +230,7 @@ def test_disk_full_mid_run_keeps_the_previous_checkpoint(world, tmp_path, monkey
     store.verify(ckpts / "step_000002", store.read_manifest(ckpts / "step_000002"))
 
 
+@pytest.mark.e2e
 def test_command_line_reports_a_corrupt_checkpoint_in_one_line_exit_2(world, tmp_path):
     run_dir = damaged_copy(world, tmp_path, flip_byte)
     before = tree_hashes(run_dir)
