@@ -32,6 +32,8 @@ from harness.nonfinite import NonFiniteLoss
 from tests.conftest import error_lines, run_train
 from tests.inprocess import checkpoint_steps, run, tree_hashes
 
+pytestmark = pytest.mark.e2e  # every test runs the training loop in-process (integration)
+
 BASE = ["train.max_steps=4", "train.val_every=2", "checkpoint.every=2", "checkpoint.keep=0"]
 N_VAL, N_TRAIN = 10_000, 20_000
 

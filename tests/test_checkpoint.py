@@ -17,6 +17,8 @@ from harness.nonfinite import NonFiniteLoss
 from harness.preemption import Preempted, StopRequest
 from tests.inprocess import checkpoint_steps, events, run, tree_hashes
 
+pytestmark = pytest.mark.e2e  # every test runs the training loop in-process (integration)
+
 STEPS = ["train.max_steps=6", "train.val_every=2", "checkpoint.every=2", "checkpoint.keep=0"]
 
 

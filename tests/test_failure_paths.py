@@ -30,6 +30,8 @@ from harness.preemption import StopRequest
 from tests.conftest import REPO
 from tests.inprocess import compose_config, run
 
+pytestmark = pytest.mark.e2e  # every test runs the training loop in-process (integration)
+
 STEPS = ["train.max_steps=6", "train.val_every=2", "checkpoint.every=2", "checkpoint.keep=0"]
 
 

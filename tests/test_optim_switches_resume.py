@@ -10,6 +10,8 @@ from harness.checkpoint_store import list_checkpoints
 from harness.preemption import Preempted, StopRequest
 from tests.inprocess import events, run
 
+pytestmark = pytest.mark.e2e  # runs the training loop in-process (integration)
+
 SWITCHED = ["optim=dual", "optim.lr=0.05", "optim.lanton=true", "optim.normuon=true", "optim.cautious_wd=true",
             "optim.weight_decay=0.1", "optim.diag_every=2", "train.max_steps=6", "train.val_every=3",
             "checkpoint.every=2", "checkpoint.keep=0"]

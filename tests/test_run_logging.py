@@ -15,6 +15,8 @@ from optim.maps import LinearMap
 from tests.inprocess import SMOKE, compose_config, run
 from tests.wandb_records import isolated_wandb_env, offline_runs, read_offline_run
 
+pytestmark = pytest.mark.e2e  # every test runs the training loop in-process (integration)
+
 DUAL = ["optim=dual", "optim.lr=0.05"]
 
 

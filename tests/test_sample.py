@@ -9,6 +9,8 @@ from scripts import sample
 from scripts.sample import generate
 from tests.inprocess import SMOKE, compose_config, run
 
+pytestmark = pytest.mark.e2e  # the tests sample from a model trained in-process by the fixture (integration)
+
 V = 10
 
 

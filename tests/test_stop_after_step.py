@@ -7,6 +7,8 @@ from harness.config import ConfigError
 from tests.conftest import run_train
 from tests.inprocess import events, run
 
+pytestmark = pytest.mark.e2e  # every test runs the training loop in-process (integration)
+
 STEPS = ["train.max_steps=12", "train.val_every=5", "train.warmdown_frac=0.5", "checkpoint.final=true"]
 
 

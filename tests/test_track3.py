@@ -172,6 +172,7 @@ def test_algebraic_softcap_gradient_is_exact():
     torch.testing.assert_close(compiled(z), y)
 
 
+@pytest.mark.e2e  # runs the training loop in-process (integration)
 @pytest.mark.parametrize("experiment", ["track3_muon", "track3_adamw"])
 def test_track3_experiments_run_through_the_trainer(experiment, tmp_path):
     """Shrunk to 1 x 128 on synthetic data: summed loss, bf16 table, the val tail cadence, the schedule."""
