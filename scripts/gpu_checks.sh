@@ -12,6 +12,10 @@
 #   3. vs_record20  the same for record 20, 30 of its 1393 steps -> OUT/vs_reference/record20/report.md
 #   4. mfu          GPT-2 124M, AdamW, compiled, 20 steps, if time is left; scripts/mfu.py on it and on
 #                   the runs above (the tied-dual run is GPT-2 124M compiled too, its optimizer included).
+#   5. track3_muon  experiment=track3_muon as configured (one GPU: accumulation 8), compiled, the first 20
+#                   of its 3250 steps (train.stop_after_step), 262,144 val tokens: its ms/step and MFU,
+#                   owed since track 3 landed (issue 12); the CPU proxy's figures are in
+#                   results/benchmarks/track3_proxy_cpu.md.
 # The sample's 3.96M train tokens are repeated to 40M (scripts/repeat_shards.py): record 20's loader
 # does not cycle. Its val shard holds 405,727 tokens, so validation uses 393,216 (6 x 65,536) in 2-3.
 #
@@ -84,13 +88,15 @@ step tied_dual 130 train "${GPT2[@]}" optim=dual train.max_steps=30 "hydra.run.d
 step vs_record12 250 side_by_side record12_flexattn record12_flexattn 40
 step vs_record20 200 side_by_side record20_sub3min record20_sub3min 30
 step mfu_run 90 train "${GPT2[@]}" optim=adamw train.max_steps=20 train.log_every=1 "hydra.run.dir=$RUNS/gpt2_adamw_compile"
+step track3_muon 150 train experiment=track3_muon "data.dir=$DATA" device=cuda train.compile=true train.stop_after_step=20 \
+    train.val_tokens=262144 train.log_every=5 "hydra.run.dir=$RUNS/track3_muon_compile"
 if [ "$DRY" = 1 ]; then  # nothing above trained: time a short CPU run instead, to exercise mfu.py
     $PY train.py experiment=smoke train.max_steps=12 train.log_every=1 "hydra.run.dir=$RUNS/gpt2_adamw_compile" > /dev/null
     MFU_ARGS=(--peak-tflops 1)
 else
     MFU_ARGS=()
 fi
-MFU_RUNS=$(ls -d "$RUNS"/gpt2_adamw_compile "$RUNS"/gpt2_dual_compile "$OUT"/vs_reference/*/ours 2>/dev/null |
+MFU_RUNS=$(ls -d "$RUNS"/gpt2_adamw_compile "$RUNS"/gpt2_dual_compile "$RUNS"/track3_muon_compile "$OUT"/vs_reference/*/ours 2>/dev/null |
            while read -r d; do [ -s "$d/metrics.jsonl" ] && echo "$d"; done)
 # shellcheck disable=SC2086  # one run folder per word
 $PY -m scripts.mfu $MFU_RUNS "${MFU_ARGS[@]}" 2>&1 | tee "$OUT/mfu.md"
