@@ -15,6 +15,16 @@ FINEWEB_TOKENS = SHARED / "corpora" / "fineweb-sample" / "tokens"
 needs_fineweb = pytest.mark.skipif(not FINEWEB_TOKENS.is_dir(), reason="../shared FineWeb sample not present")
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    """Under pytest-xdist (pytest.ini runs one worker per core), each worker and every process it launches
+    gets one torch thread: two workers of two threads each on two cores only spin against each other."""
+    if int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")) > 1:
+        import torch
+
+        os.environ["OMP_NUM_THREADS"] = "1"  # inherited by train.py, torchrun and the scripts the tests launch
+        torch.set_num_threads(1)
+
+
 def run_train(*overrides: str, nproc: int = 1, timeout: int = 600, env: dict | None = None) -> subprocess.CompletedProcess:
     """Run train.py (under torchrun when nproc > 1) from the repo root; returns the finished process."""
     if nproc > 1:
