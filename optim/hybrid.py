@@ -122,6 +122,18 @@ class HybridOptimizer(torch.optim.Optimizer):
         self._diag_unread = False
         return dict(self._diag)
 
+    def load_state_dict(self, state_dict: dict) -> None:
+        """torch's load_state_dict, except that state tensors keep the dtype they were saved in. torch
+        casts them to their parameter's dtype, so a bf16 table's fp32 moments (every map keeps fp32
+        state) would come back bf16, and the resumed step would fail mixing them with the fp32 gradient."""
+        super().load_state_dict(state_dict)
+        saved_ids = [i for g in state_dict["param_groups"] for i in g["params"]]
+        params = [p for g in self.param_groups for p in g["params"]]
+        for i, p in zip(saved_ids, params):
+            for key, value in state_dict["state"].get(i, {}).items():
+                if torch.is_tensor(value) and value.is_floating_point() and value.dtype != self.state[p][key].dtype:
+                    self.state[p][key] = value.to(device=p.device, copy=True)
+
     # ---- the step -------------------------------------------------------------------------
 
     @torch.no_grad()

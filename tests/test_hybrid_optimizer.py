@@ -303,30 +303,42 @@ def test_diagnostics_every_k_steps():
     assert not opt.has_diagnostics() and opt.diagnostics() == {}
 
 
-def test_state_dict_resume_is_exact():
+@pytest.mark.parametrize("table_dtype", [torch.float32, torch.bfloat16])  # bf16: track 3's token table
+def test_state_dict_resume_is_exact(table_dtype):
+    def params(seed=0):
+        named, roles = toy_params(seed=seed)
+        named[0][1].data = named[0][1].data.to(table_dtype)  # wte.weight; its Adam moments stay fp32
+        return named, roles
+
     def run(n_steps, named, roles, opt=None):
         opt = opt or build_hybrid(cfg_of(MuonConfig, momentum_warmup_steps=5), named, roles)
         gen = torch.Generator().manual_seed(len(opt.state))
+        for _, p in named:
+            p.grad = torch.zeros_like(p)
         for _ in range(n_steps):
             for _, p in named:
-                p.grad = torch.randn(p.shape, generator=gen)
+                p.grad.copy_(torch.randn(p.shape, generator=gen))
             opt.step()
         return opt
 
     # checkpoint after 2 steps (serialized, as the trainer's checkpoint is), restore into fresh
     # objects, continue 2 steps: identical to never stopping.
-    named_b, roles = toy_params()
+    named_b, roles = params()
     opt_b = run(2, named_b, roles)
     buffer = io.BytesIO()
     torch.save(({n: p.detach() for n, p in named_b}, opt_b.state_dict()), buffer)
     buffer.seek(0)
     saved = torch.load(buffer)
-    named_c, _ = toy_params(seed=9)
+    named_c, _ = params(seed=9)
     for n, p in named_c:
         p.data.copy_(saved[0][n])
     opt_c = build_hybrid(cfg_of(MuonConfig, momentum_warmup_steps=5), named_c, roles)
     opt_c.load_state_dict(saved[1])
     assert opt_c.param_groups[0]["step"] == 2
+    # torch's load_state_dict casts state to its parameter's dtype; ours keeps what was saved
+    state_b, state_c = opt_b.state_dict()["state"], opt_c.state_dict()["state"]
+    assert {i: {k: v.dtype for k, v in s.items() if torch.is_tensor(v)} for i, s in state_c.items()} == \
+        {i: {k: v.dtype for k, v in s.items() if torch.is_tensor(v)} for i, s in state_b.items()}
     run(2, named_b, roles, opt_b)
     run(2, named_c, roles, opt_c)
     for (n, pb), (_, pc) in zip(named_b, named_c):
