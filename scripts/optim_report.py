@@ -170,11 +170,16 @@ def _verdict_section(arms: list, summary: dict, ref: dict, reference: str) -> li
     family = [a.name for a in arms if a.name in summary and a.config.get("optim", {}).get("name") == "dual"]
     met = [n for n in family if summary[n]["ratio"] <= GOAL_RATIO and summary[n]["p_goal"] < GOAL_P
            and len(summary[n]["runs"]) >= GOAL_SEEDS]
-    best = min(family, key=lambda n: summary[n]["ratio"], default=None)
+    # Unreached arms have an infinite ratio: break ties by final loss, so "best" is the closest one.
+    best = min(family, key=lambda n: (summary[n]["ratio"], summary[n]["final"][0]), default=None)
     L.append(f"Goal: a dual-family arm reaches {reference}'s final loss in <= {GOAL_RATIO:.2f}x its steps, with "
              f"p goal < {GOAL_P} over >= {GOAL_SEEDS} seeds.")
     if met:
         L.append("- **met** by " + ", ".join(f"{n} ({summary[n]['ratio']:.3f}x, p={_p(summary[n]['p_goal'])})" for n in met))
+    elif best is not None and not math.isfinite(summary[best]["ratio"]):
+        b = summary[best]
+        L.append(f"- **not met**: no dual-family arm reaches {reference}'s final loss ({ref['target']:.4f}) within "
+                 f"the run; the closest is {best} at {b['final'][0]:.4f} ({len(b['runs'])} seeds).")
     elif best is not None:
         b = summary[best]
         L.append(f"- **not met**. Best dual-family ratio: {best} at {_f(b['ratio'], 3)}x {reference}'s steps "

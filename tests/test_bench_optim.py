@@ -145,3 +145,16 @@ def test_switch_cost_measures_every_arm_on_a_tiny_model():
     finally:
         torch.set_num_threads(threads)
     assert set(res) == set(cost.ARMS) and all(0 < o <= t for o, t in res.values())
+
+
+def test_verdict_names_the_closest_arm_when_none_reaches_the_target():
+    from types import SimpleNamespace
+    from scripts.optim_report import _verdict_section
+    arm = lambda name, optim: SimpleNamespace(name=name, config={"optim": {"name": optim}})
+    entry = lambda final: {"ratio": math.inf, "final": (final, 0.01), "runs": [{}] * 4, "p_goal": 1.0}
+    summary = {"muon": {"ratio": 1.0, "final": (6.94, 0.01), "runs": [{}] * 4, "p_goal": math.nan},
+               "dual": entry(7.00), "dual-rates": entry(6.96)}
+    arms = [arm("muon", "muon"), arm("dual", "dual"), arm("dual-rates", "dual")]
+    text = "\n".join(_verdict_section(arms, summary, {"target": 6.94}, "muon"))
+    assert "no dual-family arm reaches muon's final loss (6.9400)" in text
+    assert "the closest is dual-rates at 6.9600 (4 seeds)" in text and "not reachedx" not in text
