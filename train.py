@@ -20,29 +20,29 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 from torch.nn.parallel import DistributedDataParallel as DDP
 
+from common.atomic_io import write_text_atomic
 from data.build import build_train_loader, build_val_batches, prepare_data
 from data.loader import DataError
 from data.shards import ShardError
-from harness import distributed as D
-from harness import outcome, sweep
-from harness import faults  # tests' fault injection; its two call sites are in the loop below
-from harness.atomic_io import write_text_atomic
-from harness.checkpoint import Checkpointer, CheckpointError, SaveInterrupted
-from harness.checkpoint_store import describe_os_error, latest
-from harness.cli import run_app
-from harness.config import Config, ConfigError, LossReduction, Precision, load_config, register_configs
-from harness.console_log import ConsoleLog
-from harness.cpu_alloc import keep_freed_memory
-from harness.epochs import EpochWatch
-from harness.launch import allow_submitit_pickling, launcher_rank, nonzero_rank_overrides
-from harness.metrics import format_rates, learning_rates, window_fields
-from harness.nonfinite import NonFiniteGuard, NonFiniteLoss
-from harness.outcome import Outcome
-from harness.preemption import Preempted, StopRequest
-from harness.run_dir import RunDirError, RunLock, claim
-from harness.schedule import lr_factor, val_due
-from harness.tracking import make_logger  # console, metrics.jsonl, wandb (rank 0)
-from harness.weights import save_final_weights
+from harness.checkpoint.checkpointer import Checkpointer, CheckpointError, SaveInterrupted
+from harness.checkpoint.run_dir import RunDirError, RunLock, claim
+from harness.checkpoint.store import describe_os_error, latest
+from harness.config.schema import Config, ConfigError, LossReduction, Precision, load_config, register_configs
+from harness.loop.epochs import EpochWatch
+from harness.loop.nonfinite import NonFiniteGuard, NonFiniteLoss
+from harness.loop.schedule import lr_factor, val_due
+from harness.process import distributed as D
+from harness.process import faults  # tests' fault injection; its two call sites are in the loop below
+from harness.process import outcome, sweep
+from harness.process.cli import run_app
+from harness.process.console_log import ConsoleLog
+from harness.process.cpu_alloc import keep_freed_memory
+from harness.process.launch import allow_submitit_pickling, launcher_rank, nonzero_rank_overrides
+from harness.process.outcome import Outcome
+from harness.process.preemption import Preempted, StopRequest
+from harness.telemetry.metrics import format_rates, learning_rates, window_fields
+from harness.telemetry.tracking import make_logger  # console, metrics.jsonl, wandb (rank 0)
+from inference.weights import save_final_weights
 from model.gpt import GPT
 from optim import build_optimizer
 
@@ -98,7 +98,7 @@ def train(cfg: Config, rank_info: D.RankInfo, run_dir: Path, stop: StopRequest |
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
     else:
-        keep_freed_memory()  # no page-fault storm from each step's big temporaries (harness/cpu_alloc.py)
+        keep_freed_memory()  # no page-fault storm from each step's big temporaries (harness/process/cpu_alloc.py)
 
     # Data: synthetic shards are made once per node; the val set is checked before any compute.
     if rank_info.local_rank == 0:
@@ -187,7 +187,7 @@ def train(cfg: Config, rank_info: D.RankInfo, run_dir: Path, stop: StopRequest |
     for step in range(start_step, end + 1):
         last = step == end
         model.set_train_progress(step, tc.max_steps)  # time-dependent architecture (sliding-window schedule)
-        faults.at_step(step)  # tests only (SPEEDRUN_FAULT, harness/faults.py): SIGKILL, exit, SIGTERM, sleep
+        faults.at_step(step)  # tests only (SPEEDRUN_FAULT, harness/process/faults.py): SIGKILL, exit, SIGTERM, sleep
         stopping = stop.requested(step)  # SIGTERM/SIGINT on any rank: every rank stops here
         validate = last or val_due(step, tc.max_steps, tc.val_every, tc.val_tail_every, tc.val_tail_frac)
         checkpoint = stopping or ckpt.due(step, last)
@@ -227,7 +227,7 @@ def train(cfg: Config, rank_info: D.RankInfo, run_dir: Path, stop: StopRequest |
                      **window_fields(model.window_tokens())})
             guard.check(step + 1, loss_value)  # names the step, the loss and the last good checkpoint
 
-    if cfg.checkpoint.final_weights and rank_info.is_main:  # what the run learned, for scripts.sample / eval
+    if cfg.checkpoint.final_weights and rank_info.is_main:  # what the run learned, for inference.sample / eval
         save_final_weights(run_dir, model, step)
     summary = {"final_val_loss": last_val, "steps": step, "tokens": step * tc.global_batch_tokens,
                "stopped_at_val_loss": tc.stop_at_val_loss is not None and last_val <= tc.stop_at_val_loss,
@@ -245,7 +245,7 @@ def train(cfg: Config, rank_info: D.RankInfo, run_dir: Path, stop: StopRequest |
 
 
 def job_outcome(hydra_cfg: DictConfig, run_dir: Path, overrides: list[str], sweep_dir: str | None) -> Outcome:
-    """Run one job; every way it can end becomes one Outcome, its line printed once (harness/outcome.py)."""
+    """Run one job; every way it can end becomes one Outcome, its line printed once (harness/process/outcome.py)."""
     cfg, rank_info, lock, where = None, None, RunLock(run_dir), ""
     again = (f"to continue, run the same command again (resume=auto finds this run) or add hydra.run.dir={run_dir}"
              if sweep_dir is None else f"the sweep stops; to finish it, run the same command with "
@@ -308,12 +308,12 @@ def job_outcome(hydra_cfg: DictConfig, run_dir: Path, overrides: list[str], swee
 
 @hydra.main(config_path="configs", config_name="config", version_base="1.3")
 def main(hydra_cfg: DictConfig) -> None:
-    """One run, or one job of a sweep (which then goes on with the next job: harness/sweep.py). The exit
-    code comes from the recorded outcome (harness/cli.py, harness/exit_codes.py)."""
+    """One run, or one job of a sweep (which then goes on with the next job: harness/process/sweep.py). The exit
+    code comes from the recorded outcome (harness/process/cli.py, common/exit_codes.py)."""
     hydra_conf = HydraConfig.get()
     run_dir, overrides = Path(hydra_conf.runtime.output_dir), list(hydra_conf.overrides.task)
     sweep_dir = str(hydra_conf.sweep.dir) if hydra_conf.mode == RunMode.MULTIRUN else None
-    own_folder = launcher_rank() == 0  # other ranks' Hydra folder is "." (harness/launch.py): never written
+    own_folder = launcher_rank() == 0  # other ranks' Hydra folder is "." (harness/process/launch.py): never written
     if sweep.stopped():
         outcome.record(Outcome("not_run", f"not run: the sweep was stopped ({sweep.stopped()})", overrides=overrides),
                        run_dir if own_folder else None)
@@ -330,4 +330,4 @@ if __name__ == "__main__":
     # Only rank 0 gets a Hydra output folder; the others must not create (racing) folders or logs.
     sys.argv += nonzero_rank_overrides()
     allow_submitit_pickling()  # hydra/launcher=slurm ships this script's functions to the SLURM tasks
-    D.exit_process(run_app(main))  # every rank exits with its jobs' code (harness/exit_codes.py)
+    D.exit_process(run_app(main))  # every rank exits with its jobs' code (common/exit_codes.py)

@@ -26,7 +26,7 @@ import torch
 from data.prefetch import ShardCache, check_vocab
 from data.shards import EOT_TOKEN, find_shards, open_shard
 
-FIX_GET_DATA = "get FineWeb shards with `python -m data.fineweb download --out DIR`"
+FIX_GET_DATA = "get FineWeb shards with `python -m data.prep.fineweb download --out DIR`"
 
 
 class DataError(ValueError):

@@ -42,7 +42,7 @@ def check_vocab(tokens: np.ndarray, vocab_size: int, path: Path | str) -> None:
             i = start + int(np.argmax(chunk >= vocab_size))
             raise ShardError(f"shard {path} holds token id {int(tokens[i])} >= vocab size {vocab_size} at token {i:,} "
                              f"of {n:,}: it was not tokenized with this vocabulary; re-tokenize it (python -m "
-                             f"data.tokenize), or, if its vocabulary is larger, set model.vocab_size above {int(tokens[i])}")
+                             f"data.prep.tokenize), or, if its vocabulary is larger, set model.vocab_size above {int(tokens[i])}")
 
 
 def _warm(path: Path) -> None:

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from harness.atomic_io import atomic_open
+from common.atomic_io import atomic_open
 
 MAGIC = 20240520
 VERSION = 1

@@ -96,14 +96,14 @@ class DualConfig:
     cautious_wd: bool = False         # decay only where update and weight agree in sign (optim/cautious.py)
 
     def check(self) -> None:
-        """Range checks the types cannot express (called by harness.config.load_config)."""
+        """Range checks the types cannot express (called by harness.config.schema.load_config)."""
         validate(self)
 
 
 @dataclass
 class MuonConfig(DualConfig):
     """`optim=muon`: the speedrun's Muon as in records 12-20, as what it changes in `dual` (each change is
-    one of the benchmark's ablations, scripts/bench_arms.py): quintic Newton-Schulz x5 at Muon's scale and
+    one of the benchmark's ablations, benchmarks/optim/arms.py): quintic Newton-Schulz x5 at Muon's scale and
     Adam for the embeddings (and a tied table, as record 4). Everything else is dual's: Nesterov 0.95
     warmed up from 0.85 over 300 steps (record 20; record 12 sets 500), Adam (0.8, 0.95), eps 1e-10, embed 0.6 / head 0.008 / scalars 0.04."""
     name: str = "muon"

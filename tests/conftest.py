@@ -35,9 +35,9 @@ def run_train(*overrides: str, nproc: int = 1, timeout: int = 600, env: dict | N
     return subprocess.run(cmd + list(overrides), cwd=REPO, capture_output=True, text=True, timeout=timeout, env=full_env)
 
 
-def run_script(name: str, *args: str, timeout: int = 120, env: dict | None = None) -> subprocess.CompletedProcess:
-    """Run `python -m scripts.<name> ARGS` from the repo root, as a user does; returns the finished process."""
-    return subprocess.run([sys.executable, "-m", f"scripts.{name}", *args], cwd=REPO, capture_output=True, text=True,
+def run_script(module: str, *args: str, timeout: int = 120, env: dict | None = None) -> subprocess.CompletedProcess:
+    """Run `python -m MODULE ARGS` (e.g. analysis.compare) from the repo root, as a user does; returns the finished process."""
+    return subprocess.run([sys.executable, "-m", module, *args], cwd=REPO, capture_output=True, text=True,
                           timeout=timeout, env=env)
 
 

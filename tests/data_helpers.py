@@ -26,7 +26,7 @@ def synthetic_docs(n_docs: int, seed: int = 0, mean_len: int = 60, max_len: int 
 
 
 def write_stream(folder: Path, tokens: np.ndarray, shard_tokens: int, prefix: str = "fineweb_train") -> list[Path]:
-    """Cut one token stream into shards of shard_tokens (last one shorter), like data.tokenize."""
+    """Cut one token stream into shards of shard_tokens (last one shorter), like data.prep.tokenize."""
     paths = []
     for i, start in enumerate(range(0, len(tokens), shard_tokens), 1):
         paths.append(write_shard(folder / f"{prefix}_{i:06d}.bin", tokens[start:start + shard_tokens]).path)

@@ -1,4 +1,4 @@
-"""A stand-in for a modded-nanogpt record script, for scripts/vs_reference.py's CPU tests: the same
+"""A stand-in for a modded-nanogpt record script, for benchmarks/vs_reference/run.py's CPU tests: the same
 Hyperparameters fields, loop line and log format (no model: it sleeps instead of training)."""
 import glob
 import os

@@ -9,8 +9,8 @@ from pathlib import Path
 import torch
 from hydra import compose, initialize_config_dir
 
-from harness import distributed as D
-from harness.config import Config, load_config, register_configs
+from harness.config.schema import Config, load_config, register_configs
+from harness.process import distributed as D
 from tests.conftest import REPO
 
 register_configs()
@@ -74,6 +74,6 @@ def tree_hashes(*roots: Path) -> dict[str, str]:
 
 
 def checkpoint_steps(root: Path) -> list[int]:
-    from harness.checkpoint_store import list_checkpoints
+    from harness.checkpoint.store import list_checkpoints
 
     return [s for s, _ in list_checkpoints(Path(root))]

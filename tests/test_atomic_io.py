@@ -3,7 +3,7 @@ import os
 
 import pytest
 
-from harness.atomic_io import atomic_open, write_text_atomic
+from common.atomic_io import atomic_open, write_text_atomic
 
 
 def test_replaces_whole_file_with_ordinary_permissions(tmp_path):

@@ -24,11 +24,11 @@ import torch
 from hydra.errors import ConfigCompositionException
 
 from data.shards import write_shard
-from harness import checkpoint_store as store
-from harness.checkpoint import CheckpointError
-from harness.checkpoint_store import MANIFEST
-from harness.config import ConfigError
-from harness.nonfinite import NonFiniteLoss
+from harness.checkpoint.checkpointer import CheckpointError
+from harness.checkpoint import store
+from harness.checkpoint.store import MANIFEST
+from harness.config.schema import ConfigError
+from harness.loop.nonfinite import NonFiniteLoss
 from tests.conftest import error_lines, run_train
 from tests.inprocess import checkpoint_steps, run, tree_hashes
 

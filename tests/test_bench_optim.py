@@ -1,4 +1,4 @@
-"""scripts/bench_optim.py's orchestration with fake runs (a stand-in writes each run's metrics.jsonl
+"""benchmarks/optim/run.py's orchestration with fake runs (a stand-in writes each run's metrics.jsonl
 in milliseconds): the plan and its priority order, the lr choice and the seeds that follow it, reuse
 of finished runs, refusal of a folder made by other overrides, restart of a run that died, and the
 report. One real end-to-end benchmark of tiny smoke runs is marked e2e."""
@@ -7,7 +7,7 @@ import math
 
 import pytest
 
-import scripts.bench_optim as bench_optim
+import benchmarks.optim.run as bench_optim
 
 ARMS = ["muon", "dual", "dual-lanton"]
 BASE = ["--experiment", "smoke", "--steps", "400", "--lr-mults", "0.5,1,2", "--jobs", "1",
@@ -117,7 +117,7 @@ def test_dry_run_lists_arms_aliases_and_run_count(tmp_path, monkeypatch, capsys)
 def test_tiny_real_benchmark_end_to_end(tmp_path):
     """Real train.py runs (smoke, 4 steps): 2 arms, 2 lrs, 2 seeds; the report is written."""
     from tests.conftest import run_script
-    proc = run_script("bench_optim", "--experiment", "smoke", "--steps", "4",
+    proc = run_script("benchmarks.optim.run", "--experiment", "smoke", "--steps", "4",
                       "--val-every", "2", "--set", "train.val_tokens=4096", "--arms", "muon", "dual-normuon",
                       "--extra", "muon:model.tie_embeddings=false", "--center", "*=0.05", "--lr-mults", "1,2",
                       "--seeds", "2", "--jobs", "2", "--out-runs", str(tmp_path / "runs"),
@@ -136,7 +136,7 @@ def test_switch_cost_measures_every_arm_on_a_tiny_model():
 
     import torch
 
-    import scripts.bench_switch_cost as cost
+    import benchmarks.switch_cost as cost
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
@@ -149,7 +149,8 @@ def test_switch_cost_measures_every_arm_on_a_tiny_model():
 
 def test_verdict_names_the_closest_arm_when_none_reaches_the_target():
     from types import SimpleNamespace
-    from scripts.optim_report import _verdict_section
+
+    from benchmarks.optim.report import _verdict_section
     arm = lambda name, optim: SimpleNamespace(name=name, config={"optim": {"name": optim}})
     entry = lambda final: {"ratio": math.inf, "final": (final, 0.01), "runs": [{}] * 4, "p_goal": 1.0}
     summary = {"muon": {"ratio": 1.0, "final": (6.94, 0.01), "runs": [{}] * 4, "p_goal": math.nan},

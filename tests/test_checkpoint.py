@@ -10,11 +10,11 @@ import time
 import pytest
 import torch
 
-from harness import checkpoint_store as store
-from harness.checkpoint import CheckpointError
-from harness.checkpoint_store import PendingCheckpoint, list_checkpoints, read_manifest, verify
-from harness.nonfinite import NonFiniteLoss
-from harness.preemption import Preempted, StopRequest
+from harness.checkpoint.checkpointer import CheckpointError
+from harness.checkpoint import store
+from harness.checkpoint.store import PendingCheckpoint, list_checkpoints, read_manifest, verify
+from harness.loop.nonfinite import NonFiniteLoss
+from harness.process.preemption import Preempted, StopRequest
 from tests.inprocess import checkpoint_steps, events, run, tree_hashes
 
 pytestmark = pytest.mark.e2e  # every test runs the training loop in-process (integration)

@@ -8,8 +8,8 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from harness import distributed as D
-from harness.checkpoint import Checkpointer
+from harness.checkpoint.checkpointer import Checkpointer
+from harness.process import distributed as D
 from tests.inprocess import SMOKE, compose_config
 
 

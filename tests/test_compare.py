@@ -1,11 +1,11 @@
-"""scripts/compare.py and scripts/significance.py on the reference curves and on synthetic runs."""
+"""analysis/compare.py and analysis/significance.py on the reference curves and on synthetic runs."""
 import json
 import math
 
 import pytest
 
-from harness.curves import CurveError, first_crossing, one_sided_ttest, read_curve, record_curve
-from scripts import compare, significance
+from analysis import compare, significance
+from analysis.curves import CurveError, first_crossing, one_sided_ttest, read_curve, record_curve
 from tests.conftest import REPO, run_script
 
 RECORDS = ["record02_adamw", "record04_muon", "record05_modernarch", "record08_untie", "record09_shortcuts",
@@ -75,7 +75,7 @@ def test_compare_reports_known_crossings_and_plots(tmp_path):
     fast = write_run(tmp_path / "fast", [10.9, 4.0, 3.5, 3.279, 3.27])
     slow = write_run(tmp_path / "slow", [10.9, 4.2, 3.6, 3.4, 3.3], ms_per_step=80.0)
     out = tmp_path / "plot.png"
-    proc = run_script("compare", str(fast), str(slow), "--record", "record20_sub3min", "--out", str(out))
+    proc = run_script("analysis.compare", str(fast), str(slow), "--record", "record20_sub3min", "--out", str(out))
     assert proc.returncode == 0, proc.stderr
     lines = {ln.split()[0]: ln.split() for ln in proc.stdout.splitlines() if ln.split()}
     assert lines["fast"][1:4] == ["300", "0.001B", "15.0"]
@@ -83,7 +83,7 @@ def test_compare_reports_known_crossings_and_plots(tmp_path):
     assert "not" in lines["slow"] and lines["slow"][1] == "-"
     assert out.stat().st_size > 10_000
     # one run folder: the plot lands in it by default
-    proc = run_script("compare", str(fast), "--record", "record05_modernarch")
+    proc = run_script("analysis.compare", str(fast), "--record", "record05_modernarch")
     assert proc.returncode == 0 and (fast / "compare_record05_modernarch.png").exists()
     assert "record record05_modernarch: reached at step 5000" in proc.stdout
 
@@ -112,7 +112,7 @@ def test_ttest_p_values_match_the_closed_form():
 @pytest.mark.e2e
 def test_significance_cli_on_run_folders(tmp_path):
     runs = [write_run(tmp_path / f"seed{i}", [10.9, 3.5, v], seed=i) for i, v in enumerate([3.270, 3.271, 3.272])]
-    proc = run_script("significance", *map(str, runs))
+    proc = run_script("analysis.significance", *map(str, runs))
     assert proc.returncode == 0, proc.stderr
     assert "n=3 mean=3.27100 std=0.00100" in proc.stdout and "verdict: SIGNIFICANT" in proc.stdout
 
@@ -122,5 +122,5 @@ def test_significance_verdicts_and_errors(capsys):
     out = capsys.readouterr().out
     assert "p=0.0101" in out and "NOT SIGNIFICANT" in out
     # the records' own final losses (one run each): a single run cannot be tested
-    assert main([str(REPO / "results/records/record20_sub3min.csv")]) == 2
+    assert main([str(REPO / "configs/records/record20_sub3min.csv")]) == 2
     assert "at least 2" in capsys.readouterr().err

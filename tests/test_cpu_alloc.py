@@ -1,4 +1,4 @@
-"""harness/cpu_alloc.py: after keep_freed_memory(), a head-sized training step stops faulting in fresh pages."""
+"""harness/process/cpu_alloc.py: after keep_freed_memory(), a head-sized training step stops faulting in fresh pages."""
 import ctypes
 import ctypes.util
 import resource
@@ -7,7 +7,7 @@ import sys
 import pytest
 import torch
 
-from harness.cpu_alloc import M_MMAP_MAX, M_TRIM_THRESHOLD, keep_freed_memory
+from harness.process.cpu_alloc import M_MMAP_MAX, M_TRIM_THRESHOLD, keep_freed_memory
 
 
 def _faults_per_step(steps: int = 2) -> float:

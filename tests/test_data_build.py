@@ -12,7 +12,7 @@ from data.build import build_train_loader, build_val_batches
 from data.config import DataConfig, LoaderMode, SyntheticConfig
 from data.loader import ContiguousLoader
 from data.shards import ShardError, write_shard
-from harness.config import ConfigError, load_config, register_configs
+from harness.config.schema import ConfigError, load_config, register_configs
 from tests.data_helpers import synthetic_docs, write_stream
 from tests.inprocess import user_error
 

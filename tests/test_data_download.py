@@ -1,4 +1,4 @@
-"""`python -m data.fineweb download` end to end against a fake hub on 127.0.0.1 (HF_ENDPOINT)."""
+"""`python -m data.prep.fineweb download` end to end against a fake hub on 127.0.0.1 (HF_ENDPOINT)."""
 from __future__ import annotations
 
 import os
@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from data.fineweb import download_shards, main
-from data.hub_download import DownloadError, HubUnreachable
+from data.prep.fineweb import download_shards, main
+from data.prep.hub_download import DownloadError, HubUnreachable
 from data.shards import write_shard
 from tests.fake_hub import FakeHub
 
@@ -63,7 +63,7 @@ def test_cli_downloads_verifies_then_skips(hub, tmp_path, capsys):
 def test_cli_process_end_to_end(hub, tmp_path):
     out = tmp_path / "shards"
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    r = subprocess.run([sys.executable, "-m", "data.fineweb", "download", "--train-shards", "1", "--out", str(out)],
+    r = subprocess.run([sys.executable, "-m", "data.prep.fineweb", "download", "--train-shards", "1", "--out", str(out)],
                        capture_output=True, text=True, env=env, cwd=ROOT, timeout=60)
     assert r.returncode == 0, r.stderr
     assert (out / "fineweb_train_000001.bin").read_bytes() == hub.content["fineweb_train_000001.bin"]

@@ -1,4 +1,4 @@
-"""python -m data.tokenize: byte-identical speedrun shards, sharding rule, sources, safe output."""
+"""python -m data.prep.tokenize: byte-identical speedrun shards, sharding rule, sources, safe output."""
 from __future__ import annotations
 
 import gzip
@@ -9,9 +9,9 @@ import warnings
 import numpy as np
 import pytest
 
+from data.prep.sources import SourceError, iter_documents
+from data.prep.tokenize import TokenizeError, main, tokenize_corpus
 from data.shards import EOT_TOKEN, open_shard
-from data.sources import SourceError, iter_documents
-from data.tokenize import TokenizeError, main, tokenize_corpus
 from data.tokenizer import encoding_from_ranks, load_ranks
 from tests.data_helpers import FINEWEB_SAMPLE, SHARED_BPE, fake_gpt2_ranks_file
 

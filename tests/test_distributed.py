@@ -1,7 +1,7 @@
 """World-size invariance: 2 ranks x accumulation 1 trains exactly like 1 rank x accumulation 2."""
 import pytest
 
-from harness.metrics import read_metrics
+from harness.telemetry.metrics import read_metrics
 from tests.conftest import run_train
 
 

@@ -19,14 +19,14 @@ from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
 from data.shards import ShardError, write_shard
-from harness import checkpoint_store as store
-from harness import outcome, run_dir, sweep
-from harness.checkpoint import CheckpointError, SaveInterrupted
-from harness.checkpoint_store import PendingCheckpoint, list_checkpoints, load_file, read_manifest, verify
-from harness.cli import hydra_error_line
-from harness.config import ConfigError
-from harness.console_log import CLEAR_LINE, ConsoleLog
-from harness.preemption import StopRequest
+from harness.checkpoint.checkpointer import CheckpointError, SaveInterrupted, run_dir
+from harness.checkpoint import store
+from harness.checkpoint.store import PendingCheckpoint, list_checkpoints, load_file, read_manifest, verify
+from harness.config.schema import ConfigError
+from harness.process import outcome, sweep
+from harness.process.cli import hydra_error_line
+from harness.process.console_log import CLEAR_LINE, ConsoleLog
+from harness.process.preemption import StopRequest
 from tests.conftest import REPO
 from tests.inprocess import compose_config, run
 
@@ -121,7 +121,7 @@ def test_a_real_small_filesystem_fills_up_during_a_checkpoint(tmp_path, small_tm
 
 def test_second_ctrl_c_inside_the_save_discards_it_and_keeps_the_previous(tmp_path, monkeypatch):
     """Ctrl-C at step 5 asks for a stop checkpoint; a second Ctrl-C lands while torch.save writes it."""
-    from harness import faults
+    from harness.process import faults
 
     def first_ctrl_c(step):
         if step == 5:
@@ -160,7 +160,7 @@ def test_bad_id_in_the_middle_of_a_later_shard_stops_at_it_naming_file_and_posit
     with pytest.raises(ShardError) as err:
         run(tmp_path / "run", *STEPS, "data.synthetic=null", f"data.dir={data}")
     assert str(err.value) == (f"shard {bad} holds token id 600 >= vocab size 512 at token 150,001 of 200,000: it was "
-                              "not tokenized with this vocabulary; re-tokenize it (python -m data.tokenize), or, if "
+                              "not tokenized with this vocabulary; re-tokenize it (python -m data.prep.tokenize), or, if "
                               "its vocabulary is larger, set model.vocab_size above 600")
     assert_left_clean(tmp_path / "run" / "checkpoints", newest=4)  # 18,000 tokens last 4 steps of 4,096
     assert_metrics_intact(tmp_path / "run", up_to_step=4)

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from harness.checkpoint_store import list_checkpoints, load_file, read_manifest, verify
-from harness.metrics import read_metrics
+from harness.checkpoint.store import list_checkpoints, load_file, read_manifest, verify
+from harness.telemetry.metrics import read_metrics
 from tests.conftest import REPO, error_lines, run_train
 from tests.inprocess import run
 
@@ -61,7 +61,7 @@ def test_full_disk_under_two_ranks_is_one_line_exit_2_on_every_rank(tmp_path):
 
 SECOND_CTRL_C = """
 import os, runpy, signal, sys
-import harness.checkpoint_store as store, harness.faults as faults
+import harness.checkpoint.store as store, harness.process.faults as faults
 real_at_step, real_write, sent = faults.at_step, store._HashingWriter.write, []
 def at_step(step):  # the user presses Ctrl-C during step 3 ...
     if step == 3 and not sent:

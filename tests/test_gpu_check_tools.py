@@ -1,4 +1,4 @@
-"""The pieces of scripts/gpu_checks.sh that run on CPU: repeat_shards.py, mfu.py, and the script's syntax."""
+"""The pieces of tools/gpu_checks.sh that run on CPU: repeat_shards.py, mfu.py, and the script's syntax."""
 import json
 import subprocess
 
@@ -12,7 +12,7 @@ from tests.conftest import REPO
 
 
 def test_repeat_shards_tiles_the_train_stream_and_links_val(tmp_path):
-    from scripts.repeat_shards import repeat_shards
+    from tools.repeat_shards import repeat_shards
     src = tmp_path / "src"
     write_shard(src / "fineweb_train_000001.bin", np.arange(100))
     write_shard(src / "fineweb_train_000002.bin", np.arange(100, 150))
@@ -29,8 +29,8 @@ def test_repeat_shards_tiles_the_train_stream_and_links_val(tmp_path):
 
 
 def test_mfu_counts_matmul_flops_and_steady_throughput(tmp_path, capsys):
-    from harness.config import register_configs
-    from scripts.mfu import flops_per_token, main
+    from analysis.mfu import flops_per_token, main
+    from harness.config.schema import register_configs
     register_configs()
     with initialize_config_dir(config_dir=str(REPO / "configs"), version_base="1.3"):
         cfg = compose("config", overrides=["model=gpt2_124m", "optim=adamw"])
@@ -48,5 +48,5 @@ def test_mfu_counts_matmul_flops_and_steady_throughput(tmp_path, capsys):
 
 
 def test_gpu_checks_script_parses():
-    assert subprocess.run(["bash", "-n", str(REPO / "scripts" / "gpu_checks.sh")]).returncode == 0
-    assert subprocess.run(["bash", "-n", str(REPO / "scripts" / "gpu_carry.sh")]).returncode == 0
+    assert subprocess.run(["bash", "-n", str(REPO / "tools" / "gpu_checks.sh")]).returncode == 0
+    assert subprocess.run(["bash", "-n", str(REPO / "tools" / "gpu_carry.sh")]).returncode == 0

@@ -7,10 +7,10 @@ import threading
 import pytest
 import torch
 
-from data.hellaswag import FILE_NAME, Example, HellaSwagError, ensure_val_file, parse_examples
+from evals.hellaswag import batch_rows, ending_losses, evaluate
+from evals.hellaswag_data import FILE_NAME, Example, HellaSwagError, ensure_val_file, parse_examples
 from model.config import ModelConfig
 from model.gpt import GPT
-from scripts.eval_hellaswag import batch_rows, ending_losses, evaluate
 
 # Character tokens: ' ' -> 0, 'a' -> 1, ..., 'z' -> 26.
 encode = lambda text: [0 if ch == " " else ord(ch) - 96 for ch in text]  # noqa: E731

@@ -1,5 +1,5 @@
 """Issue 13's ablations of `dual` towards Muon: each is one change of `optim=dual` (the benchmark's arm
-table, scripts/bench_arms.py), changes only that in the composed config, and only the parameters it
+table, benchmarks/optim/arms.py), changes only that in the composed config, and only the parameters it
 should in an optimizer step. Together they cover every difference between the two configurations."""
 import math
 
@@ -7,10 +7,10 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
+from benchmarks.optim.arms import ABLATIONS, ARMS, compose, resolve_arms
 from optim import build_hybrid
 from optim.hybrid_config import DualConfig
 from optim.newton_schulz import schedule
-from scripts.bench_arms import ABLATIONS, ARMS, compose, resolve_arms
 
 BASE = ["experiment=smoke"]
 

@@ -5,7 +5,7 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from harness.metrics import read_metrics
+from harness.telemetry.metrics import read_metrics
 from model.config import ModelConfig
 from model.gpt import GPT
 from optim import build_optimizer, orthogonalize
@@ -105,6 +105,7 @@ def test_optim_yaml_states_no_value_of_its_own(name):
     """Each default is stated once, in the schema (optim/hybrid_config.py, optim/config.py):
     configs/optim/NAME.yaml only names it, so `optim=NAME` is exactly the schema's defaults."""
     from pathlib import Path
+
     from optim.config import OPTIM_SCHEMAS
     yaml = OmegaConf.load(Path(__file__).resolve().parents[1] / "configs" / "optim" / f"{name}.yaml")
     assert set(yaml.keys()) == {"defaults"}

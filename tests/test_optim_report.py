@@ -1,12 +1,12 @@
-"""scripts/bench_stats.py and scripts/optim_report.py on made-up curves: interpolation, steps to a
+"""benchmarks/optim/stats.py and benchmarks/optim/report.py on made-up curves: interpolation, steps to a
 target, Welch's one-sided test against hand-computed values, and the report's ratios and verdicts."""
 import math
 
 import pytest
 
-from scripts.bench_arms import Arm
-from scripts.bench_stats import mean_curve, steps_to, val_at, welch_less
-from scripts.optim_report import summarize, write_report
+from benchmarks.optim.arms import Arm
+from benchmarks.optim.report import summarize, write_report
+from benchmarks.optim.stats import mean_curve, steps_to, val_at, welch_less
 
 STEPS = [0, 100, 200, 300, 400]
 
@@ -74,7 +74,7 @@ def test_summary_ratios_and_p_values():
 
 def test_report_tables_verdict_and_png(tmp_path):
     arms, results, grids, chosen = fixtures()
-    setup = {"command": "python -m scripts.bench_optim --fake", "wall_min": 1.0, "base": ["experiment=smoke"],
+    setup = {"command": "python -m benchmarks.optim.run --fake", "wall_min": 1.0, "base": ["experiment=smoke"],
              "reference": "muon", "seeds": 2, "lr_mults": "1,2", "steps": 400, "machine": "a test",
              "missing": ["slow_lr0.05_s2"], "notes": "## Notes\n\nhand-written context"}
     out = tmp_path / "optim.md"

@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from harness.checkpoint_store import list_checkpoints
-from harness.preemption import Preempted, StopRequest
+from harness.checkpoint.store import list_checkpoints
+from harness.process.preemption import Preempted, StopRequest
 from tests.inprocess import events, run
 
 pytestmark = pytest.mark.e2e  # runs the training loop in-process (integration)

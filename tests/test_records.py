@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 
-import scripts.describe as describe
+import tools.describe as describe
 
 C, H4 = 768, 3072  # width, MLP hidden
 V, VP = 50257, 50304
@@ -163,7 +163,8 @@ def test_schedule_batch_and_validation(built, rec):
 
 
 def test_lr_schedule_values_match_the_records():
-    from harness.schedule import lr_factor
+    from harness.loop.schedule import lr_factor
+
     # record 2: (it+1)/256 warmup, then (9536 - it)/2048 warmdown
     assert lr_factor(0, 9536, 256 / 9536, 2048 / 9536, 0.0) == 1 / 256
     assert lr_factor(9536 - 2048, 9536, 256 / 9536, 2048 / 9536, 0.0) == 1.0

@@ -19,7 +19,7 @@ import types
 import pytest
 import torch
 
-from harness.schedule import lr_factor
+from harness.loop.schedule import lr_factor
 from model.gpt import GPT
 from model.masks import window_units
 from optim import build_optimizer
@@ -64,7 +64,7 @@ def our_name(name: str) -> str:
 
 
 def config(rec: str, *extra: str):
-    import scripts.describe as describe
+    import tools.describe as describe
     layers = RECORDS[rec][1]
     return describe.load([f"experiment={rec}", *SHRINK, f"model.n_layer={layers}", *extra])
 

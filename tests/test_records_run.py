@@ -5,7 +5,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from harness.metrics import read_metrics
+from harness.telemetry.metrics import read_metrics
 from tests.conftest import run_train
 
 SHRINK = ["model.n_layer=2", "model.n_head=2", "model.n_embd=64", "device=cpu", "train.compile=false",
@@ -37,9 +37,10 @@ GROUPS = {
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
     """(experiment, stop_at_val_loss) -> (run folder, stderr of its process)."""
+    from omegaconf import OmegaConf
+
     from data.config import SyntheticConfig
     from data.synthetic import ensure_synthetic_shards
-    from omegaconf import OmegaConf
 
     root = tmp_path_factory.mktemp("record_runs")
     data_dir = root / "synthetic"  # written once here, so the concurrent runs only read it
@@ -92,7 +93,7 @@ def test_stop_at_val_loss_ends_a_time_to_target_run(runs):
 
 
 def test_stop_at_val_loss_must_be_positive():
-    from harness.config import TrainConfig
+    from harness.config.schema import TrainConfig
     with pytest.raises(ValueError, match="train.stop_at_val_loss must be > 0"):
         TrainConfig(stop_at_val_loss=-1.0).check()
     TrainConfig(stop_at_val_loss=3.28).check()

@@ -1,7 +1,7 @@
 """Acceptance: processes really die (kill -9, a crashed rank, SIGTERM) and resume=auto finishes the run
 with metrics identical to an uninterrupted run's (bit-identical losses, CPU, fp32), on 1 and 2 ranks.
 
-Faults are injected with SPEEDRUN_FAULT (harness/faults.py) so they hit an exact step. Two-rank runs use
+Faults are injected with SPEEDRUN_FAULT (harness/process/faults.py) so they hit an exact step. Two-rank runs use
 optim=dual, whose per-role state and rank-sharded Newton-Schulz must resume exactly too.
 """
 from __future__ import annotations

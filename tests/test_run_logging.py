@@ -9,8 +9,8 @@ import torch
 from omegaconf import OmegaConf
 
 from data.build import build_val_batches
-from harness.metrics import read_metrics
-from harness.weights import WEIGHTS_FILE, load_trained
+from harness.telemetry.metrics import read_metrics
+from inference.weights import WEIGHTS_FILE, load_trained
 from optim.maps import LinearMap
 from tests.inprocess import SMOKE, compose_config, run
 from tests.wandb_records import isolated_wandb_env, offline_runs, read_offline_run

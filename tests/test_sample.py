@@ -1,12 +1,12 @@
-"""Trained weights back from a run or checkpoint folder (harness/weights.py), and scripts.sample: the
+"""Trained weights back from a run or checkpoint folder (inference/weights.py), and inference.sample: the
 sampling loop on stub models, and the CLI on a smoke run (synthetic token ids: no tokenizer needed)."""
 import pytest
 import torch
 from omegaconf import OmegaConf
 
-from harness.weights import WEIGHTS_FILE, WeightsError, load_trained
-from scripts import sample
-from scripts.sample import generate
+from inference import sample
+from inference.sample import generate
+from inference.weights import WEIGHTS_FILE, WeightsError, load_trained
 from tests.inprocess import SMOKE, compose_config, run
 
 pytestmark = pytest.mark.e2e  # the tests sample from a model trained in-process by the fixture (integration)

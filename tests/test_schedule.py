@@ -1,6 +1,6 @@
 import pytest
 
-from harness.schedule import lr_factor
+from harness.loop.schedule import lr_factor
 
 
 def test_constant_without_warmup_or_warmdown():

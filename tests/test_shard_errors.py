@@ -88,7 +88,7 @@ def test_one_bad_id_in_the_middle_of_a_large_shard_is_found(tmp_path, loader):
         make([first], 4, 64, vocab_size=50257)
     msg = one_line(e)
     assert msg == (f"shard {first} holds token id 50300 >= vocab size 50257 at token 123,457 of 1,000,000: it was not "
-                   "tokenized with this vocabulary; re-tokenize it (python -m data.tokenize), or, if its vocabulary "
+                   "tokenized with this vocabulary; re-tokenize it (python -m data.prep.tokenize), or, if its vocabulary "
                    "is larger, set model.vocab_size above 50300")
     ok = write_shard(tmp_path / "b" / "fineweb_train_000001.bin", good[:300_000]).path
     later = write_shard(tmp_path / "b" / "fineweb_train_000002.bin", bad).path
@@ -110,7 +110,7 @@ def test_bad_second_shard_surfaces_when_reached(tmp_path, shard):
 def test_empty_folder(tmp_path):
     with pytest.raises(DataError) as e:
         resolve_shards(str(tmp_path), "fineweb_train_*.bin", "train")
-    assert str(tmp_path) in one_line(e) and "python -m data.fineweb download" in str(e.value)
+    assert str(tmp_path) in one_line(e) and "python -m data.prep.fineweb download" in str(e.value)
 
 
 def test_fewer_tokens_than_one_global_batch(shard):
@@ -141,7 +141,7 @@ def test_bad_shapes(shard):
 
 
 def test_verify_command_names_each_bad_shard(tmp_path, shard, capsys):
-    from data.fineweb import main
+    from data.prep.fineweb import main
 
     bad = write_shard(tmp_path / "fineweb_train_000002.bin", np.full(10, 50300, dtype=np.uint16)).path
     assert main(["verify", str(tmp_path)]) == 2

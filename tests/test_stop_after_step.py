@@ -3,7 +3,7 @@ ends with a validation at N and a summary saying it stopped early; with a final 
 into the full run."""
 import pytest
 
-from harness.config import ConfigError
+from harness.config.schema import ConfigError
 from tests.conftest import run_train
 from tests.inprocess import events, run
 

@@ -9,7 +9,7 @@ import math
 import pytest
 import torch
 
-from harness.schedule import lr_factor, val_due
+from harness.loop.schedule import lr_factor, val_due
 from model.config import ModelConfig
 from model.gpt import GPT
 from optim import build_optimizer
@@ -20,7 +20,7 @@ PARAMS = 162_354_816  # 2 x 50304 x 768 + 50304 (head bias) + 12 x 7,086,336 (bl
 
 
 def _groups(experiment: str) -> dict[str, tuple]:
-    import scripts.describe as describe
+    import tools.describe as describe
     model, opt = describe.build_on_meta(describe.load([f"experiment={experiment}"]))
     assert sum(p.numel() for p in model.parameters()) == PARAMS
     return {g["role"]: (g["map"], g["initial_lr"], g["weight_decay"], tuple(g.get("betas", ())))
@@ -52,14 +52,14 @@ def test_track3_adamw_groups_are_the_scripts():
 @pytest.mark.parametrize("experiment,curve", [("track3_muon", "track3_muon"), ("track3_adamw", "track3_adamw"),
                                               ("track3_proxy_cpu", None), ("track3_proxy_gpu", None)])
 def test_validation_steps_are_the_published_curves(experiment, curve):
-    """The steps our trainer validates at = the steps the scripts printed (results/records/track3_*.csv)."""
+    """The steps our trainer validates at = the steps the scripts printed (configs/records/track3_*.csv)."""
     tc = compose_config(f"experiment={experiment}").train
     ours = [s for s in range(tc.max_steps + 1) if val_due(s, tc.max_steps, tc.val_every, tc.val_tail_every,
                                                              tc.val_tail_frac)]
     if curve is None:  # the proxies: same rule, scaled
         assert ours[0] == 0 and ours[-1] == tc.max_steps and tc.val_tail_every > 0
         return
-    with open(REPO / "results" / "records" / f"{curve}.csv") as f:
+    with open(REPO / "configs" / "records" / f"{curve}.csv") as f:
         published = sorted({int(r["step"]) for r in csv.DictReader(f)})
     assert ours == published
 
@@ -178,9 +178,9 @@ def test_track3_experiments_run_through_the_trainer(experiment, tmp_path, monkey
     """Shrunk to 1 x 128 on synthetic data: summed loss, bf16 table, the val tail cadence, the schedule;
     a SIGTERM and the resume give the uninterrupted run (the bf16 table's fp32 optimizer state survives it)."""
     import train
-    from harness import distributed as D
-    from harness.curves import read_metrics
-    from harness.preemption import Preempted, StopRequest
+    from analysis.curves import read_metrics
+    from harness.process import distributed as D
+    from harness.process.preemption import Preempted, StopRequest
     from tests.inprocess import events
     cfg = compose_config(f"experiment={experiment}", "data=synthetic", f"data.dir={tmp_path / 'data'}",
                          "data.synthetic.vocab=511", "data.synthetic.bos_token=511", "data.synthetic.train_tokens=20000",

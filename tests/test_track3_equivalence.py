@@ -13,7 +13,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from harness.schedule import lr_factor
+from harness.loop.schedule import lr_factor
 from model.gpt import GPT
 from optim import build_optimizer
 from tests.inprocess import compose_config
@@ -218,5 +218,5 @@ def test_bf16_table_runs_the_model_in_bf16_like_the_script(experiment):
 
 
 def _describe():
-    import scripts.describe as describe
+    import tools.describe as describe
     return describe

@@ -1,7 +1,7 @@
 """Acceptance: wandb that cannot start (no login; no network) costs one warning line, never the run."""
 import pytest
 
-from harness.metrics import read_metrics
+from harness.telemetry.metrics import read_metrics
 from tests.conftest import run_train
 from tests.wandb_records import isolated_wandb_env
 

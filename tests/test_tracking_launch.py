@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from harness.metrics import read_metrics
+from harness.telemetry.metrics import read_metrics
 from tests.conftest import REPO, run_train
 from tests.wandb_records import isolated_wandb_env, offline_runs, read_offline_run
 
@@ -70,7 +70,7 @@ def test_slurm_launcher_produces_a_valid_sbatch_script(tmp_path, monkeypatch):
     from omegaconf import OmegaConf
     from submitit.slurm.slurm import SlurmExecutor
 
-    from harness.config import register_configs
+    from harness.config.schema import register_configs
 
     register_configs()
     with initialize_config_dir(config_dir=str(REPO / "configs"), version_base="1.3"):

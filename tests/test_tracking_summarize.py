@@ -1,4 +1,4 @@
-"""scripts/summarize.py on hand-made run folders with known numbers (the 2x2 sweep test runs it on real runs)."""
+"""analysis/summarize.py on hand-made run folders with known numbers (the 2x2 sweep test runs it on real runs)."""
 import csv
 import json
 import statistics
@@ -6,7 +6,7 @@ import statistics
 import pytest
 from omegaconf import OmegaConf
 
-import scripts.summarize as summarize
+import analysis.summarize as summarize
 
 
 def make_run(path, lr, seed, curve, model="tiny", overrides=(), complete=True, target=3.28):

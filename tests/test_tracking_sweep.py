@@ -5,7 +5,7 @@ import subprocess
 import pytest
 from omegaconf import OmegaConf
 
-from harness.metrics import read_metrics
+from harness.telemetry.metrics import read_metrics
 from tests.conftest import REPO, run_script, run_train
 from tests.wandb_records import isolated_wandb_env, offline_runs, read_offline_run
 
@@ -57,7 +57,7 @@ def test_two_lrs_two_seeds_offline_wandb_and_summary(tmp_path, monkeypatch):
 
     # summarize.py: one row per run, mean +- std per lr, the plot and its series.
     out = tmp_path / "report"
-    done = run_script("summarize", str(sweep), "--out", str(out), timeout=300)
+    done = run_script("analysis.summarize", str(sweep), "--out", str(out), timeout=300)
     assert done.returncode == 0, done.stderr
     rows = list(csv.DictReader(open(out / "runs.csv")))
     assert [(r["optim.lr"], r["seed"]) for r in rows] == expected

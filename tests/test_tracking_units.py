@@ -8,11 +8,21 @@ import shutil
 import pytest
 import torch
 
-from harness import launch
-from harness.config import ConfigError, WandbLoggerConfig, WandbMode
-from harness.metrics import (ConsoleSink, JsonlSink, MetricsLogger, ValTracker, format_diag, format_event,
-                             format_summary, learning_rates, read_metrics, window_fields)
-from harness.wandb_sink import WandbSink
+from harness.config.schema import ConfigError, WandbLoggerConfig, WandbMode
+from harness.process import launch
+from harness.telemetry.metrics import (
+    ConsoleSink,
+    JsonlSink,
+    MetricsLogger,
+    ValTracker,
+    format_diag,
+    format_event,
+    format_summary,
+    learning_rates,
+    read_metrics,
+    window_fields,
+)
+from harness.telemetry.wandb_sink import WandbSink
 
 VAL = [{"event": "val", "step": s, "tokens": s * 100, "train_time_ms": s * 10.0, "val_loss": v}
        for s, v in [(0, 6.0), (10, 4.0), (20, 3.2), (30, 3.1), (40, 3.3)]]
@@ -255,7 +265,7 @@ def test_logger_group_validates_keys():
     from hydra import compose, initialize_config_dir
     from hydra.errors import ConfigCompositionException
 
-    from harness.config import load_config, register_configs
+    from harness.config.schema import load_config, register_configs
     from tests.conftest import REPO
 
     register_configs()

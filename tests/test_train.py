@@ -8,9 +8,9 @@ import pytest
 import torch
 
 from data.shards import write_shard
-from harness import distributed as D
-from harness.config import ConfigError, Device
-from harness.metrics import read_metrics
+from harness.config.schema import ConfigError, Device
+from harness.process import distributed as D
+from harness.telemetry.metrics import read_metrics
 from tests.conftest import error_lines, run_train
 from tests.inprocess import user_error
 
@@ -41,7 +41,7 @@ def test_smoke_learns_and_writes_its_run_folder(smoke_run):
 
 def test_missing_data_dir_is_one_line_naming_data_dir(tmp_path):
     line = user_error(tmp_path, "experiment=cpu_fineweb", f"data.dir={tmp_path / 'no_shards_here'}")
-    assert "data.dir" in line and "data.fineweb download" in line
+    assert "data.dir" in line and "data.prep.fineweb download" in line
 
 
 def test_empty_data_dir_names_the_pattern(tmp_path):

@@ -1,5 +1,5 @@
-"""As a user runs them: train a GPT-2-vocabulary model on the FineWeb sample, then `python -m scripts.sample`
-and `python -m scripts.eval_hellaswag` on its run folder (subprocesses; needs ../shared)."""
+"""As a user runs them: train a GPT-2-vocabulary model on the FineWeb sample, then `python -m inference.sample`
+and `python -m evals.hellaswag` on its run folder (subprocesses; needs ../shared)."""
 import json
 import subprocess
 import sys
@@ -39,13 +39,13 @@ def fineweb_run(tmp_path_factory):
 
 
 def test_sample_prints_text_continuing_the_prompt(fineweb_run):
-    proc = module("scripts.sample", str(fineweb_run), "--prompt", "The weather today", "--max-new-tokens", "12",
+    proc = module("inference.sample", str(fineweb_run), "--prompt", "The weather today", "--max-new-tokens", "12",
                   "--num-samples", "2", "--seed", "3")
     assert proc.returncode == 0, proc.stderr
     lines = proc.stdout.splitlines()
     assert lines[0] == "--- sample 1/2" and lines[1].startswith("The weather today") and len(lines[1]) > 17
     assert f"model: {fineweb_run / 'final_weights.pt'} (step 3, " in proc.stderr
-    again = module("scripts.sample", str(fineweb_run), "--prompt", "The weather today", "--max-new-tokens", "12",
+    again = module("inference.sample", str(fineweb_run), "--prompt", "The weather today", "--max-new-tokens", "12",
                    "--num-samples", "2", "--seed", "3")
     assert again.stdout == proc.stdout
 
@@ -54,14 +54,14 @@ def test_eval_hellaswag_on_a_local_file_and_offline(fineweb_run, tmp_path):
     data = tmp_path / "hs.jsonl"
     data.write_text("".join(json.dumps(e) + "\n" for e in EXAMPLES))
     out = tmp_path / "hs.json"
-    proc = module("scripts.eval_hellaswag", str(fineweb_run), "--data", str(data), "--batch-size", "2",
+    proc = module("evals.hellaswag", str(fineweb_run), "--data", str(data), "--batch-size", "2",
                   "--no-progress", "--out", str(out))
     assert proc.returncode == 0, proc.stderr
     result = json.loads(out.read_text())
     assert result["examples"] == 3 and result["correct"] in range(4) and result["acc"] == result["correct"] / 3
     assert proc.stdout.strip() == (f"hellaswag: 3 examples | acc {result['acc']:.4f} | acc_norm "
                                    f"{result['acc_norm']:.4f} | model {fineweb_run / 'final_weights.pt'} (step 3)")
-    offline = module("scripts.eval_hellaswag", str(fineweb_run), "--cache-dir", str(tmp_path / "cache"),
+    offline = module("evals.hellaswag", str(fineweb_run), "--cache-dir", str(tmp_path / "cache"),
                      "--url", "http://127.0.0.1:9/hellaswag_val.jsonl", "--no-progress")
     assert offline.returncode == 2
     errors = [line for line in offline.stderr.splitlines() if line.startswith("error")]

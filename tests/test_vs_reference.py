@@ -1,4 +1,4 @@
-"""scripts/vs_reference.py: the script edits (on the real record scripts when ../shared is present),
+"""benchmarks/vs_reference/run.py: the script edits (on the real record scripts when ../shared is present),
 log parsing and the report, and the whole orchestration on CPU with a fake reference script
 (tests/fake_reference_script.py prints the records' log format) against experiment=smoke."""
 from __future__ import annotations
@@ -11,9 +11,15 @@ import warnings
 
 import pytest
 
-from scripts.vs_reference import VsReferenceError, check_data, edit_script, gpu_plan, script_field
-from scripts.vs_reference_report import (Side, ours_compile_ms, parse_ours, parse_reference_log,
-                                         reference_compile_ms, report_lines)
+from benchmarks.vs_reference.report import (
+    Side,
+    ours_compile_ms,
+    parse_ours,
+    parse_reference_log,
+    reference_compile_ms,
+    report_lines,
+)
+from benchmarks.vs_reference.run import VsReferenceError, check_data, edit_script, gpu_plan, script_field
 from tests.conftest import REPO
 from tests.reference_scripts import REF_DIR
 
@@ -107,7 +113,7 @@ def test_orchestration_on_cpu_with_a_fake_reference(tmp_path):
     from data.synthetic import ensure_synthetic_shards
     data = ensure_synthetic_shards(tmp_path / "data", SyntheticConfig(vocab=511, bos_token=511))
     out = tmp_path / "out"
-    cmd = [sys.executable, "-m", "scripts.vs_reference", "--reference", str(FAKE), "--experiment", "smoke",
+    cmd = [sys.executable, "-m", "benchmarks.vs_reference.run", "--reference", str(FAKE), "--experiment", "smoke",
            "--data", str(data), "--steps", "20", "--gpus", "1", "--device", "cpu", "--val-tokens", "8192",
            "--out", str(out), "--timeout", "300", "--", "train.log_every=1"]
     proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)

@@ -1,0 +1,164 @@
+"""Is a result significant? Track 1's t-test, track 3's z-test, and track 3's pairwise rule.
+
+    python -m analysis.significance outputs/runs/seed*                  # track 1: mean < 3.28 at p < 0.01
+    python -m analysis.significance --values 3.2771 3.2793 3.2780       # final losses typed in
+    python -m analysis.significance --rule track3 outputs/multirun/X/*  # (3.28 - mean) sqrt(n) >= 0.004
+    python -m analysis.significance --rule pairwise --new NEW_RUNS... --old OLD_RUNS...
+    python -m analysis.significance --rule pairwise --new-summary 3.2785 10 3210 --old-summary 3.2778 16 3250
+
+RUN may be a run folder of this harness (metrics.jsonl), a speedrun log or a CSV. Each rule prints
+its inputs, the statistic and the verdict (formulas: analysis/pooling.py; track 1's t-test:
+one-sided one-sample, H1: mean < target).
+
+Runs are pooled only when that means something: finished runs (an end-of-run summary) of one
+configuration, differing in their seed alone (logging and checkpoint keys aside), each seed once,
+all validated last at the same step, and not all identical. Otherwise the script names every
+problem and refuses (exit 2); --force pools them anyway under loud warnings.
+Exit status: 0 significant, 1 not significant, 2 bad input or refused.
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+from pathlib import Path
+
+from analysis.curves import DEFAULT_TARGET, CurveError, one_sided_ttest, read_curve
+from analysis.pooling import (
+    TRACK3_LOSS_PER_100_STEPS,
+    TRACK3_MARGIN,
+    RunFacts,
+    pooling_problems,
+    run_facts,
+    spread_problem,
+    track3_pairwise,
+    track3_ztest,
+)
+
+
+class Refused(ValueError):
+    """The inputs should not be pooled (the message lists why)."""
+
+
+def collect(label: str, paths: list[str], values: list[float], force: bool) -> tuple[list[float], list[RunFacts]]:
+    """Final losses of one group: run folders / logs / CSVs, plus values typed in; checks pooling."""
+    facts = []
+    for p in paths:
+        path = Path(p)
+        if path.is_dir() and (path / "metrics.jsonl").is_file():
+            f = run_facts(path)
+            if f.final_val_loss is None:
+                raise CurveError(f"{path} holds no validation points")
+        else:  # a speedrun log or CSV: no config to check, assumed finished
+            final = read_curve(path).final
+            f = RunFacts(path.name, None, True, final.step, final.val_loss)
+        facts.append(f)
+        state = "" if f.complete else " (UNFINISHED)"
+        print(f"{label}{p}: final val_loss {f.final_val_loss:.5f} at step {f.final_step}{state}")
+    losses = [f.final_val_loss for f in facts] + list(values)
+    problems = pooling_problems(facts) if len(facts) > 1 or any(not f.complete for f in facts) else []
+    if (spread := spread_problem(losses)) is not None:
+        problems.append(spread)
+    if problems and not force:
+        raise Refused("refusing to pool these runs:\n  - " + "\n  - ".join(problems) +
+                      "\n  (pass --force to pool them anyway)")
+    for problem in problems:
+        print(f"WARNING (--force): {problem}")
+    return losses, facts
+
+
+def group_steps(label: str, facts: list[RunFacts], given: float | None) -> float:
+    steps = {f.final_step for f in facts}
+    if given is not None:
+        return given
+    if len(steps) != 1 or None in steps:
+        raise ValueError(f"the {label} group's runs end at steps {sorted(s for s in steps if s is not None)}: "
+                         f"give --{label}-steps N")
+    return float(steps.pop())
+
+
+def ttest(losses: list[float], target: float, alpha: float) -> int:
+    res = one_sided_ttest(losses, target, alpha)
+    print(f"rule: track 1, one-sided one-sample t-test, H1: mean < {target}, significant if p < {alpha}")
+    print(f"n={res.n} mean={res.mean:.5f} std={res.std:.5f} t={res.t:.3f} p={res.p:.3g}")
+    if res.significant:
+        print(f"verdict: SIGNIFICANT - mean {res.mean:.4f} < {res.target} at p={res.p:.3g} < {alpha}")
+        return 0
+    print(f"verdict: NOT SIGNIFICANT - p={res.p:.3g} >= {alpha}; more runs or a lower loss needed")
+    return 1
+
+
+def ztest(losses: list[float], target: float) -> int:
+    res = track3_ztest(losses, target)
+    print(f"rule: track 3, one-sided z-test (sigma 0.0013 assumed, p < .001): (target - mean) * sqrt(n) >= "
+          f"{TRACK3_MARGIN}")
+    print(f"inputs: n={res.n} mean={res.mean:.5f} target={target}")
+    print(f"statistic: ({target} - {res.mean:.5f}) * sqrt({res.n}) = {res.z:.4g}")
+    if res.passes:
+        print(f"verdict: SIGNIFICANT - {res.z:.4g} >= {TRACK3_MARGIN}")
+        return 0
+    need = target - TRACK3_MARGIN / math.sqrt(res.n)
+    print(f"verdict: NOT SIGNIFICANT - {res.z:.4g} < {TRACK3_MARGIN} (n={res.n} needs a mean <= {need:.5f})")
+    return 1
+
+
+def pairwise(new: tuple[float, int, float], old: tuple[float, int, float]) -> int:
+    res = track3_pairwise(new, old)
+    print(f"rule: track 3 pairwise: (final_loss_diff + steps_diff/100 * {TRACK3_LOSS_PER_100_STEPS}) / "
+          f"sqrt(1/n1 + 1/n2) >= {TRACK3_MARGIN}")
+    print(f"inputs: new mean {res.new_mean:.5f} n={res.new_n} at {res.new_steps:g} steps; "
+          f"old mean {res.old_mean:.5f} n={res.old_n} at {res.old_steps:g} steps")
+    print(f"  final_loss_diff = old - new = {res.loss_diff:+.5f}; steps_diff = old - new = {res.steps_diff:g} "
+          f"-> {res.steps_diff:g}/100 * {TRACK3_LOSS_PER_100_STEPS} = {res.step_loss:+.5f}")
+    print(f"statistic: ({res.loss_diff:+.5f} {res.step_loss:+.5f}) / sqrt(1/{res.new_n} + 1/{res.old_n}) = "
+          f"{res.statistic:.4g}")
+    if res.passes:
+        print(f"verdict: SIGNIFICANT - the new result is better: {res.statistic:.4g} >= {TRACK3_MARGIN}")
+        return 0
+    print(f"verdict: NOT SIGNIFICANT - {res.statistic:.4g} < {TRACK3_MARGIN}")
+    return 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m analysis.significance", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("runs", nargs="*", help="run folders, metrics.jsonl files, speedrun logs or CSVs")
+    ap.add_argument("--values", type=float, nargs="+", default=[], help="final val losses given directly")
+    ap.add_argument("--rule", choices=("ttest", "track3", "pairwise"), default="ttest")
+    ap.add_argument("--new", nargs="+", default=[], help="pairwise: the new result's runs")
+    ap.add_argument("--old", nargs="+", default=[], help="pairwise: the old result's runs")
+    ap.add_argument("--new-summary", type=float, nargs=3, metavar=("MEAN", "N", "STEPS"))
+    ap.add_argument("--old-summary", type=float, nargs=3, metavar=("MEAN", "N", "STEPS"))
+    ap.add_argument("--new-steps", type=float, help="pairwise: the new result's step count (default: its runs')")
+    ap.add_argument("--old-steps", type=float, help="pairwise: the old result's step count (default: its runs')")
+    ap.add_argument("--target", type=float, default=DEFAULT_TARGET)
+    ap.add_argument("--alpha", type=float, default=0.01, help="t-test significance level")
+    ap.add_argument("--force", action="store_true", help="pool runs that should not be pooled (warns)")
+    args = ap.parse_args(argv)
+    try:
+        if args.rule != "pairwise":
+            if args.new or args.old or args.new_summary or args.old_summary:
+                raise ValueError("--new/--old and --*-summary belong to --rule pairwise")
+            losses, _ = collect("", args.runs, args.values, args.force)
+            return ttest(losses, args.target, args.alpha) if args.rule == "ttest" else ztest(losses, args.target)
+        if args.runs or args.values:
+            raise ValueError("--rule pairwise takes --new ... --old ... (or --new-summary / --old-summary), "
+                             "not positional runs or --values")
+        sides = {}
+        for label, paths, summary, steps in (("new", args.new, args.new_summary, args.new_steps),
+                                             ("old", args.old, args.old_summary, args.old_steps)):
+            if bool(paths) == bool(summary):
+                raise ValueError(f"give the {label} result as --{label} RUNS... or as --{label}-summary MEAN N STEPS")
+            if summary:
+                sides[label] = (summary[0], summary[1], summary[2])
+                continue
+            losses, facts = collect(f"{label}: ", paths, [], args.force)
+            sides[label] = (sum(losses) / len(losses), len(losses), group_steps(label, facts, steps))
+        return pairwise(sides["new"], sides["old"])
+    except (CurveError, ValueError) as e:  # Refused included
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

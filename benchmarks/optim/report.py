@@ -1,0 +1,230 @@
+"""Report of benchmarks/optim/run.py: markdown tables and a PNG of the curves, written atomically.
+
+Inputs: arms (scripts/bench_arms.Arm, in table order), results {(arm, lr, seed): run} (bench_stats
+`load_run`), grids {arm: [lr, ...]}, chosen {arm: lr or None} and setup (command, base overrides,
+reference arm, seeds, steps, machine, wall minutes, missing runs, notes).
+
+Definitions (per arm, at its chosen lr, over its seeds):
+- target: the reference arm's (tuned Muon's) final val loss, mean over its seeds; N_ref: the step
+  where the reference's seed-averaged curve reaches it (interpolated).
+- steps to target: where the arm's seed-averaged curve reaches the target; "vs ref" = that / N_ref.
+  Per seed: each seed's own crossing / N_ref (mean [min, max]).
+- p final: one-sided Welch t-test, H1: the arm's mean final loss < the reference's.
+- p goal: one-sided Welch, H1: the arm's val loss at step 0.9 N_ref (interpolated on each seed's
+  curve of the full-length run, so mid-warmdown: conservative) < the reference's final losses.
+  Issue 13's goal: a dual-family arm with p goal < 0.01 over >= 4 seeds.
+"""
+from __future__ import annotations
+
+import io
+import math
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+from benchmarks.optim.stats import mean_curve, spread, steps_to, val_at, welch_less  # noqa: E402
+from common.atomic_io import atomic_open, write_text_atomic  # noqa: E402
+
+GOAL_RATIO, GOAL_P, GOAL_SEEDS = 0.90, 0.01, 4
+
+
+def summarize(arms: list, results: dict, chosen: dict, reference: str) -> tuple[dict, dict]:
+    """Per-arm figures at the chosen lr (see the module docstring) and the reference's (target, N_ref)."""
+    runs = {a.name: [results[k] for k in sorted(results) if k[0] == a.name and k[1] == chosen.get(a.name)]
+            for a in arms if chosen.get(a.name) is not None}
+    runs = {k: v for k, v in runs.items() if v}
+    ref = {"target": math.nan, "n_ref": math.nan, "finals": []}
+    if reference in runs:
+        ref["finals"] = [r["final"] for r in runs[reference]]
+        ref["target"] = sum(ref["finals"]) / len(ref["finals"])
+        ref["n_ref"] = steps_to(mean_curve(runs[reference]), ref["target"])
+    out = {}
+    for name, rs in runs.items():
+        curve = mean_curve(rs)
+        finals = [r["final"] for r in rs]
+        st = steps_to(curve, ref["target"]) if reference in runs else math.nan
+        per_seed = [steps_to(r, ref["target"]) / ref["n_ref"] for r in rs] if reference in runs else []
+        goal_vals = [val_at(r, GOAL_RATIO * ref["n_ref"]) for r in rs] if reference in runs else []
+        out[name] = {"runs": rs, "curve": curve, "finals": finals, "final": spread(finals),
+                     "steps_to": st, "ratio": st / ref["n_ref"] if reference in runs else math.nan,
+                     "per_seed": per_seed, "seeds": [k[2] for k in sorted(results)
+                                                     if k[0] == name and k[1] == chosen[name]],
+                     "p_final": welch_less(finals, ref["finals"])[2] if name != reference else math.nan,
+                     "p_goal": welch_less(goal_vals, ref["finals"])[2] if name != reference else math.nan,
+                     "ms_per_step": sorted(r["ms_per_step"] for r in rs)[len(rs) // 2]}
+    return out, ref
+
+
+def _f(x: float, digits: int = 4) -> str:
+    return "-" if x is None or (isinstance(x, float) and math.isnan(x)) else \
+        ("not reached" if math.isinf(x) else f"{x:.{digits}f}")
+
+
+def _p(p: float) -> str:
+    return "-" if math.isnan(p) else f"{p:.2g}" if p >= 1e-4 else f"{p:.1e}"
+
+
+def _ratio_cell(per_seed: list[float]) -> str:
+    if not per_seed:
+        return "-"
+    m, _, lo, hi = spread(per_seed)
+    missed = sum(1 for x in per_seed if math.isinf(x))
+    core = f"{m:.3f} [{lo:.3f}, {hi:.3f}]" if not math.isnan(m) else "not reached"
+    return core + (f" ({missed} of {len(per_seed)} seeds never reach it)" if missed and not math.isnan(m) else "")
+
+
+def marks_for(steps: int, val_steps: list[int]) -> list[int]:
+    """Validation steps nearest 25/50/75/90/100% of the run."""
+    if not val_steps:
+        return []
+    return sorted({min(val_steps, key=lambda s: abs(s - f * steps)) for f in (0.25, 0.5, 0.75, 0.9, 1.0)})
+
+
+def write_report(path: Path, arms: list, results: dict, grids: dict, chosen: dict, setup: dict) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    reference = setup.get("reference", "muon")
+    summary, ref = summarize(arms, results, chosen, reference)
+    ncol = max((len(g) for g in grids.values()), default=1)
+    L = [f"# Optimizer benchmark: {setup.get('title', 'arms over one base experiment')}", "",
+         f"Command: `{setup['command']}` ({setup['wall_min']:.0f} min wall, {setup.get('machine', '?')}).  ",
+         f"Base of every run: `{' '.join(setup.get('base', []))}`.  ",
+         f"Protocol: every arm gets the same lr sweep (its base lr x {setup.get('lr_mults', '?')}, seed 0, full length); "
+         f"the lowest final val loss picks its lr; then seeds 0..{setup.get('seeds', 1) - 1} at that lr.  "]
+    if reference in summary:
+        L.append(f"Reference: **{reference}**; target = its mean final val loss **{ref['target']:.4f}**, reached by its "
+                 f"seed-averaged curve at step N_ref = {ref['n_ref']:.0f}.")
+    L += ["", "## Arms", "", "| arm | what it measures | overrides (after the base) | note |", "|---|---|---|---|"]
+    for a in arms:
+        note = f"identical config to **{a.alias_of}**: not run" if a.alias_of else ""
+        L.append(f"| {a.name} | {a.description} | `{' '.join(a.overrides)}` | {note} |")
+    L += ["", "## Learning-rate sweep (seed 0, final val loss)", "",
+          "| arm | " + " | ".join(f"lr #{i + 1}" for i in range(ncol)) + " | chosen |", "|---|" + "---|" * (ncol + 1)]
+    for a in arms:
+        if a.alias_of:
+            continue
+        grid = grids.get(a.name, [])
+        cells = [f"{lr:.4g}: " + (f"{results[(a.name, lr, 0)]['final']:.4f}" if (a.name, lr, 0) in results else "missing")
+                 for lr in grid] + ["-"] * (ncol - len(grid))
+        c = chosen.get(a.name)
+        edge = " (edge)" if c is not None and len(grid) > 1 and c in (min(grid), max(grid)) else ""
+        L.append(f"| {a.name} | " + " | ".join(cells) + f" | {c:.4g}{edge} |" if c is not None else
+                 f"| {a.name} | " + " | ".join(cells) + " | - |")
+    if setup.get("missing"):
+        L += ["", f"**Incomplete**: {len(setup['missing'])} planned runs have not finished "
+              f"({', '.join(setup['missing'][:12])}{' ...' if len(setup['missing']) > 12 else ''}); rerun the same "
+              "command to complete them (finished runs are reused)."]
+    steps = setup.get("steps") or max((s for v in summary.values() for s in v["curve"]["steps"]), default=0)
+    marks = marks_for(steps, sorted({s for v in summary.values() for s in v["curve"]["steps"]}))
+    L += ["", "## Results at each arm's chosen lr", "",
+          "| arm | lr | seeds | " + " | ".join(f"val @ {m}" for m in marks) + " | final (mean ± sd) | steps to target | "
+          f"vs {reference} | per seed: mean [min, max] | p final < {reference} | p goal | ms/step |",
+          "|---|---|---|" + "---|" * (len(marks) + 7)]
+    for a in arms:
+        s = summary.get(a.name)
+        if s is None:
+            continue
+        m, sd, _, _ = s["final"]
+        vals = [_f(sum(val_at(r, mk) for r in s["runs"]) / len(s["runs"])) for mk in marks]
+        L.append(f"| {a.name} | {chosen[a.name]:.4g} | {len(s['runs'])} | " + " | ".join(vals) +
+                 f" | {m:.4f} ± {sd:.4f} | {_f(s['steps_to'], 0)} | {_f(s['ratio'], 3)} | {_ratio_cell(s['per_seed'])} | "
+                 f"{_p(s['p_final'])} | {_p(s['p_goal'])} | {s['ms_per_step']:.0f} |")
+    L += _ablation_section(arms, summary, reference) + _verdict_section(arms, summary, ref, reference)
+    png = path.with_suffix(".png")
+    if summary:
+        plot(png, arms, summary, ref, reference, setup.get("device", "cpu"))
+        L += ["", f"![val loss vs step]({png.name})", ""]
+    if setup.get("notes"):
+        L += ["", setup["notes"].rstrip(), ""]
+    write_text_atomic(path, "\n".join(L) + "\n")
+    print(f"wrote {path}" + (f" and {png}" if summary else ""), flush=True)
+
+
+def _ablation_section(arms: list, summary: dict, reference: str) -> list[str]:
+    """Each dual variant's final loss against dual's, and the share of dual's gap to the reference it closes."""
+    if "dual" not in summary:
+        return []
+    dual = summary["dual"]["finals"]
+    gap = summary["dual"]["final"][0] - summary[reference]["final"][0] if reference in summary else math.nan
+    L = ["", f"## dual's variants against dual (final val loss; gap dual - {reference} = {_f(gap)})", "",
+         "| arm | change | final - dual's (mean ± sd of the difference) | share of the gap closed | p (arm < dual) |",
+         "|---|---|---|---|---|"]
+    for a in arms:
+        if a.name == "dual" or a.name not in summary or a.config.get("optim", {}).get("name") != "dual":
+            continue
+        f = summary[a.name]["finals"]
+        delta = summary[a.name]["final"][0] - summary["dual"]["final"][0]
+        sd = math.sqrt((summary[a.name]["final"][1] ** 2) / len(f) + (summary["dual"]["final"][1] ** 2) / len(dual))
+        share = -delta / gap if gap and math.isfinite(gap) and gap != 0 else math.nan
+        L.append(f"| {a.name} | {a.description} | {delta:+.4f} ± {sd:.4f} | {_f(share, 2)} | {_p(welch_less(f, dual)[2])} |")
+    return L
+
+
+def _verdict_section(arms: list, summary: dict, ref: dict, reference: str) -> list[str]:
+    L = ["", "## Verdict against issue 13's goal", ""]
+    if reference not in summary:
+        return L + [f"The reference arm ({reference}) has no finished runs: no target, no verdict."]
+    family = [a.name for a in arms if a.name in summary and a.config.get("optim", {}).get("name") == "dual"]
+    met = [n for n in family if summary[n]["ratio"] <= GOAL_RATIO and summary[n]["p_goal"] < GOAL_P
+           and len(summary[n]["runs"]) >= GOAL_SEEDS]
+    # Unreached arms have an infinite ratio: break ties by final loss, so "best" is the closest one.
+    best = min(family, key=lambda n: (summary[n]["ratio"], summary[n]["final"][0]), default=None)
+    L.append(f"Goal: a dual-family arm reaches {reference}'s final loss in <= {GOAL_RATIO:.2f}x its steps, with "
+             f"p goal < {GOAL_P} over >= {GOAL_SEEDS} seeds.")
+    if met:
+        L.append("- **met** by " + ", ".join(f"{n} ({summary[n]['ratio']:.3f}x, p={_p(summary[n]['p_goal'])})" for n in met))
+    elif best is not None and not math.isfinite(summary[best]["ratio"]):
+        b = summary[best]
+        L.append(f"- **not met**: no dual-family arm reaches {reference}'s final loss ({ref['target']:.4f}) within "
+                 f"the run; the closest is {best} at {b['final'][0]:.4f} ({len(b['runs'])} seeds).")
+    elif best is not None:
+        b = summary[best]
+        L.append(f"- **not met**. Best dual-family ratio: {best} at {_f(b['ratio'], 3)}x {reference}'s steps "
+                 f"(p goal {_p(b['p_goal'])}, {len(b['runs'])} seeds).")
+    sds = {n: v["final"][1] for n, v in summary.items() if len(v["runs"]) > 1}
+    if sds:
+        worst = max(sds, key=sds.get)
+        L.append(f"- Seed spread: the largest sample sd of a final loss is {sds[worst]:.4f} ({worst}); "
+                 "differences well below it are not resolved.")
+    return L
+
+
+def plot(png: Path, arms: list, summary: dict, ref: dict, reference: str, device: str = "cpu") -> None:
+    """Left: every arm's seed-averaged val curve (band: min-max over seeds). Right: the last 40% of steps."""
+    fig, axes = plt.subplots(1, 2, figsize=(13, 5))
+    colors = plt.get_cmap("tab10")
+    names = [a.name for a in arms if a.name in summary]
+    for i, name in enumerate(names):
+        s = summary[name]
+        steps = s["curve"]["steps"]
+        lo = [min(val_at(r, st) for r in s["runs"]) for st in steps]
+        hi = [max(val_at(r, st) for r in s["runs"]) for st in steps]
+        style = dict(color=colors(i % 10), ls=("-", "--", ":")[i // 10 % 3],
+                     lw=2.2 if name in (reference, "dual") else 1.2)
+        for ax in axes:
+            ax.plot(steps, s["curve"]["val"], label=f"{name} ({len(s['runs'])} seeds)", **style)
+            ax.fill_between(steps, lo, hi, color=style["color"], alpha=0.15, lw=0)
+    last = max(max(summary[n]["curve"]["steps"]) for n in names)
+    finals = [summary[n]["final"][0] for n in names]
+    axes[1].set_xlim(0.6 * last, last)
+    axes[1].set_ylim(min(finals) - 0.05, max(finals) + 0.15)
+    for ax in axes:
+        if math.isfinite(ref["target"]):
+            ax.axhline(ref["target"], color="gray", lw=0.8, ls=":")
+            ax.axvline(GOAL_RATIO * ref["n_ref"], color="gray", lw=0.8, ls="--")
+        ax.set_xlabel("step")
+        ax.set_ylabel("val loss (nats/token)")
+        ax.grid(alpha=0.3)
+    axes[0].set_ylim(top=min(axes[0].get_ylim()[1], max(finals) + 2.0))
+    axes[0].set_title(f"val loss vs step ({device.upper()}); dotted: {reference}'s final, dashed: 0.9 N_ref")
+    axes[1].set_title("the last 40% of the steps")
+    axes[1].legend(fontsize=7, ncol=2)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110)
+    plt.close(fig)
+    with atomic_open(png, "wb") as f:
+        f.write(buf.getvalue())

@@ -1,0 +1,239 @@
+"""Tokenize a corpus into speedrun shards (GPT-2 BPE, every document prefixed by <|endoftext|>).
+
+    python -m data.prep.tokenize SOURCE --out DIR --val-docs N --shard-tokens N [--bpe FILE] [--workers K]
+
+SOURCE is a .jsonl/.txt/.parquet file, a folder of them, or hf:NAME[:CONFIG]
+(see data/prep/sources.py). The sharding rule (the one of the speedrun's published
+shards, reproduced byte for byte on the FineWeb sample):
+
+- documents are read in order; each becomes [50256] + GPT-2 tokens of its text;
+- the first N documents, whole, form `{prefix}_val_000000.bin` (any size);
+- the remaining documents form one token stream, cut into train shards of exactly
+  `--shard-tokens` tokens (`{prefix}_train_000001.bin`, ...), so a document may
+  straddle two shards; the last shard holds the remainder.
+
+Output never depends on the number of workers: workers encode chunks of documents
+and results are consumed strictly in submission order. At most a few chunks per
+worker are in flight, so a streamed 10B-token dataset never sits in memory.
+Shards are written atomically into a staging folder inside DIR and moved into
+place only once the whole corpus is done, so an error or Ctrl-C leaves DIR as it
+was; existing shards are never written over unless --overwrite is given.
+"""
+from __future__ import annotations
+
+import argparse
+import itertools
+import multiprocessing as mp
+import shutil
+import sys
+import tempfile
+import time
+from collections import deque
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from common import exit_codes
+from data.prep.sources import SourceError, iter_documents
+from data.shards import TOKEN_DTYPE, ShardError, write_shard
+from data.tokenizer import EOT_TOKEN, TokenizerError, gpt2_encoding_with_source
+
+CHUNK_DOCS = 64  # documents per task sent to a worker
+IN_FLIGHT_PER_WORKER = 4  # chunks queued per worker: keeps workers busy, bounds memory
+
+_ENCODING = None  # the worker's tiktoken Encoding, set by _init_worker
+
+
+class TokenizeError(ValueError):
+    """Bad arguments or an output folder that cannot be written as asked."""
+
+
+def _init_worker(bpe: str | None) -> None:
+    global _ENCODING
+    _ENCODING = gpt2_encoding_with_source(bpe)[0]
+
+
+def encode_chunk(texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    """Documents -> (their tokens concatenated, uint16; per-document token counts, int64).
+
+    Each document is prefixed by <|endoftext|>; special-token text inside documents is
+    encoded as ordinary text, never as 50256.
+    """
+    pieces = [_ENCODING.encode_ordinary(t) for t in texts]
+    lengths = np.fromiter((len(p) + 1 for p in pieces), dtype=np.int64, count=len(pieces))
+    out = np.empty(int(lengths.sum()), dtype=TOKEN_DTYPE)
+    pos = 0
+    for p in pieces:
+        out[pos] = EOT_TOKEN
+        out[pos + 1:pos + 1 + len(p)] = p
+        pos += len(p) + 1
+    return out, lengths
+
+
+def _encoded_chunks(docs: Iterable[str], workers: int, bpe: str | None) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """encode_chunk over consecutive chunks of `docs`, results in input order."""
+    docs_iter = iter(docs)
+    chunks = iter(lambda: list(itertools.islice(docs_iter, CHUNK_DOCS)), [])
+    if workers <= 1:
+        _init_worker(bpe)
+        yield from map(encode_chunk, chunks)
+        return
+    # spawn, not fork: the parent has threads (tqdm monitor, prefetch) whose locks a fork could copy held
+    with mp.get_context("spawn").Pool(workers, initializer=_init_worker, initargs=(bpe,)) as pool:
+        pending: deque = deque()
+        for chunk in chunks:
+            pending.append(pool.apply_async(encode_chunk, (chunk,)))
+            if len(pending) >= workers * IN_FLIGHT_PER_WORKER:
+                yield pending.popleft().get()
+        while pending:
+            yield pending.popleft().get()
+
+
+@dataclass
+class _ShardSink:
+    """Receives the token stream; writes the val shard, then fixed-size train shards."""
+
+    folder: Path
+    prefix: str
+    val_docs: int
+    shard_tokens: int
+    docs: int = 0
+    tokens: int = 0
+    val_parts: list = field(default_factory=list)
+    written: list = field(default_factory=list)  # (name, num_tokens)
+
+    def __post_init__(self) -> None:
+        self.buf = np.empty(self.shard_tokens, dtype=TOKEN_DTYPE)
+        self.fill = 0
+
+    def add(self, tokens: np.ndarray, lengths: np.ndarray) -> None:
+        self.tokens += len(tokens)
+        if self.docs < self.val_docs:  # part (or all) of this chunk belongs to validation
+            n_val = min(len(lengths), self.val_docs - self.docs)
+            cut = int(lengths[:n_val].sum())
+            self.val_parts.append(tokens[:cut])
+            self.docs += n_val
+            if self.docs == self.val_docs:
+                self._write(f"{self.prefix}_val_{0:06d}.bin", np.concatenate(self.val_parts))
+                self.val_parts = []
+            tokens, lengths = tokens[cut:], lengths[n_val:]
+        self.docs += len(lengths)
+        while len(tokens):
+            take = min(len(tokens), self.shard_tokens - self.fill)
+            self.buf[self.fill:self.fill + take] = tokens[:take]
+            self.fill += take
+            tokens = tokens[take:]
+            if self.fill == self.shard_tokens:
+                self._flush()
+
+    def _flush(self) -> None:
+        index = sum(1 for name, _ in self.written if "_train_" in name) + 1
+        self._write(f"{self.prefix}_train_{index:06d}.bin", self.buf[:self.fill])
+        self.fill = 0
+
+    def _write(self, name: str, tokens: np.ndarray) -> None:
+        write_shard(self.folder / name, tokens)
+        self.written.append((name, len(tokens)))
+
+    def finish(self, source: str) -> None:
+        if self.docs < self.val_docs:
+            raise TokenizeError(f"{source} has only {self.docs} documents, fewer than --val-docs {self.val_docs}; "
+                                "lower --val-docs")
+        if self.fill:
+            self._flush()
+        if not any("_train_" in name for name, _ in self.written):
+            raise TokenizeError(f"{source} has {self.docs} documents and --val-docs {self.val_docs} takes them all: "
+                                "no training tokens; lower --val-docs")
+
+
+def _existing_shards(out: Path, prefix: str) -> list[Path]:
+    return sorted(out.glob(f"{prefix}_val_*.bin")) + sorted(out.glob(f"{prefix}_train_*.bin"))
+
+
+def tokenize_corpus(source: str, out: str | Path, val_docs: int, shard_tokens: int, *, bpe: str | None = None,
+                    workers: int = 1, prefix: str = "fineweb", text_field: str = "text", txt_split: str = "file",
+                    split: str = "train", max_docs: int | None = None, overwrite: bool = False,
+                    progress: bool = True) -> dict:
+    """Tokenize `source` into shards in `out`; return a summary (docs, tokens, seconds, shards)."""
+    if val_docs < 0:
+        raise TokenizeError(f"--val-docs must be >= 0, got {val_docs}")
+    if shard_tokens < 1:
+        raise TokenizeError(f"--shard-tokens must be >= 1, got {shard_tokens}")
+    if workers < 1:
+        raise TokenizeError(f"--workers must be >= 1, got {workers}")
+    out = Path(out).expanduser()
+    existing = _existing_shards(out, prefix) if out.is_dir() else []
+    if existing and not overwrite:
+        raise TokenizeError(f"{out} already holds shards ({existing[0].name}, ...): choose an empty --out "
+                            "or pass --overwrite to replace them")
+    _, tokenizer_source = gpt2_encoding_with_source(bpe)  # fail early, in one place, if there is no tokenizer
+    docs = iter_documents(source, text_field=text_field, txt_split=txt_split, split=split)
+    if max_docs is not None:
+        docs = itertools.islice(docs, max_docs)
+    out.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".tokenize-staging-", dir=out))
+    sink = _ShardSink(staging, prefix, val_docs, shard_tokens)
+    t0 = time.perf_counter()
+    try:
+        from tqdm import tqdm
+
+        with tqdm(desc=f"tokenizing ({tokenizer_source})", unit=" docs", disable=not progress,
+                  dynamic_ncols=True) as bar:
+            for tokens, lengths in _encoded_chunks(docs, workers, bpe):
+                sink.add(tokens, lengths)
+                bar.update(len(lengths))
+                bar.set_postfix(tokens=f"{sink.tokens:,}", refresh=False)
+        sink.finish(source)
+        seconds = time.perf_counter() - t0
+        for name, _ in sink.written:
+            (staging / name).replace(out / name)
+        new = {name for name, _ in sink.written}
+        for stale in existing:  # left over from a longer previous run: would mix into training
+            if stale.name not in new:
+                stale.unlink()
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return {"docs": sink.docs, "tokens": sink.tokens, "seconds": seconds, "shards": sink.written,
+            "tokenizer": tokenizer_source, "out": str(out)}
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m data.prep.tokenize", description=__doc__.split("\n\n")[0])
+    p.add_argument("source", help="a .jsonl/.txt/.parquet file, a folder of them, or hf:NAME[:CONFIG]")
+    p.add_argument("--out", required=True, help="output folder for the shards")
+    p.add_argument("--val-docs", type=int, required=True, help="the first N documents form the val shard")
+    p.add_argument("--shard-tokens", type=int, default=100_000_000, help="tokens per train shard (default 1e8)")
+    p.add_argument("--bpe", default=None, help="GPT-2 BPE file (.tiktoken, or encoder.json beside vocab.bpe)")
+    p.add_argument("--workers", type=int, default=max(1, (mp.cpu_count() or 2) - 1),
+                   help="encoding processes (default: cores - 1)")
+    p.add_argument("--prefix", default="fineweb", help="shard name prefix (default fineweb)")
+    p.add_argument("--text-field", default="text", help="JSON field / parquet column / dataset column of the text")
+    p.add_argument("--txt-split", choices=["file", "line"], default="file", help=".txt: one doc per file or per line")
+    p.add_argument("--split", default="train", help="split of an hf: dataset (default train)")
+    p.add_argument("--max-docs", type=int, default=None, help="stop after this many documents")
+    p.add_argument("--overwrite", action="store_true", help="replace shards already in --out")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    args = p.parse_args(argv)
+    try:
+        summary = tokenize_corpus(args.source, args.out, args.val_docs, args.shard_tokens, bpe=args.bpe,
+                                  workers=args.workers, prefix=args.prefix, text_field=args.text_field,
+                                  txt_split=args.txt_split, split=args.split, max_docs=args.max_docs,
+                                  overwrite=args.overwrite, progress=not args.no_progress)
+    except (TokenizeError, SourceError, TokenizerError, ShardError, OSError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return exit_codes.ERROR
+    except KeyboardInterrupt:
+        print(f"interrupted: nothing was written to {args.out}", file=sys.stderr)
+        return exit_codes.INTERRUPTED
+    s = summary["seconds"]
+    print(f"{summary['docs']:,} docs, {summary['tokens']:,} tokens in {s:.1f} s "
+          f"({summary['docs'] / s:,.0f} docs/s, {summary['tokens'] / s:,.0f} tokens/s, {args.workers} workers)")
+    for name, n in summary["shards"]:
+        print(f"  {summary['out']}/{name}: {n:,} tokens")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

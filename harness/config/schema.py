@@ -1,0 +1,208 @@
+"""Top-level configuration schema, registered with Hydra's ConfigStore.
+
+The YAML files under configs/ are validated against these dataclasses: an unknown
+key or a wrongly typed value fails at start naming the key (OmegaConf), and
+`load_config` then checks ranges and cross-field rules (naming the key too).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any, Optional
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING, DictConfig, OmegaConf
+
+from data.config import DataConfig
+from harness.config.keys import check_known_keys
+from model.config import ModelConfig
+from optim.config import OPTIM_SCHEMAS
+
+
+class ConfigError(ValueError):
+    """A configuration value is invalid; the message names the key and the fix."""
+
+
+class Device(Enum):
+    auto = "auto"  # cuda when available, else cpu
+    cpu = "cpu"
+    cuda = "cuda"
+
+
+class Precision(Enum):
+    auto = "auto"  # bf16 autocast on CUDA, fp32 on CPU
+    fp32 = "fp32"
+    bf16 = "bf16"
+
+
+class LossReduction(Enum):
+    mean = "mean"  # gradient of the mean token loss of the step (nanoGPT, the records)
+    sum = "sum"    # gradient of the summed token loss of the step, global_batch_tokens x larger (track 3)
+
+
+class NonFinitePolicy(Enum):
+    stop = "stop"  # raise at the first non-finite logged loss (no per-step sync)
+    skip = "skip"  # check every step (one sync); drop a non-finite step's update on every rank
+
+
+@dataclass
+class TrainConfig:
+    """Batch geometry, schedule and loop cadence. Token counts are per optimizer step / eval."""
+
+    max_steps: int = 1000
+    val_every: int = 125            # validate every N steps (and at step 0 and the end); 0 = only at the end
+    val_tail_every: int = 0         # > 0: validate every N steps in the last val_tail_frac of the steps (track 3: 25)
+    val_tail_frac: float = 0.1      # ... that is, from step (1 - val_tail_frac) * max_steps on
+    val_tokens: int = 10_485_760    # fixed validation tokens, split across ranks
+    global_batch_tokens: int = 524_288  # tokens per optimizer step, over all ranks and accumulation
+    seq_len: int = 1024
+    micro_batch_seqs: int = 64      # sequences per rank per forward/backward
+    warmup_frac: float = 0.0        # fraction of max_steps with linear LR warmup from 0
+    warmdown_frac: float = 0.0      # fraction of max_steps at the end with linear decay
+    final_lr_frac: float = 0.0      # LR at the end of the warmdown, as a fraction of the base LR
+    grad_clip: float = 0.0          # clip the global grad norm to this; 0 = off
+    loss_reduction: LossReduction = LossReduction.mean  # what the gradient differentiates; logs always show the mean
+    compile: bool = False           # torch.compile the model (CUDA; the compile time is never timed)
+    compile_warmup_steps: int = 3   # untimed steps run (then undone) so compilation is excluded
+    precision: Precision = Precision.auto
+    log_every: int = 1              # train-loss events every N steps
+    stop_at_val_loss: Optional[float] = None  # stop at the first validation with val_loss <= this (time-to-target)
+    stop_after_step: Optional[int] = None  # run only steps 1..N of the unchanged max_steps schedule (a prefix of
+                                           # the run), validate at N and exit 0; null = run to max_steps
+    target_val_loss: float = 3.28   # the speedrun's target; summaries record when val loss first reaches it
+    nonfinite: NonFinitePolicy = NonFinitePolicy.stop
+    max_nonfinite_skips: int = 10   # with nonfinite=skip: stop once this many steps were skipped
+
+    def check(self) -> None:
+        for key in ("max_steps", "val_tokens", "global_batch_tokens", "seq_len", "micro_batch_seqs", "log_every",
+                    "max_nonfinite_skips"):
+            if getattr(self, key) <= 0:
+                raise ValueError(f"train.{key} must be > 0 (got {getattr(self, key)})")
+        for key in ("val_every", "val_tail_every", "compile_warmup_steps"):
+            if getattr(self, key) < 0:
+                raise ValueError(f"train.{key} must be >= 0 (got {getattr(self, key)})")
+        for key in ("warmup_frac", "warmdown_frac", "final_lr_frac", "val_tail_frac"):
+            if not 0.0 <= getattr(self, key) <= 1.0:
+                raise ValueError(f"train.{key} must lie in [0, 1] (got {getattr(self, key)})")
+        if self.warmup_frac + self.warmdown_frac > 1.0:
+            raise ValueError(f"train.warmup_frac + train.warmdown_frac must be <= 1 "
+                             f"(got {self.warmup_frac} + {self.warmdown_frac})")
+        if self.stop_at_val_loss is not None and not self.stop_at_val_loss > 0:
+            raise ValueError(f"train.stop_at_val_loss must be > 0 or null (got {self.stop_at_val_loss})")
+        if self.stop_after_step is not None and not 0 <= self.stop_after_step <= self.max_steps:
+            raise ValueError(f"train.stop_after_step must lie in [0, train.max_steps={self.max_steps}] or be null "
+                             f"(got {self.stop_after_step})")
+        if self.grad_clip < 0:
+            raise ValueError(f"train.grad_clip must be >= 0 (got {self.grad_clip})")
+        if not self.target_val_loss > 0:
+            raise ValueError(f"train.target_val_loss must be > 0 (got {self.target_val_loss})")
+
+
+@dataclass
+class CheckpointConfig:
+    """Checkpoints of the whole training state (see harness/checkpoint/checkpointer.py).
+
+    A checkpoint is also written when the run is told to stop (SIGTERM/SIGINT), whatever `every` says.
+    """
+
+    every: int = 0           # write one every N optimizer steps; 0 = only on a stop signal (and `final`)
+    keep: int = 2            # keep the newest K checkpoints; 0 = keep all
+    dir: str = ""            # "" = <run dir>/checkpoints
+    final: bool = False      # also write one after the last step (the whole training state)
+    final_weights: bool = True  # write the trained weights alone to <run dir>/final_weights.pt (inference/weights.py)
+    on_signal: bool = True   # SIGTERM/SIGINT: finish the step, write a checkpoint, exit 0
+    stop_check_every: int = 1  # agree across ranks on a stop signal every N steps (one tiny all-reduce)
+
+    def check(self) -> None:
+        for key in ("every", "keep"):
+            if getattr(self, key) < 0:
+                raise ValueError(f"checkpoint.{key} must be >= 0 (got {getattr(self, key)})")
+        if self.stop_check_every <= 0:
+            raise ValueError(f"checkpoint.stop_check_every must be > 0 (got {self.stop_check_every})")
+
+
+@dataclass
+class LoggerConfig:
+    """Where metrics go besides the console and metrics.jsonl (`none`: nowhere else)."""
+
+    name: str = "none"
+
+    def check(self) -> None:
+        pass
+
+
+class WandbMode(Enum):
+    online = "online"      # stream to the wandb server (needs `wandb login` and network)
+    offline = "offline"    # write <run folder>/wandb/offline-run-*; upload later with `wandb sync`
+    disabled = "disabled"  # no wandb at all (same as logger=none)
+
+
+@dataclass
+class WandbLoggerConfig(LoggerConfig):
+    """Weights & Biases run tracking (harness/telemetry/wandb_sink.py); rank 0 only, never fatal to training."""
+
+    name: str = "wandb"
+    project: str = "nanogpt-speedrun"
+    entity: Optional[str] = None    # team or user; None = the logged-in user's default entity
+    mode: WandbMode = WandbMode.online
+    group: Optional[str] = None     # None = the experiment name, or <experiment>-<sweep folder> under -m
+    tags: list[str] = field(default_factory=list)
+    run_name: Optional[str] = None  # None = the sweep job's overrides (e.g. optim.lr=0.003,seed=1)
+    dir: Optional[str] = None       # where wandb keeps its files; None = the run folder
+    init_timeout: float = 30.0      # seconds wandb.init may take before training goes on without it
+
+    def check(self) -> None:
+        if not self.project:
+            raise ValueError("logger.project must not be empty")
+        if not self.init_timeout > 0:
+            raise ValueError(f"logger.init_timeout must be > 0 seconds (got {self.init_timeout})")
+
+
+@dataclass
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    optim: Any = MISSING   # one of OPTIM_SCHEMAS, chosen by the `optim` group
+    data: DataConfig = field(default_factory=DataConfig)
+    logger: Any = MISSING  # one of LOGGER_SCHEMAS, chosen by the `logger` group
+    train: TrainConfig = field(default_factory=TrainConfig)
+    seed: int = 0
+    device: Device = Device.auto
+    experiment: Optional[str] = None  # name of the experiment file, for grouping runs
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    resume: str = "auto"        # auto: newest checkpoint of this run folder, if any | none | PATH
+    resume_force: bool = False  # load a checkpoint whose model/optim config differs (or start over with resume=none)
+
+
+LOGGER_SCHEMAS: dict[str, type] = {"none_schema": LoggerConfig, "wandb_schema": WandbLoggerConfig}
+
+
+def register_configs() -> None:
+    """Register the schemas so configs/*.yaml are type-checked against them."""
+    if not OmegaConf.has_resolver("run_dir"):  # hydra.run.dir's default: a new run, or the one to continue
+        from harness.checkpoint.run_dir import resolve_run_dir  # (imports the checkpoint store: not at module import)
+
+        OmegaConf.register_new_resolver("run_dir", resolve_run_dir)
+    cs = ConfigStore.instance()
+    cs.store(name="base_config", node=Config)
+    # Stored outside the groups, so that --help and "not found" errors list only the real options;
+    # a group's YAML extends its schema with `- /<group>_<name>@_here_` (e.g. /optim_adamw_schema@_here_).
+    for group, schemas in (("optim", OPTIM_SCHEMAS), ("logger", LOGGER_SCHEMAS)):
+        for name, schema in schemas.items():
+            cs.store(name=f"{group}_{name}", node=schema)
+
+
+def load_config(cfg: DictConfig) -> Config:
+    """Typed, range-checked config object from Hydra's composed DictConfig."""
+    try:
+        check_known_keys(cfg)  # `+key=value` adds keys the schemas do not have (harness/config/keys.py)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+    obj: Config = OmegaConf.to_object(cfg)
+    try:
+        for part in (obj.model, obj.optim, obj.data, obj.train, obj.logger, obj.checkpoint):
+            part.check()
+        if not obj.resume:
+            raise ValueError("resume must be auto, none or a checkpoint path (got an empty string)")
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+    return obj

@@ -1,0 +1,125 @@
+"""Describe a configuration before spending GPU hours on it: the model and optimizer it builds.
+
+    python -m tools.describe experiment=record08_untie
+    python -m tools.describe experiment=record20_sub3min model.n_layer=16 optim.lr=0.04
+
+Composes the config exactly as train.py does (same overrides), builds the model and the
+optimizer on the meta device (no memory, no data, no training) and prints: `parameters: N`,
+elements per optimizer role, every param group's update rule, learning rate, betas/momentum and
+weight decay, and the batch/schedule figures (tokens per step, steps, warmup/warmdown, validation).
+"""
+from __future__ import annotations
+
+import sys
+from collections import Counter
+from pathlib import Path
+
+import torch
+from hydra import compose, initialize_config_dir
+from hydra.errors import HydraException
+from omegaconf.errors import OmegaConfBaseException
+
+from common.paths import REPO
+from harness.config.schema import Config, ConfigError, load_config, register_configs
+from model.gpt import GPT
+from model.masks import window_units
+from optim import build_optimizer
+from optim.newton_schulz import schedule
+
+
+def load(overrides: list[str]) -> Config:
+    register_configs()
+    with initialize_config_dir(config_dir=str(REPO / "configs"), version_base="1.3"):
+        return load_config(compose(config_name="config", overrides=overrides))
+
+
+def build_on_meta(cfg: Config) -> tuple[GPT, torch.optim.Optimizer]:
+    with torch.device("meta"):
+        model = GPT(cfg.model)
+    optimizer = build_optimizer(cfg.optim, list(model.named_parameters()), model.param_roles())
+    return model, optimizer
+
+
+def _num(x) -> str:
+    if isinstance(x, (tuple, list)):
+        return "(" + ", ".join(_num(v) for v in x) + ")"
+    return f"{x:g}" if isinstance(x, float) else str(x)
+
+
+def group_rule(opt: torch.optim.Optimizer, group: dict) -> tuple[str, str]:
+    """(update rule, its momentum/betas) of one param group, for AdamW and the role-routed optimizers."""
+    rule = group.get("map")
+    if rule is None:  # a torch optimizer: the class is the rule
+        betas = group.get("betas")
+        return type(opt).__name__, f"betas {_num(betas)} eps {_num(group.get('eps'))}" if betas else ""
+    if rule == "adam":
+        return "adam", f"betas {_num(group.get('betas'))} eps {_num(opt.adam.eps)}"
+    start, warm = opt.warmup
+    mom = f"momentum {_num(opt.momentum)}" + (" nesterov" if opt.linear.nesterov else "")
+    if warm:
+        mom += f" (from {_num(start)} over {warm} steps)"
+    if rule == "linear":
+        lin = opt.linear
+        rule = f"linear/NS {lin.ns_method}x{len(schedule(lin.ns_method, lin.ns_steps))} scale={lin.scale}"
+    return rule, mom
+
+
+def describe(cfg: Config, overrides: list[str]) -> list[str]:
+    model, opt = build_on_meta(cfg)
+    roles = model.param_roles()
+    n_params = sum(p.numel() for p in model.parameters())
+    lines = [f"config: {' '.join(overrides) or '(defaults)'}", f"parameters: {n_params} ({n_params / 1e6:.2f}M)",
+             "elements per optimizer role:"]
+    elems, tensors = Counter(), Counter()
+    for name, p in model.named_parameters():
+        elems[roles[name]] += p.numel()
+        tensors[roles[name]] += 1
+    for role, n in sorted(elems.items(), key=lambda kv: -kv[1]):
+        lines.append(f"  {role:<12} {tensors[role]:>4} tensors {n:>14,}")
+    lines.append(f"optimizer: {cfg.optim.name} ({type(opt).__name__}); lr below = initial_lr, scaled by the schedule")
+    lines.append(f"  {'group':<12} {'rule':<38} {'tensors':>7} {'elements':>13} {'lr':>9} {'wd':>6}  momentum / betas")
+    for i, g in enumerate(opt.param_groups):
+        rule, mom = group_rule(opt, g)
+        n = sum(p.numel() for p in g["params"])
+        lines.append(f"  {str(g.get('role', i)):<12} {rule:<38} {len(g['params']):>7} {n:>13,} "
+                     f"{_num(g.get('initial_lr', g['lr'])):>9} {_num(g.get('weight_decay', 0.0)):>6}  {mom}")
+    tc = cfg.train
+    warmup, warmdown = round(tc.warmup_frac * tc.max_steps), tc.warmdown_frac * tc.max_steps  # as harness/loop/schedule.py
+    per_gpu = tc.micro_batch_seqs * tc.seq_len
+    lines += [
+        f"batch: {tc.global_batch_tokens:,} tokens/step = seq_len {tc.seq_len} x {tc.micro_batch_seqs} seqs x ranks x "
+        f"accumulation (1 GPU: accum {tc.global_batch_tokens / per_gpu:g}; 8 GPUs: {tc.global_batch_tokens / per_gpu / 8:g})",
+        f"schedule: {tc.max_steps} steps = {tc.max_steps * tc.global_batch_tokens / 1e9:.3f}B tokens; warmup {warmup}, "
+        f"warmdown {warmdown:.10g} steps to {_num(tc.final_lr_frac)}x; validation {tc.val_tokens:,} tokens every "
+        f"{tc.val_every} steps" + (f", every {tc.val_tail_every} in the last {_num(tc.val_tail_frac)}"
+                                   if tc.val_tail_every else "")
+        + (f"; stop at val_loss <= {tc.stop_at_val_loss}" if tc.stop_at_val_loss else ""),
+        f"loss: {tc.loss_reduction.value} over the step's tokens"
+        + (f" (gradient {tc.global_batch_tokens:,}x the mean's)" if tc.loss_reduction.value == "sum" else ""),
+    ]
+    if cfg.model.embed_bf16:
+        lines.append("token table stored in bf16 (model.embed_bf16)")
+    m = cfg.model
+    if m.window_size:
+        unit = m.window_block or 1
+        (l0, s0), (l1, s1) = window_units(m, 0, tc.max_steps), window_units(m, tc.max_steps, tc.max_steps)
+        grow = f"grows {l0 * unit} -> {l1 * unit} tokens" if m.window_grow else f"{l1 * unit} tokens"
+        short = f"; layers {list(m.short_window_layers)}: half ({s0 * unit} -> {s1 * unit})" if m.short_window_layers else ""
+        lines.append(f"attention: {'document-causal, ' if m.doc_causal else ''}sliding window {grow}" +
+                     (f" in blocks of {unit}" if unit > 1 else "") + short)
+    return lines
+
+
+def main(argv: list[str] | None = None) -> int:
+    overrides = list(sys.argv[1:] if argv is None else argv)
+    try:
+        cfg = load(overrides)
+        print("\n".join(describe(cfg, overrides)))
+    except (ConfigError, ValueError, OmegaConfBaseException, HydraException) as e:
+        print(f"error: {str(e).strip().splitlines()[0]}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
