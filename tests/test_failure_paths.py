@@ -19,8 +19,8 @@ from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
 from data.shards import ShardError, write_shard
-from harness.checkpoint.checkpointer import CheckpointError, SaveInterrupted, run_dir
-from harness.checkpoint import store
+from harness.checkpoint import run_dir, store
+from harness.checkpoint.checkpointer import CheckpointError, SaveInterrupted
 from harness.checkpoint.store import PendingCheckpoint, list_checkpoints, load_file, read_manifest, verify
 from harness.config.schema import ConfigError
 from harness.process import outcome, sweep
