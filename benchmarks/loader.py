@@ -27,9 +27,10 @@ import numpy as np
 import torch
 
 from common.atomic_io import write_text_atomic
+from common.tokens import EOT_TOKEN
 from data.bos import BOSAlignedLoader
 from data.loader import ContiguousLoader
-from data.shards import EOT_TOKEN, find_shards, write_shard
+from data.shards import find_shards, write_shard
 
 
 def synthesize(folder: Path, shards: int = 2, tokens_per_shard: int = 25_000_000, seed: int = 0) -> list[Path]:

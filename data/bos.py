@@ -34,9 +34,9 @@ import numpy as np
 import torch
 from numpy.lib.stride_tricks import sliding_window_view
 
+from common.tokens import EOT_TOKEN
 from data.loader import DataError, _check_shape, _StreamState
 from data.prefetch import ShardCache
-from data.shards import EOT_TOKEN
 
 
 @dataclass(frozen=True)

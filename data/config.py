@@ -6,7 +6,7 @@ from enum import Enum
 from pathlib import Path
 from typing import Optional
 
-from data.shards import EOT_TOKEN
+from common.tokens import EOT_TOKEN
 
 
 @dataclass

@@ -23,8 +23,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from common.tokens import EOT_TOKEN
 from data.prefetch import ShardCache, check_vocab
-from data.shards import EOT_TOKEN, find_shards, open_shard
+from data.shards import find_shards, open_shard
 
 FIX_GET_DATA = "get FineWeb shards with `python -m data.prep.fineweb download --out DIR`"
 

@@ -24,7 +24,6 @@ VERSION = 1
 HEADER_INTS = 256
 HEADER_BYTES = HEADER_INTS * 4
 TOKEN_DTYPE = np.dtype("<u2")
-EOT_TOKEN = 50256  # GPT-2 <|endoftext|>, the document separator (BOS) in every shard
 
 
 class ShardError(ValueError):

@@ -33,9 +33,8 @@ from pathlib import Path
 
 import tiktoken
 
-from data.shards import EOT_TOKEN  # <|endoftext|> = 50256: the document separator, prefixed to every document
+from common.tokens import EOT_TOKEN, VOCAB_SIZE
 
-VOCAB_SIZE = 50257  # 50256 BPE ranks + <|endoftext|>
 GPT2_PATTERN = r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
 # sha256 of GPT-2's ranks in the .tiktoken format (tiktoken's r50k_base file).
 GPT2_RANKS_SHA256 = "306cd27f03c1a714eca7108e03d66b7dc042abe8c258b44c199a7ed9838dd930"

@@ -27,7 +27,8 @@ from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from common.atomic_io import atomic_open
-from data.tokenizer import EOT_TOKEN, VOCAB_SIZE, gpt2_encoding
+from common.tokens import EOT_TOKEN, VOCAB_SIZE
+from data.tokenizer import gpt2_encoding
 from harness.checkpoint.store import MANIFEST, CheckpointError, latest, load_file, read_manifest, verify
 from model.config import AttnImpl, ModelConfig
 from model.gpt import GPT

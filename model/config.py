@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import Optional
 
-from data.shards import EOT_TOKEN  # the shards' document separator: the one definition of 50256
+from common.tokens import EOT_TOKEN  # the shards' document separator (common/tokens.py)
 
 
 class Norm(Enum):

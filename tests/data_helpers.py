@@ -6,7 +6,8 @@ from pathlib import Path
 
 import numpy as np
 
-from data.shards import EOT_TOKEN, write_shard
+from common.tokens import EOT_TOKEN
+from data.shards import write_shard
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 SHARED_BPE = SHARED / "tokenizer" / "gpt2.tiktoken"

@@ -45,13 +45,14 @@ def run(run_dir: Path, *overrides: str, stop=None) -> dict:
 
 def user_error(run_dir: Path, *overrides: str) -> str:
     """The message train.py prints on its one `error:` line (exit 2) for `overrides` (no smoke defaults added),
-    found in-process: train() raises one of train.USER_ERRORS. (That such an error exits 2 in one line
+    found in-process: train() raises one of harness.supervisor.USER_ERRORS. (That such an error exits 2 in one line
     through the command line: test_bad_input_leaves_runs_intact.py, the corrupt-checkpoint case)."""
     import pytest
 
     import train
+    from harness.supervisor import USER_ERRORS
 
-    with pytest.raises(train.USER_ERRORS) as err:
+    with pytest.raises(USER_ERRORS) as err:
         train.train(compose_config(*overrides), D.RankInfo(0, 0, 1, torch.device("cpu")), Path(run_dir))
     assert "\n" not in str(err.value)
     return str(err.value)

@@ -197,8 +197,8 @@ def test_bad_input_fails_in_one_line_and_changes_nothing(case, foreign_files, tm
     message = str(err.value)
     assert case.says in message.splitlines()[0], message
     if not isinstance(err.value, ConfigCompositionException):
-        import train
-        assert isinstance(err.value, train.USER_ERRORS), type(err.value)  # train.py: one line, exit 2
+        from harness.supervisor import USER_ERRORS
+        assert isinstance(err.value, USER_ERRORS), type(err.value)  # the supervisor: one line, exit 2
         assert "\n" not in message
     assert tree_hashes(*watched) == before
     if case.id == "pickle_payload":

@@ -5,11 +5,11 @@ import numpy as np
 import pytest
 import torch
 
+from common.tokens import EOT_TOKEN
 from data.bos import BOSAlignedLoader
 from data.loader import DataError
-from data.shards import EOT_TOKEN
+from data.shards import open_shard, write_shard
 from model.masks import document_ids
-from data.shards import EOT_TOKEN, open_shard, write_shard
 from tests.data_helpers import synthetic_docs, write_stream
 
 B, T = 3, 32

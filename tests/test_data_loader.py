@@ -5,9 +5,9 @@ import numpy as np
 import pytest
 import torch
 
+from common.tokens import EOT_TOKEN
 from data.loader import ContiguousLoader, DataError, cu_seqlens, resolve_shards, validation_batches
 from data.prefetch import ShardCache
-from data.shards import EOT_TOKEN
 from model.masks import document_ids
 from tests.data_helpers import synthetic_docs, write_stream
 

@@ -9,9 +9,10 @@ import warnings
 import numpy as np
 import pytest
 
+from common.tokens import EOT_TOKEN
 from data.prep.sources import SourceError, iter_documents
 from data.prep.tokenize import TokenizeError, main, tokenize_corpus
-from data.shards import EOT_TOKEN, open_shard
+from data.shards import open_shard
 from data.tokenizer import encoding_from_ranks, load_ranks
 from tests.data_helpers import FINEWEB_SAMPLE, SHARED_BPE, fake_gpt2_ranks_file
 

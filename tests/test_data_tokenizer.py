@@ -10,6 +10,7 @@ import pytest
 import tiktoken
 from tiktoken.load import data_gym_to_mergeable_bpe_ranks, load_tiktoken_bpe
 
+from common.tokens import EOT_TOKEN
 from data import tokenizer as tk
 from tests.data_helpers import FINEWEB_SAMPLE, SHARED, SHARED_BPE, fake_gpt2_ranks_file, write_openai_files
 
@@ -71,7 +72,7 @@ def test_equals_tiktoken_gpt2_on_real_text(tmp_path, monkeypatch):
     shutil.copy(SHARED_BPE, cache / hashlib.sha1(url.encode()).hexdigest())
     monkeypatch.setenv("TIKTOKEN_CACHE_DIR", str(cache))
     reference = tiktoken.get_encoding("r50k_base")
-    assert reference.n_vocab == 50257 and reference.eot_token == tk.EOT_TOKEN
+    assert reference.n_vocab == 50257 and reference.eot_token == EOT_TOKEN
     enc_json, _ = write_openai_files(load_tiktoken_bpe(str(SHARED_BPE)), tmp_path / "openai")
     ours = [tk.gpt2_encoding(SHARED_BPE), tk.gpt2_encoding(enc_json)]
     shakespeare = (SHARED / "corpora" / "tinyshakespeare" / "input.txt").read_text(encoding="utf-8")

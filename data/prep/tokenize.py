@@ -36,9 +36,10 @@ from pathlib import Path
 import numpy as np
 
 from common import exit_codes
+from common.tokens import EOT_TOKEN
 from data.prep.sources import SourceError, iter_documents
 from data.shards import TOKEN_DTYPE, ShardError, write_shard
-from data.tokenizer import EOT_TOKEN, TokenizerError, gpt2_encoding_with_source
+from data.tokenizer import TokenizerError, gpt2_encoding_with_source
 
 CHUNK_DOCS = 64  # documents per task sent to a worker
 IN_FLIGHT_PER_WORKER = 4  # chunks queued per worker: keeps workers busy, bounds memory

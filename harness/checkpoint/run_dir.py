@@ -89,6 +89,13 @@ def resolve_run_dir(runs_root: str, *, _root_: DictConfig) -> str:
     return str(elastic or root / datetime.now().strftime("%Y-%m-%d_%H-%M-%S-%f"))
 
 
+# hydra.run.dir's default (configs/config.yaml: ${run_dir:outputs/runs}): a new run, or the one to continue.
+# Registered on import, as rank0_else (harness/process/launch.py): train.py imports this module (through
+# harness.supervisor) before Hydra resolves the job's folder, in SLURM tasks too.
+if not OmegaConf.has_resolver("run_dir"):
+    OmegaConf.register_new_resolver("run_dir", resolve_run_dir)
+
+
 def continued(run_dir: Path) -> tuple[bool, dict | None]:
     """(whether the resolver chose run_dir as an unfinished run to continue, that run's outcome)."""
     key = str(Path(run_dir).resolve())

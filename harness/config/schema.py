@@ -177,11 +177,8 @@ LOGGER_SCHEMAS: dict[str, type] = {"none_schema": LoggerConfig, "wandb_schema": 
 
 
 def register_configs() -> None:
-    """Register the schemas so configs/*.yaml are type-checked against them."""
-    if not OmegaConf.has_resolver("run_dir"):  # hydra.run.dir's default: a new run, or the one to continue
-        from harness.checkpoint.run_dir import resolve_run_dir  # (imports the checkpoint store: not at module import)
-
-        OmegaConf.register_new_resolver("run_dir", resolve_run_dir)
+    """Register the schemas so configs/*.yaml are type-checked against them. (hydra.run.dir's resolver,
+    `run_dir`, is registered where it is defined: harness/checkpoint/run_dir.py, imported by train.py.)"""
     cs = ConfigStore.instance()
     cs.store(name="base_config", node=Config)
     # Stored outside the groups, so that --help and "not found" errors list only the real options;
