@@ -33,7 +33,7 @@ from pathlib import Path
 
 import tiktoken
 
-from common.tokens import EOT_TOKEN, VOCAB_SIZE
+from common.tokens import EOT_TOKEN
 
 GPT2_PATTERN = r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
 # sha256 of GPT-2's ranks in the .tiktoken format (tiktoken's r50k_base file).

@@ -104,6 +104,8 @@ class Server(http.server.BaseHTTPRequestHandler):
         Server.seen.append(start)
         body = Server.payload[start:]
         self.send_response(206 if start else 200)
+        if start:  # RFC 9110: a 206 names the range it holds
+            self.send_header("Content-Range", f"bytes {start}-{len(Server.payload) - 1}/{len(Server.payload)}")
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
         if Server.drops:
