@@ -1,6 +1,6 @@
 """Report of benchmarks/optim/run.py: markdown tables and a PNG of the curves, written atomically.
 
-Inputs: arms (scripts/bench_arms.Arm, in table order), results {(arm, lr, seed): run} (bench_stats
+Inputs: arms (benchmarks/optim/arms.Arm, in table order), results {(arm, lr, seed): run} (bench_stats
 `load_run`), grids {arm: [lr, ...]}, chosen {arm: lr or None} and setup (command, base overrides,
 reference arm, seeds, steps, machine, wall minutes, missing runs, notes).
 
