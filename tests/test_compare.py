@@ -5,7 +5,9 @@ import math
 import pytest
 
 from analysis import compare, significance
-from analysis.curves import CurveError, first_crossing, one_sided_ttest, read_curve, record_curve
+from analysis.crossing import first_crossing
+from analysis.curves import CurveError, read_curve, record_curve
+from analysis.stats import one_sided_ttest
 from tests.conftest import REPO, run_script
 
 RECORDS = ["record02_adamw", "record04_muon", "record05_modernarch", "record08_untie", "record09_shortcuts",
