@@ -26,24 +26,12 @@ points above the top are drawn as ^ on the edge, with a warning printed.
 from __future__ import annotations
 
 import argparse
-import math
 import sys
 from pathlib import Path
 
-from analysis.curves import (
-    DEFAULT_TARGET,
-    RECORD_TOKENS_PER_STEP,
-    BandPoint,
-    Crossing,
-    Curve,
-    CurveError,
-    band,
-    first_crossing,
-    mean_curve,
-    read_curve,
-    record_curves,
-)
-from analysis.pooling import TRACK3_MARGIN
+from analysis.crossing import DEFAULT_TARGET, Crossing, Curve, first_crossing
+from analysis.curves import RECORD_TOKENS_PER_STEP, BandPoint, CurveError, band, mean_curve, read_curve, record_curves
+from analysis.stats import TRACK3_MARGIN, track3_z
 from common.paths import REPO
 
 ZOOM = 1.5  # the y-axis shows at most target + ZOOM, unless a run lies entirely above it
@@ -73,7 +61,7 @@ def report(runs: list[Curve], record: Curve, target: float, interpolate: bool,
                  f"(final {fin.val_loss:.4f} at step {fin.step}, {fin_time})")
     if spread:
         last = spread[-1]
-        z_step = next((b.step for b in spread if (target - b.mean) * math.sqrt(b.n) >= TRACK3_MARGIN), None)
+        z_step = next((b.step for b in spread if track3_z(b.mean, b.n, target) >= TRACK3_MARGIN), None)
         lines.append(f"  {last.n} runs: final {last.mean:.5f} ± {last.std:.5f} (min {last.lo:.5f}, max {last.hi:.5f}); "
                      f"track-3 z-test (target - mean) sqrt(n) >= {TRACK3_MARGIN} first passes at step "
                      f"{z_step if z_step is not None else '(never)'}")

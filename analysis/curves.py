@@ -1,4 +1,4 @@
-"""Validation-loss curves of runs and records: read them, find when they reach a target, test them.
+"""Validation-loss curves of runs and records: read them, and their mean and spread over runs.
 
 Sources read by `read_curve(path)`:
 - a run folder of this harness (its metrics.jsonl), or a metrics.jsonl file: the "val" events;
@@ -9,21 +9,24 @@ Sources read by `read_curve(path)`:
 Units: steps are optimizer steps, tokens are training tokens seen, times are training milliseconds
 (validation and compilation excluded). Logs and CSVs carry no token counts: tokens = step x
 tokens_per_step (524,288 for every speedrun record).
+The curve types and the first-crossing rule are in analysis.crossing, the tests on final losses in
+analysis.stats.
 """
 from __future__ import annotations
 
 import csv
-import json
 import math
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
+from analysis.crossing import Curve, Point, val_point
+from analysis.runs import METRICS_FILE, read_events
+from analysis.stats import sample_mean_std
 from common.paths import RECORD_CURVES
 
 RECORD_TOKENS_PER_STEP = 524_288
-DEFAULT_TARGET = 3.28
 RECORDS_DIR = RECORD_CURVES
 LOG_LINE = re.compile(r"step:(\d+)/\d+\s+val_loss:([0-9.]+|nan|inf)\s+train_time:([0-9.]+)ms")
 
@@ -32,48 +35,8 @@ class CurveError(ValueError):
     """A path holds no readable validation curve; the message names it."""
 
 
-@dataclass
-class Point:
-    step: int
-    tokens: int
-    time_ms: Optional[float]  # None where the source has no times (record 2's log)
-    val_loss: float
-
-
-@dataclass
-class Curve:
-    name: str
-    points: list[Point] = field(default_factory=list)
-
-    @property
-    def final(self) -> Point:
-        return self.points[-1]
-
-    @property
-    def has_time(self) -> bool:
-        return all(p.time_ms is not None for p in self.points[1:])
-
-
-def read_metrics(path: str | Path) -> list[dict]:
-    """All events of a metrics.jsonl, in file order (skips a torn last line left by a crash)."""
-    events = []
-    for line in Path(path).read_text(encoding="utf-8").splitlines():
-        try:
-            events.append(json.loads(line))
-        except json.JSONDecodeError:
-            continue
-    return events
-
-
-def val_point(event: dict) -> Optional[Point]:
-    """The curve point of a metrics event: a "val" event with a loss, else None."""
-    if event.get("event") != "val" or event.get("val_loss") is None:
-        return None
-    return Point(int(event["step"]), int(event["tokens"]), float(event["train_time_ms"]), float(event["val_loss"]))
-
-
 def _read_metrics(path: Path, name: str) -> Curve:
-    return Curve(name, [p for p in map(val_point, read_metrics(path)) if p is not None])
+    return Curve(name, [p for p in map(val_point, read_events(path)) if p is not None])
 
 
 def _read_log(path: Path, name: str, tokens_per_step: int) -> Curve:
@@ -111,11 +74,11 @@ def _read_csv(path: Path, name: str, tokens_per_step: int) -> Curve:
 def read_curve(path: str | Path, tokens_per_step: int = RECORD_TOKENS_PER_STEP) -> Curve:
     """The validation curve stored at `path` (see the module docstring), in step order."""
     p = Path(path)
-    name = p.name if p.is_dir() or p.name != "metrics.jsonl" else p.parent.name
+    name = p.name if p.is_dir() or p.name != METRICS_FILE else p.parent.name
     if p.is_dir():
-        if not (p / "metrics.jsonl").exists():
+        if not (p / METRICS_FILE).exists():
             raise CurveError(f"{p} has no metrics.jsonl (give a run folder, a metrics.jsonl, a speedrun log or a CSV)")
-        p = p / "metrics.jsonl"
+        p = p / METRICS_FILE
     if not p.exists():
         raise CurveError(f"{p} does not exist")
     if p.suffix == ".jsonl":
@@ -179,8 +142,7 @@ def band(curves: list[Curve]) -> list[BandPoint]:
         pts = [next(p for p in c.points if p.step == step) for c in curves]
         losses = [p.val_loss for p in pts]
         n = len(losses)
-        mean = sum(losses) / n
-        std = math.sqrt(sum((x - mean) ** 2 for x in losses) / (n - 1)) if n > 1 else 0.0
+        mean, std = sample_mean_std(losses)
         times = [p.time_ms for p in pts]
         t = None if any(x is None for x in times) else sum(times) / n
         out.append(BandPoint(step, pts[0].tokens, t, mean, std, min(losses), max(losses), n))
@@ -195,63 +157,13 @@ def mean_curve(curves: list[Curve], name: str | None = None) -> Curve:
     return Curve(label, [Point(b.step, b.tokens, b.time_ms, b.mean) for b in band(curves)])
 
 
-@dataclass
-class Crossing:
-    step: float
-    tokens: float
-    time_ms: Optional[float]
-    val_loss: float
-    interpolated: bool
-
-
-def first_crossing(curve: Curve, target: float = DEFAULT_TARGET, interpolate: bool = False) -> Optional[Crossing]:
-    """Where the curve first reaches val_loss <= target, or None.
-
-    Default: the first *logged* validation at or below the target (what the speedrun counts).
-    interpolate=True: linear interpolation in step, tokens and time between that point and
-    the validation before it, a finer estimate when validations are sparse.
-    """
-    prev = None
-    for p in curve.points:
-        if p.val_loss <= target:
-            if not interpolate or prev is None or prev.val_loss == p.val_loss:
-                return Crossing(p.step, p.tokens, p.time_ms, p.val_loss, False)
-            f = (prev.val_loss - target) / (prev.val_loss - p.val_loss)
-            lerp = lambda a, b: a + f * (b - a)
-            t = lerp(prev.time_ms, p.time_ms) if p.time_ms is not None and prev.time_ms is not None else None
-            return Crossing(lerp(prev.step, p.step), lerp(prev.tokens, p.tokens), t, target, True)
-        prev = p
-    return None
-
-
-@dataclass
-class TTest:
-    n: int
-    mean: float
-    std: float
-    t: float
-    p: float  # one-sided: H1 mean < target
-    target: float
-    alpha: float
-
-    @property
-    def significant(self) -> bool:
-        return self.p < self.alpha
-
-
-def one_sided_ttest(losses: list[float], target: float = DEFAULT_TARGET, alpha: float = 0.01) -> TTest:
-    """One-sample t-test of H0: mean >= target against H1: mean < target (the speedrun's rule)."""
-    from scipy import stats
-
-    if len(losses) < 2:
-        raise ValueError(f"a t-test needs at least 2 final losses (got {len(losses)})")
-    if any(not math.isfinite(x) for x in losses):
-        raise ValueError(f"non-finite final loss among {losses}")
-    n = len(losses)
-    mean = sum(losses) / n
-    std = math.sqrt(sum((x - mean) ** 2 for x in losses) / (n - 1))
-    if std == 0:  # degenerate: every run identical; the sign decides
-        return TTest(n, mean, 0.0, -math.inf if mean < target else math.inf, 0.0 if mean < target else 1.0,
-                     target, alpha)
-    res = stats.ttest_1samp(losses, target, alternative="less")
-    return TTest(n, mean, std, float(res.statistic), float(res.pvalue), target, alpha)
+def loss_at(curve: Curve, step: float) -> float:
+    """Val loss at `step`, linearly interpolated between validations (nan outside the curve)."""
+    pts = curve.points
+    if not pts or step < pts[0].step or step > pts[-1].step:
+        return math.nan
+    for a, b in zip(pts, pts[1:]):
+        if a.step <= step <= b.step:
+            v0, v1 = a.val_loss, b.val_loss
+            return v0 if b.step == a.step else v0 + (step - a.step) / (b.step - a.step) * (v1 - v0)
+    return pts[-1].val_loss

@@ -18,11 +18,10 @@ named in the run's "run" event (H100/H200 SXM 989 TFLOP/s, A100 312), or --peak-
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
-from common.paths import REPO
+from analysis.runs import config_tree, read_run
 
 STEADY_STEPS = 5
 PEAK_TFLOPS = {"H200": 989.4, "H100": 989.4, "A100": 312.0, "L40S": 362.0}  # dense bf16, no sparsity
@@ -34,13 +33,12 @@ def flops_per_token(run_dir: Path) -> tuple[float, float, dict]:
     import torch
     from omegaconf import OmegaConf
 
-    from harness.config.schema import TrainConfig
     from model.config import ModelConfig
     from model.gpt import GPT
 
-    raw = OmegaConf.load(run_dir / "config.yaml")
-    m = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(ModelConfig), raw.model))
-    T = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(TrainConfig), raw.train)).seq_len
+    config = config_tree(run_dir)  # resolved: every default filled in
+    m = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(ModelConfig), config["model"]))
+    T = int(config["train"]["seq_len"])
     with torch.device("meta"):
         model = GPT(m)
     roles = model.param_roles()
@@ -52,9 +50,9 @@ def flops_per_token(run_dir: Path) -> tuple[float, float, dict]:
 
 
 def steady_tokens_per_s(run_dir: Path) -> tuple[float, str]:
-    events = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
-    trains = [e for e in events if e.get("event") == "train"]
-    gpu = next((e.get("hardware", {}).get("gpu", "") for e in events if e.get("event") == "run"), "")
+    log = read_run(run_dir)
+    trains = log.of("train")
+    gpu = next((e.get("hardware", {}).get("gpu", "") for e in log.of("run")), "")
     later = [e for e in trains if e["step"] > STEADY_STEPS]
     if len(later) < 2:
         raise SystemExit(f"error: {run_dir} logged too few train steps after step {STEADY_STEPS} to time")

@@ -1,101 +1,21 @@
-"""Significance over runs: track 3's rules, and which runs may be pooled into one statistic at all.
+"""Which runs may be pooled into one statistic at all.
 
-Track 3 (the optimization benchmark; rules in modded-nanogpt's records/track_3_optimization/README.md):
-- one group, a one-sided z-test with sigma = 0.0013 assumed (p < .001 is 3.09 sigma = 0.004):
-      z = (3.28 - mean) * sqrt(n) >= 0.004
-- a new result against an old one, steps converted to loss at 0.0045 per 100 steps (measured on
-  its result #12: 200 fewer steps cost 0.0091):
-      (final_loss_diff + steps_diff / 100 * 0.0045) / sqrt(1/n1 + 1/n2) >= 0.004
-  with final_loss_diff = old mean - new mean and steps_diff = old steps - new steps (both positive
-  when the new result is better).
-Track 1's rule (a one-sided t-test, p < 0.01) is `analysis.curves.one_sided_ttest`.
-
-Pooling: a mean over runs is only meaningful over finished runs of one configuration that differ
-in their seed alone; `pooling_problems` lists every way a set of runs breaks that.
+A mean over runs is only meaningful over finished runs of one configuration that differ in their
+seed alone; `pooling_problems` lists every way a set of runs breaks that. The tests themselves
+(track 1's t-test, track 3's z-test and pairwise rule) are in analysis.stats.
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
-TRACK3_TARGET = 3.28
-TRACK3_MARGIN = 0.004          # 3.09 sigma at sigma = 0.0013 (one-sided p < .001)
-TRACK3_LOSS_PER_100_STEPS = 0.0045
+from analysis.runs import METRICS_FILE, RunLog, read_config, read_run
 
 # Config keys that may differ between runs of one configuration (they change where and how a run
 # is logged or resumed, not what it computes).
 RUN_SPECIFIC = ("seed", "resume", "resume_force", "data.prefetch", "train.log_every")
 RUN_SPECIFIC_PREFIXES = ("logger.", "checkpoint.")
-
-
-@dataclass
-class ZTest:
-    n: int
-    mean: float
-    z: float          # (target - mean) * sqrt(n), in val-loss units
-    target: float
-    margin: float
-
-    @property
-    def passes(self) -> bool:
-        return self.z >= self.margin
-
-
-def track3_ztest(losses: list[float], target: float = TRACK3_TARGET, margin: float = TRACK3_MARGIN) -> ZTest:
-    """Track 3's one-group rule on final val losses (n >= 1: sigma is assumed, not estimated)."""
-    if not losses:
-        raise ValueError("the z-test needs at least one final loss")
-    if any(not math.isfinite(x) for x in losses):
-        raise ValueError(f"non-finite final loss among {losses}")
-    n = len(losses)
-    mean = sum(losses) / n
-    return ZTest(n, mean, (target - mean) * math.sqrt(n), target, margin)
-
-
-@dataclass
-class Pairwise:
-    new_mean: float
-    new_n: int
-    new_steps: float
-    old_mean: float
-    old_n: int
-    old_steps: float
-    loss_per_100_steps: float
-    margin: float
-
-    @property
-    def loss_diff(self) -> float:
-        return self.old_mean - self.new_mean
-
-    @property
-    def steps_diff(self) -> float:
-        return self.old_steps - self.new_steps
-
-    @property
-    def step_loss(self) -> float:
-        """The steps saved, in val-loss units."""
-        return self.steps_diff / 100 * self.loss_per_100_steps
-
-    @property
-    def statistic(self) -> float:
-        return (self.loss_diff + self.step_loss) / math.sqrt(1 / self.new_n + 1 / self.old_n)
-
-    @property
-    def passes(self) -> bool:
-        return self.statistic >= self.margin
-
-
-def track3_pairwise(new: tuple[float, int, float], old: tuple[float, int, float],
-                    loss_per_100_steps: float = TRACK3_LOSS_PER_100_STEPS, margin: float = TRACK3_MARGIN) -> Pairwise:
-    """Track 3's rule for a new result against an old one; each given as (mean final loss, n, steps)."""
-    for label, (mean, n, steps) in (("new", new), ("old", old)):
-        if n < 1 or n != int(n):
-            raise ValueError(f"the {label} result's run count must be a whole number >= 1 (got {n})")
-        if not math.isfinite(mean) or steps < 0:
-            raise ValueError(f"the {label} result needs a finite mean and steps >= 0 (got {mean}, {steps})")
-    return Pairwise(new[0], int(new[1]), new[2], old[0], int(old[1]), old[2], loss_per_100_steps, margin)
 
 
 @dataclass
@@ -140,30 +60,12 @@ def pooling_problems(runs: list[RunFacts]) -> list[str]:
     return problems
 
 
-def flatten(node, prefix: str = "") -> dict:
-    """Nested config dict -> {"optim.lr": 0.003, ...}."""
-    if isinstance(node, dict):
-        out = {}
-        for key, value in node.items():
-            out.update(flatten(value, f"{prefix}{key}."))
-        return out
-    return {prefix[:-1]: node}
-
-
 def run_facts(path: str | Path) -> RunFacts:
     """RunFacts of a run folder of this harness (its config.yaml and metrics.jsonl)."""
-    from omegaconf import OmegaConf
-
-    from analysis.curves import read_metrics
-
     path = Path(path)
-    config = {}
-    if (path / "config.yaml").is_file():
-        config = flatten(OmegaConf.to_container(OmegaConf.load(path / "config.yaml")))
-    events = read_metrics(path / "metrics.jsonl") if (path / "metrics.jsonl").is_file() else []
-    vals = [e for e in events if e.get("event") == "val" and e.get("val_loss") is not None]
-    complete = any(e.get("event") == "summary" for e in events)
-    return RunFacts(path.name, config, complete, vals[-1]["step"] if vals else None,
+    log = read_run(path) if (path / METRICS_FILE).is_file() else RunLog(path.name, [])
+    vals = log.vals
+    return RunFacts(path.name, read_config(path), log.complete, vals[-1]["step"] if vals else None,
                     vals[-1]["val_loss"] if vals else None)
 
 

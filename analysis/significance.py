@@ -7,7 +7,7 @@
     python -m analysis.significance --rule pairwise --new-summary 3.2785 10 3210 --old-summary 3.2778 16 3250
 
 RUN may be a run folder of this harness (metrics.jsonl), a speedrun log or a CSV. Each rule prints
-its inputs, the statistic and the verdict (formulas: analysis/pooling.py; track 1's t-test:
+its inputs, the statistic and the verdict (formulas: analysis/stats.py; track 1's t-test:
 one-sided one-sample, H1: mean < target).
 
 Runs are pooled only when that means something: finished runs (an end-of-run summary) of one
@@ -23,17 +23,11 @@ import math
 import sys
 from pathlib import Path
 
-from analysis.curves import DEFAULT_TARGET, CurveError, one_sided_ttest, read_curve
-from analysis.pooling import (
-    TRACK3_LOSS_PER_100_STEPS,
-    TRACK3_MARGIN,
-    RunFacts,
-    pooling_problems,
-    run_facts,
-    spread_problem,
-    track3_pairwise,
-    track3_ztest,
-)
+from analysis.crossing import DEFAULT_TARGET
+from analysis.curves import CurveError, read_curve
+from analysis.pooling import RunFacts, pooling_problems, run_facts, spread_problem
+from analysis.runs import METRICS_FILE
+from analysis.stats import TRACK3_LOSS_PER_100_STEPS, TRACK3_MARGIN, one_sided_ttest, track3_pairwise, track3_ztest
 
 
 class Refused(ValueError):
@@ -45,7 +39,7 @@ def collect(label: str, paths: list[str], values: list[float], force: bool) -> t
     facts = []
     for p in paths:
         path = Path(p)
-        if path.is_dir() and (path / "metrics.jsonl").is_file():
+        if path.is_dir() and (path / METRICS_FILE).is_file():
             f = run_facts(path)
             if f.final_val_loss is None:
                 raise CurveError(f"{path} holds no validation points")

@@ -28,13 +28,11 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from omegaconf import OmegaConf
-
-from analysis.pooling import RunFacts, flatten, pooling_problems, spread_problem
+from analysis.crossing import DEFAULT_TARGET, ValTracker
+from analysis.pooling import RunFacts, pooling_problems, spread_problem
+from analysis.runs import METRICS_FILE, read_config, read_overrides, read_run
 from common.atomic_io import write_text_atomic
-from harness.telemetry.metrics import ValTracker, read_metrics
 
-DEFAULT_TARGET = 3.28
 METRICS = ("final_val_loss", "best_val_loss", "steps_to_target", "time_to_target_s", "tokens_per_s")
 
 
@@ -59,24 +57,22 @@ def find_runs(dirs: list[Path]) -> list[Path]:
     for d in dirs:
         if not d.exists():
             raise SystemExit(f"error: {d} does not exist")
-        if (d / "metrics.jsonl").is_file():
+        if (d / METRICS_FILE).is_file():
             found.add(d.resolve())
-        found.update(p.parent.resolve() for p in d.rglob("metrics.jsonl") if "wandb" not in p.parts)
+        found.update(p.parent.resolve() for p in d.rglob(METRICS_FILE) if "wandb" not in p.parts)
     if not found:
         raise SystemExit(f"error: no metrics.jsonl under {', '.join(map(str, dirs))}: pass run or sweep folders")
     return sorted(found, key=natural_key)
 
 
 def load_run(path: Path, name: str, target: float | None) -> Run:
-    config = flatten(OmegaConf.to_container(OmegaConf.load(path / "config.yaml"))) if (path / "config.yaml").is_file() else {}
+    config = read_config(path)
     overrides = {}
-    if (path / ".hydra" / "overrides.yaml").is_file():
-        for item in OmegaConf.to_container(OmegaConf.load(path / ".hydra" / "overrides.yaml")):
-            key, _, value = str(item).lstrip("+~").partition("=")
-            overrides[key] = value
-    events = read_metrics(path / "metrics.jsonl")
-    vals = [e for e in events if e.get("event") == "val" and e.get("val_loss") is not None]
-    summary = next((e for e in reversed(events) if e.get("event") == "summary"), None)
+    for item in read_overrides(path) or []:
+        key, _, value = item.lstrip("+~").partition("=")
+        overrides[key] = value
+    log = read_run(path)
+    events, vals, summary = log.events, log.vals, log.summary
     goal = target if target is not None else config.get("train.target_val_loss", DEFAULT_TARGET)
     tracker = ValTracker(goal)
     for e in vals:

@@ -30,6 +30,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from analysis.runs import read_run
 from common.atomic_io import write_text_atomic
 from common.paths import REPO
 
@@ -82,8 +83,7 @@ def bare_loop(cfg) -> list[float]:
 
 def step_times(run_dir: Path) -> list[float]:
     """Per-step wall times (s) of a finished run, from the train_time_ms of its per-step events."""
-    events = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    t = [0.0] + [e["train_time_ms"] / 1000 for e in events if e["event"] == "train"]
+    t = [0.0] + [e["train_time_ms"] / 1000 for e in read_run(run_dir).of("train")]
     return [b - a for a, b in zip(t, t[1:])]
 
 

@@ -1,11 +1,15 @@
-"""analysis/compare.py and analysis/significance.py on the reference curves and on synthetic runs."""
+"""analysis/compare.py and analysis/significance.py on the reference curves and on synthetic runs; the run-folder
+reader (analysis/runs.py) and the `python -m analysis` dispatcher."""
 import json
 import math
 
 import pytest
 
 from analysis import compare, significance
-from analysis.curves import CurveError, first_crossing, one_sided_ttest, read_curve, record_curve
+from analysis.crossing import first_crossing
+from analysis.curves import CurveError, read_curve, record_curve
+from analysis.runs import read_events, read_run
+from analysis.stats import one_sided_ttest
 from tests.conftest import REPO, run_script
 
 RECORDS = ["record02_adamw", "record04_muon", "record05_modernarch", "record08_untie", "record09_shortcuts",
@@ -124,3 +128,44 @@ def test_significance_verdicts_and_errors(capsys):
     # the records' own final losses (one run each): a single run cannot be tested
     assert main([str(REPO / "configs/records/record20_sub3min.csv")]) == 2
     assert "at least 2" in capsys.readouterr().err
+
+
+def test_run_reader_skips_a_torn_last_line_and_takes_a_folder_or_its_file(tmp_path):
+    run = write_run(tmp_path / "r", [10.9, 3.5, 3.27])
+    with open(run / "metrics.jsonl", "a") as f:
+        f.write('{"event": "val", "step": 300, "val_loss": null}\n')  # a non-finite loss is logged as null
+        f.write('{"event": "train", "step": 30')                        # a crash mid-line
+    events = read_events(run)
+    assert events == read_events(run / "metrics.jsonl")
+    assert len(events) == 8 and events[-2] == {"event": "summary", "final_val_loss": 3.27}
+    assert events[-1] == {"event": "val", "step": 300, "val_loss": None}
+    log = read_run(run / "metrics.jsonl")
+    assert log.name == "r" and log.complete and [e["val_loss"] for e in log.vals] == [10.9, 3.5, 3.27]
+    assert [e["step"] for e in log.of("train")] == [1, 101, 201]
+    unfinished = read_run(write_run(tmp_path / "u", [10.9], complete=False))
+    assert unfinished.name == "u" and not unfinished.complete and unfinished.summary is None
+    with pytest.raises(FileNotFoundError):
+        read_events(tmp_path)  # a folder without a metrics.jsonl
+
+
+def test_python_m_analysis_dispatches_to_each_tool(tmp_path, capsys):
+    from analysis.__main__ import SUBCOMMANDS, main
+    assert main(["--help"]) == 0
+    listed = [line.split()[0] for line in capsys.readouterr().out.splitlines() if line.startswith("  ")]
+    assert listed == list(SUBCOMMANDS) == ["summarize", "compare", "significance", "mfu"]
+    assert main(["significance", "--values", "3.270", "3.272", "3.274"]) == 1  # the subcommand's own status
+    assert "p=0.0101" in capsys.readouterr().out
+    assert main(["summarize", str(write_run(tmp_path / "r", [10.9, 3.5]))]) == 0  # its main returns None
+    assert "## Runs (1)" in capsys.readouterr().out
+    for argv, said in ((["summarise"], "unknown subcommand 'summarise'"), ([], "no subcommand given")):
+        assert main(argv) == 2
+        assert capsys.readouterr().err.splitlines() == [
+            f"error: {said}: choose one of summarize, compare, significance, mfu (python -m analysis --help)"]
+
+
+@pytest.mark.e2e
+def test_python_m_analysis_from_the_command_line():
+    proc = run_script("analysis", "--help")
+    assert proc.returncode == 0 and "significance" in proc.stdout
+    proc = run_script("analysis", "nope")
+    assert proc.returncode == 2 and proc.stdout == "" and len(proc.stderr.splitlines()) == 1

@@ -1,7 +1,7 @@
 """World-size invariance: 2 ranks x accumulation 1 trains exactly like 1 rank x accumulation 2."""
 import pytest
 
-from harness.telemetry.metrics import read_metrics
+from analysis.runs import read_events
 from tests.conftest import run_train
 
 
@@ -14,7 +14,7 @@ def test_two_ranks_equal_one_rank_with_accumulation(tmp_path):
     assert one.returncode == 0, one.stderr[-2000:]
     assert two.returncode == 0, two.stderr[-2000:]
     assert "accum 2" in one.stdout and "accum 1" in two.stdout
-    losses = {k: [e["train_loss"] for e in read_metrics(tmp_path / k / "metrics.jsonl") if e["event"] == "train"]
+    losses = {k: [e["train_loss"] for e in read_events(tmp_path / k / "metrics.jsonl") if e["event"] == "train"]
               for k in ("one", "two")}
     assert len(losses["one"]) == len(losses["two"]) == 5
     for a, b in zip(losses["one"], losses["two"]):

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from analysis.runs import read_events
 from harness.checkpoint.store import list_checkpoints, load_file, read_manifest, verify
-from harness.telemetry.metrics import read_metrics
 from tests.conftest import REPO, error_lines, run_train
 from tests.inprocess import run
 
@@ -54,7 +54,7 @@ def test_full_disk_under_two_ranks_is_one_line_exit_2_on_every_rank(tmp_path):
         loadable(disk, 2)
         assert outcome_of(run_dir)["status"] == "failed" and "ENOSPC" in outcome_of(run_dir)["message"]
         assert ours[0].split(": ", 1)[1] in (run_dir / "train.log").read_text()
-        assert max(e.get("step", 0) for e in read_metrics(run_dir / "metrics.jsonl")) == 4
+        assert max(e.get("step", 0) for e in read_events(run_dir / "metrics.jsonl")) == 4
     finally:
         subprocess.run(["umount", str(disk)], capture_output=True)
 
@@ -93,7 +93,7 @@ def test_second_ctrl_c_inside_the_save_exits_130_in_one_line_and_the_same_comman
     again = run_train(*command)
     assert again.returncode == 0, again.stderr[-2000:]
     assert f"resumed from {run_dir / 'checkpoints' / 'step_000002'} at step 2" in again.stdout
-    assert read_metrics(run_dir / "metrics.jsonl")[-1]["event"] == "summary"
+    assert read_events(run_dir / "metrics.jsonl")[-1]["event"] == "summary"
 
 
 def test_plus_typo_and_hydra_errors_are_one_line_exit_2_and_a_failed_start_says_why(tmp_path):
@@ -124,7 +124,7 @@ def test_a_failing_sweep_job_does_not_stop_the_others(tmp_path):
     assert summary[0] == f"sweep {sweep}: 2 jobs: failed 1, finished 1; exit 2"
     assert summary[1].startswith("  #0 train.micro_batch_seqs=24: failed: train.global_batch_tokens=4096 is not")
     assert summary[2].startswith("  #1 train.micro_batch_seqs=16: finished 2 steps, final val loss ")
-    assert read_metrics(sweep / "1" / "metrics.jsonl")[-1]["event"] == "summary"
+    assert read_events(sweep / "1" / "metrics.jsonl")[-1]["event"] == "summary"
     assert outcome_of(sweep / "0")["status"] == "failed"
 
 
@@ -141,7 +141,7 @@ def test_the_same_command_resumes_an_interrupted_run_and_starts_anew_after_a_fin
     assert (f"resume=auto: continuing the unfinished run {first} (same config; it was stopped at step 3); "
             "resume=none starts a new one") in resumed.stdout
     assert [p.name for p in runs.iterdir()] == [first.name]
-    assert outcome_of(first)["status"] == "finished" and read_metrics(first / "metrics.jsonl")[-1]["steps"] == 6
+    assert outcome_of(first)["status"] == "finished" and read_events(first / "metrics.jsonl")[-1]["steps"] == 6
     (resume,) = [json.loads(line) for line in (first / "resumes.jsonl").read_text().splitlines()]
     assert resume["step"] == 3 and "checkpoint.every=2" in resume["overrides"]
     assert "train.log" in {p.name for p in first.iterdir()} and "resumed from" in (first / "train.log").read_text()

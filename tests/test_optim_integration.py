@@ -5,7 +5,7 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from harness.telemetry.metrics import read_metrics
+from analysis.runs import read_events
 from model.config import ModelConfig
 from model.gpt import GPT
 from optim import build_optimizer, orthogonalize
@@ -79,7 +79,7 @@ def test_train_smoke_learns(tmp_path, optim, extra):
                      "train.val_every=30", "optim.diag_every=20", *extra, f"hydra.run.dir={tmp_path}",
                      env={"OMP_NUM_THREADS": "1"})
     assert proc.returncode == 0, proc.stderr[-3000:]
-    vals = [e["val_loss"] for e in read_metrics(tmp_path / "metrics.jsonl") if e["event"] == "val"]
+    vals = [e["val_loss"] for e in read_events(tmp_path / "metrics.jsonl") if e["event"] == "val"]
     assert len(vals) == 3 and all(math.isfinite(v) for v in vals)
     assert vals[0] - vals[-1] > 1.0  # the synthetic chain is learnable: more than a nat in 60 steps
 
@@ -89,7 +89,7 @@ def test_two_rank_torchrun_dual(tmp_path):
     proc = run_train("experiment=smoke", "optim=dual", "train.max_steps=20", "train.val_every=0",
                      "optim.diag_every=10", f"hydra.run.dir={tmp_path}", nproc=2)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    events = read_metrics(tmp_path / "metrics.jsonl")
+    events = read_events(tmp_path / "metrics.jsonl")
     assert events[-1]["event"] == "summary" and events[-1]["world_size"] == 2
     diags = [e for e in events if e["event"] == "diag"]  # rank 0 alone logs them, once per diag step
     assert [e["step"] for e in diags] == [10, 20] and all(math.isfinite(e["ns_error"]) for e in diags)

@@ -1,28 +1,32 @@
-"""benchmarks/optim/stats.py and benchmarks/optim/report.py on made-up curves: interpolation, steps to a
-target, Welch's one-sided test against hand-computed values, and the report's ratios and verdicts."""
+"""benchmarks/optim/report.py and the analysis pieces it uses (analysis.curves' seed mean and interpolation,
+analysis.stats' Welch test) on made-up curves: interpolation, steps to a target, Welch's one-sided test
+against hand-computed values, and the report's ratios and verdicts."""
 import math
 
 import pytest
 
+from analysis.crossing import Curve, Point
+from analysis.curves import loss_at, mean_curve
+from analysis.stats import welch_less
 from benchmarks.optim.arms import Arm
-from benchmarks.optim.report import summarize, write_report
-from benchmarks.optim.stats import mean_curve, steps_to, val_at, welch_less
+from benchmarks.optim.report import steps_to, summarize, write_report
 
 STEPS = [0, 100, 200, 300, 400]
 
 
 def run(vals, ms=100.0):
-    return {"steps": STEPS, "val": vals, "time_s": [s * ms / 1000 for s in STEPS], "final": vals[-1],
+    """A finished run as benchmarks/optim/run.py's load_run returns it."""
+    return {"curve": Curve("run", [Point(s, 0, s * ms, v) for s, v in zip(STEPS, vals)]), "final": vals[-1],
             "ms_per_step": ms}
 
 
 def test_interpolation_and_steps_to_target():
-    r = run([10.0, 8.0, 7.0, 6.5, 6.0], ms=50.0)
+    r = run([10.0, 8.0, 7.0, 6.5, 6.0], ms=50.0)["curve"]
     assert steps_to(r, 7.5) == 150.0 and steps_to(r, 7.5, "time_s") == 7.5
     assert steps_to(r, 10.0) == 0.0 and math.isinf(steps_to(r, 5.0))
-    assert val_at(r, 150) == 7.5 and val_at(r, 400) == 6.0 and math.isnan(val_at(r, 401))
-    m = mean_curve([r, run([10.0, 9.0, 8.0, 7.5, 7.0])])
-    assert m["val"] == [10.0, 8.5, 7.5, 7.0, 6.5]
+    assert loss_at(r, 150) == 7.5 and loss_at(r, 400) == 6.0 and math.isnan(loss_at(r, 401))
+    m = mean_curve([r, run([10.0, 9.0, 8.0, 7.5, 7.0])["curve"]])
+    assert [p.val_loss for p in m.points] == [10.0, 8.5, 7.5, 7.0, 6.5]
 
 
 def test_welch_one_sided_against_the_hand_computation():
@@ -66,7 +70,7 @@ def test_summary_ratios_and_p_values():
     assert fast["per_seed"] == [pytest.approx(0.75), pytest.approx((200 + 100 * 0.29 / 0.30) / 400)]
     # the mean curve: 6.6 at 200, 6.305 at 300
     assert fast["ratio"] == pytest.approx((200 + 100 * 0.29 / 0.295) / 400)
-    goal_vals = [val_at(r, 360) for r in (results[("fast", 0.1, 0)], results[("fast", 0.1, 1)])]
+    goal_vals = [loss_at(r["curve"], 360) for r in (results[("fast", 0.1, 0)], results[("fast", 0.1, 1)])]
     assert summary["fast"]["p_goal"] == pytest.approx(welch_less(goal_vals, [6.30, 6.32])[2])
     assert summary["fast"]["p_final"] < 0.05 and summary["slow"]["p_final"] > 0.95
     assert math.isinf(summary["slow"]["steps_to"]) and math.isnan(summary["muon"]["p_final"])

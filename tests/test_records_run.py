@@ -5,7 +5,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from harness.telemetry.metrics import read_metrics
+from analysis.runs import read_events
 from tests.conftest import run_train
 
 SHRINK = ["model.n_layer=2", "model.n_head=2", "model.n_embd=64", "device=cpu", "train.compile=false",
@@ -67,7 +67,7 @@ def runs(tmp_path_factory):
 def events_of(runs, rec, stop):
     assert (rec, stop) in runs, "run missing; stderr of the runs:\n" + "\n".join(e for _, e in runs.values())
     run_dir, err = runs[(rec, stop)]
-    events = read_metrics(run_dir / "metrics.jsonl")
+    events = read_events(run_dir / "metrics.jsonl")
     assert events and events[-1]["event"] == "summary", err
     return events
 

@@ -8,8 +8,8 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
+from analysis.runs import read_events
 from data.build import build_val_batches
-from harness.telemetry.metrics import read_metrics
 from inference.weights import WEIGHTS_FILE, load_trained
 from optim.maps import LinearMap
 from tests.inprocess import SMOKE, compose_config, run
@@ -27,7 +27,7 @@ def test_diag_every_10_reaches_metrics_jsonl_wandb_and_the_console(tmp_path, mon
     run_dir = tmp_path / "run"
     run(run_dir, *DUAL, "optim.diag_every=10", "train.max_steps=20", "train.val_every=0", "train.log_every=5",
         "logger=wandb", "logger.mode=offline")
-    events = read_metrics(run_dir / "metrics.jsonl")
+    events = read_events(run_dir / "metrics.jsonl")
     diags = [e for e in events if e["event"] == "diag"]
     assert [e["step"] for e in diags] == [10, 20] and all(e["tokens"] == e["step"] * 4096 for e in diags)
     for e in diags:
@@ -72,7 +72,7 @@ def test_diagnostics_are_not_training_time(tmp_path, monkeypatch):
     monkeypatch.setattr(LinearMap, "ns_error", ns_error)
     monkeypatch.setattr(LinearMap, "norm", staticmethod(linear_norm))
     summary = run(tmp_path, *DUAL, "optim.diag_every=2", "train.max_steps=6", "train.val_every=3")
-    events = read_metrics(tmp_path / "metrics.jsonl")
+    events = read_events(tmp_path / "metrics.jsonl")
     assert [e["step"] for e in events if e["event"] == "diag"] == [2, 4, 6]
     assert shift[0] >= 3 * 5 * 1000  # the patched work ran: 3 diag steps x (1 NS error + 4 linear roles)
     assert summary["train_time_ms"] < 1000 * 1000  # none of the (at least 15,000 s of) diagnostics time
@@ -83,7 +83,7 @@ def test_diagnostics_are_not_training_time(tmp_path, monkeypatch):
 def test_train_events_name_every_role_rate_the_schedule_and_the_window(tmp_path, capsys):
     run(tmp_path, *DUAL, "train.max_steps=10", "train.val_every=0", "train.warmdown_frac=0.5",
         "model.window_size=64", "model.doc_causal=true", "model.bos_token=511")
-    trains = [e for e in read_metrics(tmp_path / "metrics.jsonl") if e["event"] == "train"]
+    trains = [e for e in read_events(tmp_path / "metrics.jsonl") if e["event"] == "train"]
     last = trains[-1]
     # optim=dual, manual rates: hidden matrices optim.lr, the tied table 3.2 / n_embd (64), gains 0.04
     base = {"attn_qkv": 0.05, "mlp_in": 0.05, "embed_head": 3.2 / 64, "gain": 0.04}

@@ -9,7 +9,8 @@ import pytest
 
 from analysis import compare, significance
 from analysis.curves import band, mean_curve, record_curves
-from analysis.pooling import RunFacts, pooling_problems, track3_pairwise, track3_ztest
+from analysis.pooling import RunFacts, pooling_problems
+from analysis.stats import track3_pairwise, track3_ztest
 from tests.test_compare import write_run
 from tests.test_tracking_summarize import make_run, summarize
 
@@ -145,7 +146,7 @@ def test_compare_against_the_track3_band(tmp_path, capsys):
 
 
 def test_y_range_never_hides_a_run():
-    from analysis.curves import Curve, Point
+    from analysis.crossing import Curve, Point
     near = Curve("near", [Point(s, s, None, v) for s, v in ((0, 10.8), (1, 4.0), (2, 3.3))])
     far = Curve("far", [Point(s, s, None, v) for s, v in ((0, 10.8), (1, 7.0), (2, 6.0))])
     assert compare.y_range([near], 3.28)[1] == pytest.approx(4.0)        # the highest point, below the zoom

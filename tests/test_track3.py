@@ -178,7 +178,7 @@ def test_track3_experiments_run_through_the_trainer(experiment, tmp_path, monkey
     """Shrunk to 1 x 128 on synthetic data: summed loss, bf16 table, the val tail cadence, the schedule;
     a SIGTERM and the resume give the uninterrupted run (the bf16 table's fp32 optimizer state survives it)."""
     import train
-    from analysis.curves import read_metrics
+    from analysis.runs import read_events
     from harness.process import distributed as D
     from harness.process.preemption import Preempted, StopRequest
     from tests.inprocess import events
@@ -203,7 +203,7 @@ def test_track3_experiments_run_through_the_trainer(experiment, tmp_path, monkey
         train.train(cfg, rank, tmp_path / "stopped")  # resume=auto
     finally:
         torch.set_num_threads(threads)
-    vals = [e for e in read_metrics(tmp_path / "run" / "metrics.jsonl") if e.get("event") == "val"]
+    vals = [e for e in read_events(tmp_path / "run" / "metrics.jsonl") if e.get("event") == "val"]
     assert [e["step"] for e in vals] == [0, 10, 18, 20]  # every 10, then every 2 in the last 10%
     assert math.isfinite(summary["final_val_loss"]) and summary["final_val_loss"] < vals[0]["val_loss"] - 0.5
     resumed = [e for e in events(tmp_path / "stopped") if e["event"] in ("train", "val", "summary")]

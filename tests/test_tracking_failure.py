@@ -1,7 +1,7 @@
 """Acceptance: wandb that cannot start (no login; no network) costs one warning line, never the run."""
 import pytest
 
-from harness.telemetry.metrics import read_metrics
+from analysis.runs import read_events
 from tests.conftest import run_train
 from tests.wandb_records import isolated_wandb_env
 
@@ -22,6 +22,6 @@ def test_wandb_failure_warns_once_and_training_completes(tmp_path, monkeypatch, 
     assert len(ours) == 1, proc.stderr
     assert ours[0].startswith("warning: wandb could not start (") and str(run_dir / "metrics.jsonl") in ours[0]
     assert "Traceback" not in proc.stderr
-    events = read_metrics(run_dir / "metrics.jsonl")
+    events = read_events(run_dir / "metrics.jsonl")
     assert [e["event"] for e in events] == ["run", "val", "train", "val", "train", "train", "val", "summary"]
     assert events[-1]["steps"] == 6 and "step:6/6 val_loss:" in proc.stdout

@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from harness.telemetry.metrics import read_metrics
+from analysis.runs import read_events
 from tests.conftest import REPO, run_train
 from tests.wandb_records import isolated_wandb_env, offline_runs, read_offline_run
 
@@ -27,7 +27,7 @@ def test_torchrun_two_ranks_make_one_folder_and_one_wandb_run(tmp_path, monkeypa
     files = offline_runs(tmp_path)
     assert len(files) == 1 and files[0].parents[2] == tmp_path / "runs" / "r"
     assert read_offline_run(files[0])["config"]["run"]["world_size"] == 2
-    assert read_metrics(tmp_path / "runs" / "r" / "metrics.jsonl")[0]["hardware"]["world_size"] == 2
+    assert read_events(tmp_path / "runs" / "r" / "metrics.jsonl")[0]["hardware"]["world_size"] == 2
     assert {p.name for p in REPO.iterdir()} == repo_before  # rank 1 wrote nothing in the working directory
 
 
@@ -41,7 +41,7 @@ def test_torchrun_sweep_makes_one_folder_and_one_wandb_run_per_job(tmp_path, mon
     assert sorted(p.name for p in sweep.iterdir()) == ["0", "1", "multirun.yaml"]
     assert sorted(f.parents[2].name for f in offline_runs(tmp_path)) == ["0", "1"]
     for job in ("0", "1"):
-        assert read_metrics(sweep / job / "metrics.jsonl")[-1]["world_size"] == 2
+        assert read_events(sweep / job / "metrics.jsonl")[-1]["world_size"] == 2
     assert scratch_dirs() == before  # rank 1's private sweep folder was removed
 
 
@@ -108,7 +108,7 @@ def test_submitit_local_job_with_two_tasks_is_one_run(tmp_path, monkeypatch):
     job = sweep / "0"
     assert sorted(p.name for p in job.iterdir()) == [".hydra", ".lock", "config.yaml", "final_weights.pt", "metrics.jsonl",
                                                      "outcome.json", "train.log", "wandb"]
-    events = read_metrics(job / "metrics.jsonl")
+    events = read_events(job / "metrics.jsonl")
     assert events[0]["world_size"] == 2 and events[-1]["event"] == "summary" and events[-1]["world_size"] == 2
     assert len(offline_runs(sweep)) == 1
     outs = {p.name.split("_")[1]: p.read_text() for p in task_logs if p.name.endswith("_log.out")}

@@ -5,7 +5,7 @@ import subprocess
 import pytest
 from omegaconf import OmegaConf
 
-from harness.telemetry.metrics import read_metrics
+from analysis.runs import read_events
 from tests.conftest import REPO, run_script, run_train
 from tests.wandb_records import isolated_wandb_env, offline_runs, read_offline_run
 
@@ -32,7 +32,7 @@ def test_two_lrs_two_seeds_offline_wandb_and_summary(tmp_path, monkeypatch):
     for job, (lr, seed) in zip(jobs, expected):
         overrides = OmegaConf.load(job / ".hydra" / "overrides.yaml")
         assert f"optim.lr={lr}" in overrides and f"seed={seed}" in overrides
-        events = read_metrics(job / "metrics.jsonl")
+        events = read_events(job / "metrics.jsonl")
         assert events[0]["event"] == "run" and events[0]["git_commit"] == git_head()
         assert [e["step"] for e in events if e["event"] == "val"] == [0, 3, 6]
         assert events[-1]["event"] == "summary" and events[-1]["target_val_loss"] == 6.2
@@ -44,7 +44,7 @@ def test_two_lrs_two_seeds_offline_wandb_and_summary(tmp_path, monkeypatch):
     assert {r["run"]["group"] for r in records.values()} == {"smoke-sweep"}
     assert len({r["run"]["name"] for r in records.values()}) == 4
     for job, (lr, seed) in zip(jobs, expected):
-        rec, summary = records[job.name], read_metrics(job / "metrics.jsonl")[-1]
+        rec, summary = records[job.name], read_events(job / "metrics.jsonl")[-1]
         assert rec["config"]["optim"]["lr"] == float(lr) and rec["config"]["seed"] == int(seed)
         assert rec["config"]["run"]["git_commit"] == git_head() and rec["config"]["run"]["world_size"] == 1
         assert rec["metrics"]["val/loss"] == "train_time_ms" and rec["metrics"]["val_vs_tokens/loss"] == "tokens"

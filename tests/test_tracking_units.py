@@ -8,6 +8,7 @@ import shutil
 import pytest
 import torch
 
+from analysis.runs import read_events
 from harness.config.schema import ConfigError, WandbLoggerConfig, WandbMode
 from harness.process import launch
 from harness.telemetry.metrics import (
@@ -19,7 +20,6 @@ from harness.telemetry.metrics import (
     format_event,
     format_summary,
     learning_rates,
-    read_metrics,
     window_fields,
 )
 from harness.telemetry.wandb_sink import WandbSink
@@ -40,7 +40,7 @@ def test_summary_records_when_the_target_was_first_reached(tmp_path):
     for e in VAL:
         log.log(e)
     log.close({"final_val_loss": 3.3, "tokens": 4000, "train_time_ms": 400.0})
-    summary = read_metrics(tmp_path / "m.jsonl")[-1]
+    summary = read_events(tmp_path / "m.jsonl")[-1]
     assert summary["event"] == "summary"
     assert summary["target_val_loss_step"] == 20 and summary["target_val_loss_train_time_ms"] == 200.0
     assert summary["target_val_loss_tokens"] == 2000 and summary["best_val_loss"] == 3.1

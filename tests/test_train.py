@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 import torch
 
+from analysis.runs import read_events
 from data.shards import write_shard
 from harness.config.schema import ConfigError, Device
 from harness.process import distributed as D
-from harness.telemetry.metrics import read_metrics
 from tests.conftest import error_lines, run_train
 from tests.inprocess import user_error
 
@@ -26,7 +26,7 @@ def smoke_run(tmp_path_factory):
 @pytest.mark.e2e
 def test_smoke_learns_and_writes_its_run_folder(smoke_run):
     run_dir, proc = smoke_run
-    events = read_metrics(run_dir / "metrics.jsonl")
+    events = read_events(run_dir / "metrics.jsonl")
     vals = [e for e in events if e["event"] == "val"]
     assert [e["step"] for e in vals] == [0, 50, 100, 150, 200]
     assert vals[0]["val_loss"] - vals[-1]["val_loss"] >= 1.0

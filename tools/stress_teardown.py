@@ -15,7 +15,6 @@ Not a test: it takes about 15-30 s per run on 2 loaded cores. Exit code 0 when e
 from __future__ import annotations
 
 import argparse
-import json
 import multiprocessing as mp
 import os
 import subprocess
@@ -24,6 +23,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from analysis.runs import METRICS_FILE, read_events
 from common.paths import REPO
 
 RUN = ["experiment=smoke", "train.max_steps=5", "train.log_every=1", "train.val_every=0", "train.precision=fp32"]
@@ -53,9 +53,8 @@ def one_run(run_dir: Path, nproc: int, timeout: float) -> tuple[bool, str, float
         return False, f"timed out after {timeout:.0f} s\n{e.stdout or ''}{e.stderr or ''}", time.perf_counter() - t
     out = proc.stdout + proc.stderr
     seconds = time.perf_counter() - t
-    metrics = run_dir / "metrics.jsonl"
-    lines = metrics.read_text().splitlines() if metrics.exists() else []
-    finished = bool(lines) and json.loads(lines[-1]).get("event") == "summary"
+    events = read_events(run_dir) if (run_dir / METRICS_FILE).exists() else []
+    finished = bool(events) and events[-1].get("event") == "summary"
     clean = proc.returncode == 0 and finished and not any(a in out for a in ABORTS)
     return clean, f"exit {proc.returncode}, summary {'written' if finished else 'MISSING'}\n{out}", seconds
 

@@ -1,8 +1,10 @@
 """Report of benchmarks/optim/run.py: markdown tables and a PNG of the curves, written atomically.
 
-Inputs: arms (benchmarks/optim/arms.Arm, in table order), results {(arm, lr, seed): run} (bench_stats
-`load_run`), grids {arm: [lr, ...]}, chosen {arm: lr or None} and setup (command, base overrides,
-reference arm, seeds, steps, machine, wall minutes, missing runs, notes).
+Inputs: arms (benchmarks/optim/arms.Arm, in table order), results {(arm, lr, seed): run}
+(benchmarks/optim/run.py `load_run`: {"curve", "final", "ms_per_step"}), grids {arm: [lr, ...]},
+chosen {arm: lr or None} and setup (command, base overrides, reference arm, seeds, steps, machine,
+wall minutes, missing runs, notes). Curves, their seed mean and interpolation are analysis.curves';
+the tests are analysis.stats'.
 
 Definitions (per arm, at its chosen lr, over its seeds):
 - target: the reference arm's (tuned Muon's) final val loss, mean over its seeds; N_ref: the step
@@ -25,10 +27,25 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from benchmarks.optim.stats import mean_curve, spread, steps_to, val_at, welch_less  # noqa: E402
+from analysis.crossing import Curve, first_crossing  # noqa: E402
+from analysis.curves import loss_at, mean_curve  # noqa: E402
+from analysis.stats import spread, welch_less  # noqa: E402
 from common.atomic_io import atomic_open, write_text_atomic  # noqa: E402
 
 GOAL_RATIO, GOAL_P, GOAL_SEEDS = 0.90, 0.01, 4
+
+
+def steps_to(curve: Curve, target: float, key: str = "steps") -> float:
+    """First step (interpolated between validations), or training seconds with key="time_s", where the
+    val loss <= target (analysis.crossing.first_crossing, the trainer's and compare.py's rule); inf if never."""
+    hit = first_crossing(curve, target, interpolate=True)
+    if hit is None:
+        return math.inf
+    return float(hit.step) if key == "steps" else hit.time_ms / 1000
+
+
+def curve_steps(curve: Curve) -> list[int]:
+    return [p.step for p in curve.points]
 
 
 def summarize(arms: list, results: dict, chosen: dict, reference: str) -> tuple[dict, dict]:
@@ -40,14 +57,14 @@ def summarize(arms: list, results: dict, chosen: dict, reference: str) -> tuple[
     if reference in runs:
         ref["finals"] = [r["final"] for r in runs[reference]]
         ref["target"] = sum(ref["finals"]) / len(ref["finals"])
-        ref["n_ref"] = steps_to(mean_curve(runs[reference]), ref["target"])
+        ref["n_ref"] = steps_to(mean_curve([r["curve"] for r in runs[reference]]), ref["target"])
     out = {}
     for name, rs in runs.items():
-        curve = mean_curve(rs)
+        curve = mean_curve([r["curve"] for r in rs])
         finals = [r["final"] for r in rs]
         st = steps_to(curve, ref["target"]) if reference in runs else math.nan
-        per_seed = [steps_to(r, ref["target"]) / ref["n_ref"] for r in rs] if reference in runs else []
-        goal_vals = [val_at(r, GOAL_RATIO * ref["n_ref"]) for r in rs] if reference in runs else []
+        per_seed = [steps_to(r["curve"], ref["target"]) / ref["n_ref"] for r in rs] if reference in runs else []
+        goal_vals = [loss_at(r["curve"], GOAL_RATIO * ref["n_ref"]) for r in rs] if reference in runs else []
         out[name] = {"runs": rs, "curve": curve, "finals": finals, "final": spread(finals),
                      "steps_to": st, "ratio": st / ref["n_ref"] if reference in runs else math.nan,
                      "per_seed": per_seed, "seeds": [k[2] for k in sorted(results)
@@ -117,8 +134,8 @@ def write_report(path: Path, arms: list, results: dict, grids: dict, chosen: dic
         L += ["", f"**Incomplete**: {len(setup['missing'])} planned runs have not finished "
               f"({', '.join(setup['missing'][:12])}{' ...' if len(setup['missing']) > 12 else ''}); rerun the same "
               "command to complete them (finished runs are reused)."]
-    steps = setup.get("steps") or max((s for v in summary.values() for s in v["curve"]["steps"]), default=0)
-    marks = marks_for(steps, sorted({s for v in summary.values() for s in v["curve"]["steps"]}))
+    steps = setup.get("steps") or max((s for v in summary.values() for s in curve_steps(v["curve"])), default=0)
+    marks = marks_for(steps, sorted({s for v in summary.values() for s in curve_steps(v["curve"])}))
     L += ["", "## Results at each arm's chosen lr", "",
           "| arm | lr | seeds | " + " | ".join(f"val @ {m}" for m in marks) + " | final (mean ± sd) | steps to target | "
           f"vs {reference} | per seed: mean [min, max] | p final < {reference} | p goal | ms/step |",
@@ -128,7 +145,7 @@ def write_report(path: Path, arms: list, results: dict, grids: dict, chosen: dic
         if s is None:
             continue
         m, sd, _, _ = s["final"]
-        vals = [_f(sum(val_at(r, mk) for r in s["runs"]) / len(s["runs"])) for mk in marks]
+        vals = [_f(sum(loss_at(r["curve"], mk) for r in s["runs"]) / len(s["runs"])) for mk in marks]
         L.append(f"| {a.name} | {chosen[a.name]:.4g} | {len(s['runs'])} | " + " | ".join(vals) +
                  f" | {m:.4f} ± {sd:.4f} | {_f(s['steps_to'], 0)} | {_f(s['ratio'], 3)} | {_ratio_cell(s['per_seed'])} | "
                  f"{_p(s['p_final'])} | {_p(s['p_goal'])} | {s['ms_per_step']:.0f} |")
@@ -199,15 +216,15 @@ def plot(png: Path, arms: list, summary: dict, ref: dict, reference: str, device
     names = [a.name for a in arms if a.name in summary]
     for i, name in enumerate(names):
         s = summary[name]
-        steps = s["curve"]["steps"]
-        lo = [min(val_at(r, st) for r in s["runs"]) for st in steps]
-        hi = [max(val_at(r, st) for r in s["runs"]) for st in steps]
+        steps = curve_steps(s["curve"])
+        lo = [min(loss_at(r["curve"], st) for r in s["runs"]) for st in steps]
+        hi = [max(loss_at(r["curve"], st) for r in s["runs"]) for st in steps]
         style = dict(color=colors(i % 10), ls=("-", "--", ":")[i // 10 % 3],
                      lw=2.2 if name in (reference, "dual") else 1.2)
         for ax in axes:
-            ax.plot(steps, s["curve"]["val"], label=f"{name} ({len(s['runs'])} seeds)", **style)
+            ax.plot(steps, [p.val_loss for p in s["curve"].points], label=f"{name} ({len(s['runs'])} seeds)", **style)
             ax.fill_between(steps, lo, hi, color=style["color"], alpha=0.15, lw=0)
-    last = max(max(summary[n]["curve"]["steps"]) for n in names)
+    last = max(max(curve_steps(summary[n]["curve"])) for n in names)
     finals = [summary[n]["final"][0] for n in names]
     axes[1].set_xlim(0.6 * last, last)
     axes[1].set_ylim(min(finals) - 0.05, max(finals) + 0.15)

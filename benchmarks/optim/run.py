@@ -27,9 +27,10 @@ import time
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from pathlib import Path
 
+from analysis.crossing import Curve, Point
+from analysis.runs import METRICS_FILE, read_overrides, read_run
 from benchmarks.optim.arms import ARMS, Arm, parse_arm_specs, resolve_arms
 from benchmarks.optim.report import write_report
-from benchmarks.optim.stats import load_run
 from common.paths import REPO as ROOT
 
 RECORD = "bench.json"  # in each run folder: the overrides it was launched with
@@ -66,11 +67,23 @@ def recorded_overrides(run_dir: Path) -> list[str] | None:
     """What an existing run folder was launched with: our record, else Hydra's overrides.yaml."""
     if (run_dir / RECORD).exists():
         return json.loads((run_dir / RECORD).read_text())["overrides"]
-    hydra = run_dir / ".hydra" / "overrides.yaml"
-    if hydra.exists():
-        from omegaconf import OmegaConf
-        return [o for o in OmegaConf.to_container(OmegaConf.load(hydra)) if not o.startswith("hydra.")]
-    return None
+    hydra = read_overrides(run_dir)
+    return None if hydra is None else [o for o in hydra if not o.startswith("hydra.")]
+
+
+def load_run(run_dir: Path) -> dict | None:
+    """A finished run (its metrics.jsonl has the end-of-run summary), else None: {"curve": its validations
+    (one per step, tokens left 0), "final": the summary's final val loss, "ms_per_step": mean training ms
+    per optimizer step}."""
+    if not (Path(run_dir) / METRICS_FILE).exists():
+        return None
+    log = read_run(run_dir)
+    summary = log.summary
+    if summary is None:
+        return None
+    vals = sorted({e["step"]: e for e in log.of("val")}.values(), key=lambda e: e["step"])
+    return {"curve": Curve(log.name, [Point(e["step"], 0, e["train_time_ms"], e["val_loss"]) for e in vals]),
+            "final": summary["final_val_loss"], "ms_per_step": summary["train_time_ms"] / max(1, summary["steps"])}
 
 
 def check_folders(out_runs: Path, plan: dict[str, list[str]]) -> None:

@@ -15,12 +15,13 @@ the warm-up steps' wall time minus that many steady steps.
 """
 from __future__ import annotations
 
-import json
 import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
+
+from analysis.runs import METRICS_FILE, read_events
 
 STEADY_FROM = 11  # the reference's clock restarts after step 10; its step-11 line is the first clean one
 LINE = re.compile(r"^step:(\d+)/(\d+)(?: val_loss:(\S+))?(?: train_loss:(\S+))? train_time:([0-9.]+)ms")
@@ -73,14 +74,9 @@ def reference_compile_ms(side: Side) -> Optional[float]:
 
 def parse_ours(run_dir: Path) -> Side:
     side = Side()
-    path = Path(run_dir) / "metrics.jsonl"
-    if not path.exists():
+    if not (Path(run_dir) / METRICS_FILE).exists():
         return side
-    for line in path.read_text(encoding="utf-8").splitlines():
-        try:
-            e = json.loads(line)
-        except json.JSONDecodeError:
-            continue
+    for e in read_events(run_dir):
         if e.get("event") == "val" and e.get("val_loss") is not None:
             side.val[e["step"]] = e["val_loss"]
         elif e.get("event") == "train":

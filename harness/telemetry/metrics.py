@@ -23,13 +23,7 @@ import time
 from pathlib import Path
 from typing import Protocol
 
-from analysis.curves import (  # noqa: F401 (read_metrics re-exported)
-    Curve,
-    Point,
-    first_crossing,
-    read_metrics,
-    val_point,
-)
+from analysis.crossing import ValTracker  # the target rule, shared with analysis/summarize.py
 from harness.telemetry.run_info import peak_host_memory_mib
 
 
@@ -231,32 +225,6 @@ class JsonlSink:
     def close(self, summary: dict) -> None:
         self.log({"event": "summary", **summary})
         self.file.close()
-
-
-class ValTracker:
-    """Best val loss, and the first validation at which val loss reached the target (val_loss <= target).
-
-    MetricsLogger feeds it live events for every sink's summary, and analysis/summarize.py feeds it
-    the events of a metrics.jsonl; the crossing itself is analysis.curves.first_crossing, the same rule
-    compare.py applies to records. Validation runs every train.val_every steps, so "reached at" means
-    at the first validation that saw it.
-    """
-
-    def __init__(self, target_val_loss: float | None):
-        self.target = target_val_loss
-        self.points: list[Point] = []  # finite validations, in arrival order
-
-    def update(self, event: dict) -> None:
-        point = val_point(event)
-        if point is not None and math.isfinite(point.val_loss):
-            self.points.append(point)
-
-    def summary(self) -> dict:
-        best = min((p.val_loss for p in self.points), default=None)
-        hit = first_crossing(Curve("live", self.points), self.target) if self.target is not None else None
-        return {"best_val_loss": best, "target_val_loss": self.target,
-                "target_val_loss_step": hit and hit.step, "target_val_loss_train_time_ms": hit and hit.time_ms,
-                "target_val_loss_tokens": hit and hit.tokens}
 
 
 def summary_extras(summary: dict, tracker: ValTracker) -> dict:
