@@ -9,8 +9,9 @@ configurations of the same role-routed optimizer (optim/hybrid.py).
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
