@@ -137,9 +137,8 @@ def test_the_registered_stages_keys_are_the_schemas_with_their_defaults():
                 "cautious_wd": False}
     assert {k: defaults[k] for k in expected} == expected
     stage_keys = {s.name for s in STAGES} | {k.name for s in STAGES for k in s.keys}
-    assert stage_keys == set(expected)
+    assert set(expected) <= stage_keys <= set(defaults)
     toy = Stage("toy", "after_ns", "", build=lambda cfg: None, keys=(Key("toy_rms", float, 0.5, ""),))
-    assert {f.name: f.default for f in fields(_stage_keys((*STAGES, toy)))} == {**expected, "toy": False,
-                                                                                 "toy_rms": 0.5}
+    assert {f.name: f.default for f in fields(_stage_keys((toy,)))} == {"toy": False, "toy_rms": 0.5}
     with pytest.raises(ValueError, match="the same config key twice: \\['normuon_beta'\\]"):
         _stage_keys((*STAGES, Stage("x", "decay", "", build=lambda cfg: None, keys=(Key("normuon_beta", float, 0, ""),))))
