@@ -10,8 +10,9 @@ switches that act on it, top to bottom. This class only does what spans paramete
 - schedules the linear map's Newton-Schulz work: the matrices are dealt round-robin by size over the
   ranks (optim/distributed.py), each rank orthogonalizes its share with one batched call per shape
   (Q/K/V blocks included) and one all_gather brings every U V^T to every rank;
-- applies p <- p (1 - lr wd) - lr d, with LANTON's per-layer rate factor (optim/lanton.py) and
-  cautious decay (optim/cautious.py) when those switches are on;
+- runs the stages that span parameters (optim/stages/, registry order): the layer_rates stages (per-layer
+  rate factors, e.g. LANTON) once every direction is known, and the decay stage (e.g. cautious decay);
+- applies p <- p (1 - lr wd) - lr d, at each layer's rate;
 - keeps diagnostics (optim.diag_every), computed off the training clock by `diagnostics()`.
 
 Param groups: one per role, each with "role", "map", "lr", "initial_lr" (the trainer sets lr = initial_lr *
@@ -26,13 +27,13 @@ from typing import Any, Callable, Iterable
 
 import torch
 
-from optim import lanton
-from optim.cautious import cautious_decay_
 from optim.distributed import gather_updates, rank_and_world, shard_round_robin
 from optim.hybrid_config import rates_from_config, validate
 from optim.maps import MAPS, AdamMap, EmbedMap, LinearMap
 from optim.maps.linear import block_shape
 from optim.roles import HIDDEN_ROLES, check_roles, route
+from optim.stages import active
+from optim.stages.base import StepContext, plain_decay_
 
 
 class HybridOptimizer(torch.optim.Optimizer):
@@ -73,14 +74,16 @@ class HybridOptimizer(torch.optim.Optimizer):
         super().__init__(groups, dict(lr=0.0, weight_decay=0.0))
         self.linear, self.embed, self.adam = LinearMap(cfg), EmbedMap(cfg), AdamMap(cfg)
         self.momentum, self.warmup = cfg.momentum, (cfg.momentum_warmup_start, cfg.momentum_warmup_steps)
-        self.lanton, self.lanton_beta, self.cautious_wd = cfg.lanton, cfg.lanton_beta, cfg.cautious_wd
+        # the stages that span parameters (the per-matrix ones run inside the linear map): optim/stages/
+        self.layer_rates = active(cfg, "layer_rates")
+        self.decay = next(iter(active(cfg, "decay")), plain_decay_)
         self.diag_every = cfg.diag_every
         self._diag: dict[str, float] = {}
         # A diagnostics step only keeps references (the updates, one sampled Newton-Schulz input); the norms
         # and the fp64 SVDs are computed by diagnostics(), which the trainer calls off the training clock.
         self._diag_pending: tuple[list, torch.Tensor | None] | None = None
         self._diag_unread = False
-        self._diag_lanton: dict[str, torch.Tensor | float] = {}  # LANTON's per-layer rates and noise, 0-dim tensors
+        self._diag_stages: dict[str, torch.Tensor | float] = {}  # stages' diagnostics (LANTON's), 0-dim tensors
 
     # ---- public helpers ------------------------------------------------------------------
 
@@ -115,8 +118,8 @@ class HybridOptimizer(torch.optim.Optimizer):
                 acc[0] += float(norm(d).mean() * lr)
                 acc[1] += 1
             self._diag.update({k: total / n for k, (total, n) in sums.items()})
-            self._diag.update({k: float(v) for k, v in self._diag_lanton.items()})
-            self._diag_lanton = {}
+            self._diag.update({k: float(v) for k, v in self._diag_stages.items()})
+            self._diag_stages = {}
             if sample is not None:
                 self._diag.update(self.linear.ns_error(sample))
         self._diag_unread = False
@@ -151,7 +154,7 @@ class HybridOptimizer(torch.optim.Optimizer):
         pending: list = []  # (key, norm function, update, lr): resolved by diagnostics()
 
         linear = []  # (param, group), every rank, same order
-        embed = []   # (param, group, update): applied with the linear ones, once LANTON's rates are known
+        embed = []   # (param, group, update): applied with the linear ones, once the rate factors are known
         for group in self.param_groups:
             for p in group["params"]:
                 if p.grad is None:
@@ -166,13 +169,14 @@ class HybridOptimizer(torch.optim.Optimizer):
                 else:
                     linear.append((p, group))
 
-        updates, linear_noise, sample = self._linear_directions(linear, beta, rank, world, diag_on, t)
-        factors = {}
-        if self.lanton:
-            embed_noise = [EmbedMap.noise_sample(p, self.state[p]) if lanton.seen(self.state[p]) else None
-                           for p, _, _ in embed]
-            factors = lanton.layer_factors(self.state, linear, linear_noise, embed, embed_noise, self.lanton_beta,
-                                           world, self._diag_lanton if diag_on else None)
+        updates, mine, sample = self._linear_directions(linear, beta, rank, world, diag_on, t)
+        factors: dict = {}  # param -> 0-dim rate factor from the layer_rates stages (absent: 1)
+        if self.layer_rates:
+            ctx = StepContext(self.state, linear, embed, mine, world, self.linear, self.embed,
+                              self._diag_stages if diag_on else None)
+            for stage in self.layer_rates:
+                for p, m in stage(ctx).items():
+                    factors[p] = factors[p] * m if p in factors else m
         for p, group, d in embed:
             self._apply(p, group, d, factors.get(p))
             if diag_on:
@@ -192,27 +196,21 @@ class HybridOptimizer(torch.optim.Optimizer):
         """Every linear-map weight's direction, in `items` order, on every rank. Each weight's rule
         (LinearMap.direction, a generator) runs up to its Newton-Schulz input; this rank orthogonalizes its
         share of the inputs, batched per shape; one all_gather brings every U V^T to every rank, and each
-        rule finishes with its own. Also returns LANTON's noise samples (this rank's share, None elsewhere)
+        rule finishes with its own. Also returns the indices into `items` this rank orthogonalized (its share)
         and, on a diagnostics step, one Newton-Schulz input to check (or None)."""
         rules = [self.linear.direction(p, self.state[p], beta, group["role"]) for p, group in items]
         make_inputs = [next(rule) for rule in rules]
         deal = shard_round_robin([p.numel() for p, _ in items], world)
         mine = [make_inputs[i]() for i in deal[rank]]
-        noise: list = [None] * len(items)
-        if self.lanton:
-            for i in deal[rank]:
-                p, group = items[i]
-                if lanton.seen(self.state[p]):
-                    noise[i] = self.linear.noise_sample(p, self.state[p], group["role"])
         # the input may be the momentum buffer itself (nesterov=false), which the next step changes
         sample = mine[(t // self.diag_every) % len(mine)].clone() if diag_on and mine else None
         shapes = [block_shape(p.shape, group["role"]) for p, group in items]
         polars = gather_updates(self.linear.orthogonalize(mine), deal, shapes, rank, world)
-        return [_finish(rule, polar) for rule, polar in zip(rules, polars)], noise, sample
+        return [_finish(rule, polar) for rule, polar in zip(rules, polars)], deal[rank], sample
 
     def _apply(self, p: torch.Tensor, group: dict, d: torch.Tensor, factor: torch.Tensor | None = None) -> None:
-        """p <- p (1 - lr wd) - lr d, at the layer's rate lr * factor when LANTON gives one (0-dim tensor);
-        with cautious_wd the decay only where d and p agree in sign."""
+        """p <- p (1 - lr wd) - lr d, at the layer's rate lr * factor when a layer_rates stage gives one (0-dim
+        tensor); the decay by the decay stage when one is on (optim/stages/), else p <- p (1 - lr wd)."""
         lr, wd = group["lr"], group["weight_decay"]
         if factor is not None:
             d = d * factor
@@ -221,17 +219,12 @@ class HybridOptimizer(torch.optim.Optimizer):
             # Low-precision storage (a bf16 table): decay and step in fp32, rounded once, as fused AdamW does.
             # A separate bf16 decay would be rounded away every step (1 - lr wd is within half an ulp of 1).
             w = p.float()
-            if wd and self.cautious_wd:
-                cautious_decay_(w, d, decay)
-            elif wd:
-                w.mul_(1 - decay)
+            if wd:
+                self.decay(w, d, decay)
             p.copy_(w.add_(d.float(), alpha=-lr))
             return
         if wd:
-            if self.cautious_wd:
-                cautious_decay_(p, d, decay)
-            else:
-                p.mul_(1 - decay)
+            self.decay(p, d, decay)
         p.add_(d.to(p.dtype), alpha=-lr)
 
 
@@ -245,7 +238,7 @@ def _finish(rule, polar: torch.Tensor) -> torch.Tensor:
 
 
 def _rate(group: dict, factor: torch.Tensor | None) -> float:
-    """A layer's rate: its group's lr, times LANTON's multiplier when there is one (a 0-dim tensor under LANTON)."""
+    """A layer's rate: its group's lr, times its layer_rates factor when there is one (a 0-dim tensor)."""
     return group["lr"] * factor if factor is not None else group["lr"]
 
 

@@ -36,13 +36,16 @@ from optim.maps.momentum import FORMS
 from optim.mass import mass_rule_fractions
 from optim.newton_schulz import METHODS
 from optim.roles import ALL_ROLES, EMBED_ROLES, HIDDEN_ROLES, VECTOR_ROLES
+from optim.stages import StageKeys, check_stages
 
 
 @dataclass
-class DualConfig:
+class DualConfig(StageKeys):
     """`optim=dual` (ours), and the fields of every configuration of the role-routed optimizer: the Embed
     map for embeddings (relative floor 0.01 for rare rows), spectral-scaled Polar Express for hidden matrices,
-    Adam for the head and scalars, Muon's momentum warmup; manual rates (rate_mode=mass: see the docstring)."""
+    Adam for the head and scalars, Muon's momentum warmup; manual rates (rate_mode=mass: see the docstring).
+    The stages' switches and keys (optim.normuon, optim.lanton, optim.cautious_wd, ...: all off by default)
+    come from the stage registry, optim/stages/, where each stage's module states them (StageKeys)."""
     name: str = "dual"
     lr: float = 0.05                  # base rate: hidden matrices (manual) or global modular-norm lr (mass)
     rate_mode: str = "manual"         # manual | mass
@@ -87,13 +90,6 @@ class DualConfig:
     head_mass: float = 1.0
     # diagnostics: every K steps per-role update norms + Newton-Schulz error on a sampled matrix (0 = off)
     diag_every: int = 0
-    # switches, all off by default (each module's docstring gives its formula and paper)
-    lanton: bool = False              # noise-adaptive layerwise rates within each role group (optim/lanton.py)
-    lanton_beta: float = 0.95         # EMA of each layer's squared dual-norm noise
-    normuon: bool = False             # per-row second-moment normalization of linear-map updates (optim/normuon.py)
-    normuon_beta: float = 0.95        # EMA of each row's mean square
-    normuon_eps: float = 1e-8
-    cautious_wd: bool = False         # decay only where update and weight agree in sign (optim/cautious.py)
 
     def check(self) -> None:
         """Range checks the types cannot express (called by harness.config.schema.load_config)."""
@@ -138,7 +134,7 @@ def validate(cfg: Any) -> None:
     _choice(cfg, "momentum_form", FORMS)
     if cfg.ns_steps is not None and cfg.ns_steps < 1:
         raise ValueError(f"optim.ns_steps={cfg.ns_steps} must be >= 1 (or null for the method's default)")
-    for key in ("momentum", "momentum_warmup_start", "lanton_beta", "normuon_beta"):
+    for key in ("momentum", "momentum_warmup_start"):
         if not 0.0 <= getattr(cfg, key) < 1.0:
             raise ValueError(f"optim.{key}={getattr(cfg, key)} must be in [0, 1)")
     for key in ("adam_betas", "hidden_adam_betas"):
@@ -149,27 +145,15 @@ def validate(cfg: Any) -> None:
                 "adam_eps", "momentum_warmup_steps", "diag_every", "tied_embed_lr_times_width"):
         if getattr(cfg, key) < 0:
             raise ValueError(f"optim.{key}={getattr(cfg, key)} must be >= 0")
-    for key in ("embed_mass", "blocks_mass", "head_mass", "normuon_eps"):
+    for key in ("embed_mass", "blocks_mass", "head_mass"):
         if not getattr(cfg, key) > 0:
             raise ValueError(f"optim.{key}={getattr(cfg, key)} must be > 0")
-    _check_switches(cfg)
+    check_stages(cfg)  # each stage's own keys and rules (optim/stages/)
     for role, rate in dict(cfg.role_lr or {}).items():
         if role not in ALL_ROLES:
             raise ValueError(f"optim.role_lr.{role}: unknown role; known roles: {sorted(ALL_ROLES)}")
         if rate < 0:
             raise ValueError(f"optim.role_lr.{role}={rate} must be >= 0")
-
-
-def _check_switches(cfg: Any) -> None:
-    if cfg.lanton and not cfg.momentum > 0:
-        raise ValueError("optim.lanton=true measures each layer's noise against its momentum: it needs "
-                         f"optim.momentum > 0 (got {cfg.momentum})")
-    if cfg.lanton and cfg.momentum_form != "ema":
-        raise ValueError("optim.lanton=true measures noise as gradient minus the momentum average: it needs "
-                         f"optim.momentum_form=ema (got {cfg.momentum_form!r}, a running sum)")
-    if cfg.cautious_wd and not (cfg.weight_decay > 0 or cfg.adam_weight_decay > 0):
-        raise ValueError("optim.cautious_wd=true masks a weight decay, but optim.weight_decay and "
-                         "optim.adam_weight_decay are both 0: set one of them > 0 (or drop cautious_wd)")
 
 
 def rates_from_config(cfg: Any, routes: dict[str, str], n_layer: int = 1, width: int | None = None) -> dict[str, float]:

@@ -102,12 +102,12 @@ def test_bad_optim_value_is_one_line_naming_the_key(tmp_path):
 
 @pytest.mark.parametrize("name", ["adamw", "dual", "muon"])
 def test_optim_yaml_states_no_value_of_its_own(name):
-    """Each default is stated once, in the schema (optim/hybrid_config.py, optim/config.py):
+    """Each default is stated once, in the schema (optim/hybrid_config.py, optim/adamw.py):
     configs/optim/NAME.yaml only names it, so `optim=NAME` is exactly the schema's defaults."""
     from pathlib import Path
 
-    from optim.config import OPTIM_SCHEMAS
+    from optim.registry import OPTIMIZERS
     yaml = OmegaConf.load(Path(__file__).resolve().parents[1] / "configs" / "optim" / f"{name}.yaml")
     assert set(yaml.keys()) == {"defaults"}
-    schema = OPTIM_SCHEMAS[f"{name}_schema"]
+    schema = OPTIMIZERS[name].schema
     assert compose_config(f"optim={name}").optim == schema()

@@ -16,7 +16,7 @@ from omegaconf import MISSING, DictConfig, OmegaConf
 from data.config import DataConfig
 from harness.config.keys import check_known_keys
 from model.config import ModelConfig
-from optim.config import OPTIM_SCHEMAS
+from optim.registry import OPTIMIZERS, schema_store_name
 
 
 class ConfigError(ValueError):
@@ -161,7 +161,7 @@ class WandbLoggerConfig(LoggerConfig):
 @dataclass
 class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
-    optim: Any = MISSING   # one of OPTIM_SCHEMAS, chosen by the `optim` group
+    optim: Any = MISSING   # one of optim.registry.OPTIMIZERS' schemas, chosen by the `optim` group
     data: DataConfig = field(default_factory=DataConfig)
     logger: Any = MISSING  # one of LOGGER_SCHEMAS, chosen by the `logger` group
     train: TrainConfig = field(default_factory=TrainConfig)
@@ -183,9 +183,10 @@ def register_configs() -> None:
     cs.store(name="base_config", node=Config)
     # Stored outside the groups, so that --help and "not found" errors list only the real options;
     # a group's YAML extends its schema with `- /<group>_<name>@_here_` (e.g. /optim_adamw_schema@_here_).
-    for group, schemas in (("optim", OPTIM_SCHEMAS), ("logger", LOGGER_SCHEMAS)):
-        for name, schema in schemas.items():
-            cs.store(name=f"{group}_{name}", node=schema)
+    for name, entry in OPTIMIZERS.items():  # the optimizer registry (optim/registry.py)
+        cs.store(name=schema_store_name(name), node=entry.schema)
+    for name, schema in LOGGER_SCHEMAS.items():
+        cs.store(name=f"logger_{name}", node=schema)
 
 
 def load_config(cfg: DictConfig) -> Config:

@@ -5,7 +5,8 @@ vector's coordinates are independent), so they take Adam's elementwise, sign-lik
 
     m <- b1 m + (1 - b1) g,   v <- b2 v + (1 - b2) g^2           (t: the group's optimizer step, from 1)
     d = (m / (1 - b1^t)) / (sqrt(v / (1 - b2^t)) + eps)
-    p <- p (1 - lr wd) - lr d          applied by HybridOptimizer (the decay masked with optim.cautious_wd)
+    p <- p (1 - lr wd) - lr d          applied by HybridOptimizer (the decay by the decay stage when one is
+                                       on, optim/stages/: optim.cautious_wd)
 
 betas: optim.adam_betas (optim.hidden_adam_betas for hidden matrices), eps: optim.adam_eps, wd:
 optim.adam_weight_decay (optim.weight_decay for hidden matrices), each group's own ("betas",

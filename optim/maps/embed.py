@@ -4,8 +4,8 @@ its own small layer. What it gets, in order:
 
     buf <- beta buf + (1 - beta) g,  u = (1 - beta) g + beta buf    momentum -> Nesterov (maps/momentum.py)
     d_j = u_j / max(rms(u_j), eps * max_k rms(u_k))                each token row j to unit RMS (zero rows stay 0)
-    p <- p (1 - lr wd) - lr d          applied by HybridOptimizer (lr x LANTON's per-layer factor with optim.lanton;
-                                       the decay masked with optim.cautious_wd)
+    p <- p (1 - lr wd) - lr d          applied by HybridOptimizer, with the layer_rates and decay stages that are
+                                       on (optim/stages/: optim.lanton's per-layer factor, optim.cautious_wd)
 
 The norm and its dual, for W, G [vocab, d]:
 
@@ -84,5 +84,5 @@ class EmbedMap:
     @classmethod
     def noise_sample(cls, p: torch.Tensor, state: dict) -> torch.Tensor:
         """LANTON's noise sample of this table: the dual norm of G - B (B: the updated momentum buffer),
-        exact and elementwise (optim/lanton.py). 0-dim fp32."""
+        exact and elementwise (optim/stages/lanton.py). 0-dim fp32."""
         return cls.dual_norm(p.grad.float() - state["momentum_buffer"], torch.float32)

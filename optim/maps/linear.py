@@ -2,11 +2,12 @@
 the head too with optim.head_map=linear). What a weight such as W_q [d_out, d_in] gets, in order:
 
     buf <- beta buf + (1 - beta) g,  u = (1 - beta) g + beta buf    momentum -> Nesterov (maps/momentum.py)
+    u <- stage(u)                      the before_ns stages that are on (optim/stages/; none today)
     U V^T = NS(u)                      Newton-Schulz (optim/newton_schulz.py), per Q/K/V block of a fused weight
     d = scale(d_out, d_in) * U V^T     the duality map of the RMS->RMS operator norm
-    d <- NorMuon(d)                    only with optim.normuon (optim/normuon.py)
-    p <- p (1 - lr wd) - lr d          applied by HybridOptimizer (lr x LANTON's per-layer factor with optim.lanton;
-                                       the decay masked with optim.cautious_wd: optim/lanton.py, optim/cautious.py)
+    d <- stage(d)                      the after_ns stages that are on (optim.normuon: optim/stages/normuon.py)
+    p <- p (1 - lr wd) - lr d          applied by HybridOptimizer, with its layer_rates and decay stages
+                                       (optim.lanton, optim.cautious_wd: optim/stages/lanton.py, cautious.py)
 
 The norm and its dual, for W, G [d_out, d_in]:
 
@@ -18,7 +19,7 @@ equal unless fan-in > fan-out), `rms_match` 0.2 sqrt(max(rows, cols)) (Moonshot:
 AdamW's, so AdamW rates transfer). Newton-Schulz is the expensive step, so HybridOptimizer runs it for
 every weight at once, batched per shape and split across ranks (optim/distributed.py): `direction` hands
 it its input and receives U V^T back. Everything else here runs on every rank, so every rank holds the
-complete, identical state ("momentum_buffer", and "normuon_v" with optim.normuon).
+complete, identical state ("momentum_buffer", and what the after_ns stages keep, e.g. "normuon_v").
 """
 from __future__ import annotations
 
@@ -29,8 +30,9 @@ import torch
 
 from optim.maps.momentum import nesterov, update_momentum_
 from optim.newton_schulz import orthogonalize, orthogonalize_batched
-from optim.normuon import normuon_
 from optim.roles import FUSED_BLOCKS
+from optim.stages import active
+from optim.stages.base import MatrixContext
 
 SCALES = ("spectral", "muon", "rms_match")
 
@@ -70,7 +72,7 @@ class LinearMap:
     def __init__(self, cfg: Any):
         self.scale, self.ns_method, self.ns_steps = cfg.scale, cfg.ns_method, cfg.ns_steps
         self.momentum_form, self.nesterov = cfg.momentum_form, cfg.nesterov
-        self.normuon, self.normuon_beta, self.normuon_eps = cfg.normuon, cfg.normuon_beta, cfg.normuon_eps
+        self.before_ns, self.after_ns = active(cfg, "before_ns"), active(cfg, "after_ns")  # optim/stages/
 
     # ---- the norm -----------------------------------------------------------------------------
 
@@ -115,33 +117,38 @@ class LinearMap:
                              f"{tuple(p.shape)}; expected [d_out, d_in]" +
                              (f" with d_out divisible by {blocks}" if blocks > 1 else ""))
 
-    def init_state(self, state: dict, p: torch.Tensor, role: str) -> None:
-        """Create the entries `state` lacks (a fresh parameter, or a checkpoint saved with other switches)."""
+    @staticmethod
+    def init_state(state: dict, p: torch.Tensor) -> None:
+        """Create the momentum buffer if `state` lacks it (stages create their own entries when they first act)."""
         if "momentum_buffer" not in state:
             state["momentum_buffer"] = torch.zeros_like(p, dtype=torch.float32)
-        if self.normuon and "normuon_v" not in state:  # one second moment per row of each block
-            state["normuon_v"] = torch.zeros(block_shape(p.shape, role)[:-1], dtype=torch.float32, device=p.device)
 
     def direction(self, p: torch.Tensor, state: dict, beta: float, role: str
                   ) -> Generator[Callable[[], torch.Tensor], torch.Tensor, torch.Tensor]:
         """The direction d (fp32, p's shape) that p steps along, p <- p - lr d, as a generator: it runs to the
         Newton-Schulz input and yields a function making it (called on the one rank that orthogonalizes
         this weight), is sent back U V^T ([blocks, rows, cols] or [rows, cols]) and returns d."""
-        self.init_state(state, p, role)
+        self.init_state(state, p)
         buf, shape = state["momentum_buffer"], block_shape(p.shape, role)
         update_momentum_(buf, p.grad, beta, self.momentum_form)  # every rank: the state stays complete
-        # Newton-Schulz of the Nesterov direction, per block: HybridOptimizer batches it with the other weights'
-        polar = yield lambda: nesterov(buf, p.grad, beta, self.momentum_form, self.nesterov).view(shape)
+        ctx = MatrixContext(state, role, linear_scale(shape[-2], shape[-1], self.scale))
+
+        def ns_input() -> torch.Tensor:  # the Nesterov direction, per block, through the before_ns stages
+            u = nesterov(buf, p.grad, beta, self.momentum_form, self.nesterov).view(shape)
+            for stage in self.before_ns:
+                u = stage(u, ctx)
+            return u
+
+        # Newton-Schulz, per block: HybridOptimizer batches it with the other weights'
+        polar = yield ns_input
         d = self.scaled(polar)  # the duality map: scale * U V^T
-        if self.normuon:
-            rows, cols = shape[-2], shape[-1]
-            target = linear_scale(rows, cols, self.scale) * math.sqrt(min(rows, cols))  # ||scale * U V^T||_F
-            d = normuon_(d, state["normuon_v"], self.normuon_beta, self.normuon_eps, target)
+        for stage in self.after_ns:
+            d = stage(d, ctx)
         return d.reshape(p.shape)
 
     def noise_sample(self, p: torch.Tensor, state: dict, role: str) -> torch.Tensor:
         """LANTON's noise sample of this layer: the dual norm of G - B (B: the updated momentum buffer),
-        summed over blocks, estimated by Newton-Schulz (optim/lanton.py). 0-dim fp32."""
+        summed over blocks, estimated by Newton-Schulz (optim/stages/lanton.py). 0-dim fp32."""
         residual = p.grad.float() - state["momentum_buffer"]
         return self.dual_norm_estimate(residual.view(block_shape(p.shape, role)))
 

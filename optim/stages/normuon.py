@@ -16,15 +16,21 @@ ours is the same rule for whatever `optim.scale` is: target = scale(d_out, d_in)
 d_in)), the Frobenius norm of an exact scale * U V^T (equal to the paper's with scale=rms_match).
 So the layer's step keeps its size and lr keeps its meaning; only its split across neurons changes.
 No bias correction is needed: it would multiply every row by the same factor, which the rescale
-removes. State: "normuon_v", fp32, one value per row ([d_out] or [blocks, d_out / blocks]), created by
-the linear map (LinearMap.init_state), which also computes the target.
+removes. State: "normuon_v", fp32, one value per row ([d_out] or [blocks, d_out / blocks]), created at
+the weight's first step (or at the first step after resuming from a checkpoint saved without the switch).
 
-Every rank applies it after the all_gather of the orthogonalized updates (O(params) elementwise work,
-like momentum), so every rank keeps the complete, identical state. Cost: a few elementwise passes.
+The stage acts at the linear map's `after_ns` hook (optim/stages/base.py): every rank applies it after
+the all_gather of the orthogonalized updates (O(params) elementwise work, like momentum), so every rank
+keeps the complete, identical state. Cost: a few elementwise passes.
 """
 from __future__ import annotations
 
+import math
+from functools import partial
+
 import torch
+
+from optim.stages.base import Key, MatrixContext, Stage
 
 
 def normuon_(d: torch.Tensor, v: torch.Tensor, beta: float, eps: float, target: float) -> torch.Tensor:
@@ -37,3 +43,28 @@ def normuon_(d: torch.Tensor, v: torch.Tensor, beta: float, eps: float, target: 
     # A zero update (e.g. the first step of a layer behind a zero-initialized projection) stays zero:
     # target / 0 would make it 0 * inf = NaN.
     return n * torch.where(fro > 0, target / fro.clamp_min(torch.finfo(torch.float32).tiny), 0.0)
+
+
+def _after_ns(d: torch.Tensor, ctx: MatrixContext, beta: float, eps: float) -> torch.Tensor:
+    """The stage at the after_ns hook: d [..., rows, cols] = scale * U V^T -> its neuron-normalized copy."""
+    if "normuon_v" not in ctx.state:  # one second moment per row of each block
+        ctx.state["normuon_v"] = torch.zeros(d.shape[:-1], dtype=torch.float32, device=d.device)
+    rows, cols = d.shape[-2], d.shape[-1]
+    target = ctx.scale * math.sqrt(min(rows, cols))  # ||scale * U V^T||_F
+    return normuon_(d, ctx.state["normuon_v"], beta, eps, target)
+
+
+def _check(cfg) -> None:
+    if not 0.0 <= cfg.normuon_beta < 1.0:
+        raise ValueError(f"optim.normuon_beta={cfg.normuon_beta} must be in [0, 1)")
+    if not cfg.normuon_eps > 0:
+        raise ValueError(f"optim.normuon_eps={cfg.normuon_eps} must be > 0")
+
+
+STAGE = Stage(
+    name="normuon", hook="after_ns",
+    doc="per-row second-moment normalization of linear-map updates (optim/stages/normuon.py)",
+    keys=(Key("normuon_beta", float, 0.95, "EMA of each row's mean square"),
+          Key("normuon_eps", float, 1e-8, "added to each row's root mean square")),
+    check=_check,
+    build=lambda cfg: partial(_after_ns, beta=cfg.normuon_beta, eps=cfg.normuon_eps))

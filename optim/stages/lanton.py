@@ -35,12 +35,17 @@ Cost per step, per layer on the linear map: one extra Newton-Schulz on R_t (the 
 update's own, so the orthogonalization work doubles; sharded round-robin like the update) and
 O(params) elementwise work; embed map: O(params). One all_reduce of a vector holding one float per linear-map layer
 brings the sharded norms to every rank, so every rank holds identical state. No extra tensor state:
-two scalars per layer ("lanton_noise_sq", "lanton_samples") in the optimizer's state_dict.
+two scalars per layer ("lanton_noise_sq", "lanton_samples") in the optimizer's state_dict. The stage
+acts at the `layer_rates` hook (optim/stages/base.py).
 """
 from __future__ import annotations
 
+from functools import partial
+
 import torch
 import torch.distributed as dist
+
+from optim.stages.base import Key, Stage, StepContext
 
 
 def observe(state: dict, sample: torch.Tensor | None, beta: float, device: torch.device) -> None:
@@ -137,3 +142,35 @@ def layer_factors(states: dict, linear_items: list, linear_noise: list, embed_it
                 if sigma is not None:
                     diag[f"lanton_noise/{names[id(p)]}"] = sigma
     return factors
+
+
+def _layer_rates(ctx: StepContext, beta: float) -> dict:
+    """The stage at the layer_rates hook: each layer's noise sample (the linear-map ones on this rank's
+    Newton-Schulz share only), then `layer_factors`."""
+    linear_noise: list = [None] * len(ctx.linear)
+    for i in ctx.mine:
+        p, group = ctx.linear[i]
+        if seen(ctx.states[p]):
+            linear_noise[i] = ctx.linear_map.noise_sample(p, ctx.states[p], group["role"])
+    embed_noise = [ctx.embed_map.noise_sample(p, ctx.states[p]) if seen(ctx.states[p]) else None
+                   for p, _, _ in ctx.embed]
+    return layer_factors(ctx.states, ctx.linear, linear_noise, ctx.embed, embed_noise, beta, ctx.world, ctx.diag)
+
+
+def _check(cfg) -> None:
+    if not 0.0 <= cfg.lanton_beta < 1.0:
+        raise ValueError(f"optim.lanton_beta={cfg.lanton_beta} must be in [0, 1)")
+    if cfg.lanton and not cfg.momentum > 0:
+        raise ValueError("optim.lanton=true measures each layer's noise against its momentum: it needs "
+                         f"optim.momentum > 0 (got {cfg.momentum})")
+    if cfg.lanton and cfg.momentum_form != "ema":
+        raise ValueError("optim.lanton=true measures noise as gradient minus the momentum average: it needs "
+                         f"optim.momentum_form=ema (got {cfg.momentum_form!r}, a running sum)")
+
+
+STAGE = Stage(
+    name="lanton", hook="layer_rates",
+    doc="noise-adaptive layerwise rates within each role group (optim/stages/lanton.py)",
+    keys=(Key("lanton_beta", float, 0.95, "EMA of each layer's squared dual-norm noise"),),
+    check=_check,
+    build=lambda cfg: partial(_layer_rates, beta=cfg.lanton_beta))

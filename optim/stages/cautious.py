@@ -10,11 +10,13 @@ direction subtracted from the weights) and the weight agree in sign:
 (the indicator is elementwise; u = dualize(momentum) on the linear and embed maps, Adam's direction
 on the Adam path). Everything else about the step is unchanged; it needs a weight decay to act on
 (optim.weight_decay for the linear and embed maps, optim.adam_weight_decay for Adam). Cost: one
-elementwise mask per decayed tensor.
+elementwise mask per decayed tensor. The stage acts at the `decay` hook (optim/stages/base.py).
 """
 from __future__ import annotations
 
 import torch
+
+from optim.stages.base import Stage
 
 
 def cautious_decay_(p: torch.Tensor, u: torch.Tensor, decay: float | torch.Tensor) -> None:
@@ -25,3 +27,16 @@ def cautious_decay_(p: torch.Tensor, u: torch.Tensor, decay: float | torch.Tenso
         p.sub_(p * agree * decay.to(p.dtype))
     else:
         p.addcmul_(p, agree, value=-decay)  # one fused pass: p - decay * p * agree
+
+
+def _check(cfg) -> None:
+    if cfg.cautious_wd and not (cfg.weight_decay > 0 or cfg.adam_weight_decay > 0):
+        raise ValueError("optim.cautious_wd=true masks a weight decay, but optim.weight_decay and "
+                         "optim.adam_weight_decay are both 0: set one of them > 0 (or drop cautious_wd)")
+
+
+STAGE = Stage(
+    name="cautious_wd", hook="decay",
+    doc="decay only where update and weight agree in sign (optim/stages/cautious.py)",
+    check=_check,
+    build=lambda cfg: cautious_decay_)
