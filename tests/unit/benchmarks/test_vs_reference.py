@@ -1,0 +1,129 @@
+"""benchmarks/vs_reference/run.py: the script edits (on the real record scripts when ../shared is present),
+log parsing and the report, and the whole orchestration on CPU with a fake reference script
+(tests/support/fake_reference_script.py prints the records' log format) against experiment=smoke."""
+from __future__ import annotations
+
+import ast
+import json
+import subprocess
+import sys
+import warnings
+
+import pytest
+
+from benchmarks.vs_reference.report import (
+    Side,
+    ours_compile_ms,
+    parse_ours,
+    parse_reference_log,
+    reference_compile_ms,
+    report_lines,
+)
+from benchmarks.vs_reference.run import VsReferenceError, check_data, edit_script, gpu_plan, script_field
+from tests.conftest import REPO
+from tests.support.reference_scripts import REF_DIR
+
+FAKE = REPO / "tests" / "support" / "fake_reference_script.py"
+SCRIPTS = ["record04_muon", "record05_modernarch", "record08_untie", "record09_shortcuts", "record12_flexattn",
+           "record20_sub3min"]
+
+
+def test_edits_stop_after_n_and_set_val_tokens():
+    text = FAKE.read_text()
+    edited, edits = edit_script(text, 20, 8192)
+    assert "    last_step = (step == args.num_iterations) or step == 20  # vs_reference" in edited
+    assert "    val_tokens : int = 8192" in edited and len(edits) == 2
+    assert "stop after step 20 of 40 (schedule unchanged)" in edits[0]
+    ast.parse(edited)
+    assert edit_script(text, 40, None) == (text, [])  # the whole run, the script's val tokens: no edit
+    with pytest.raises(VsReferenceError, match="cannot find the line `last_step"):
+        edit_script(text.replace("last_step = (step", "last = (step"), 20, None)
+
+
+@pytest.mark.skipif(not REF_DIR.is_dir(), reason="../shared reference scripts not present")
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_edits_apply_to_every_record_script(script):
+    text = (REF_DIR / f"{script}.py").read_text()
+    edited, edits = edit_script(text, 100, 393216)
+    assert len(edits) == 2 and edited.count("or step == 100  # vs_reference") == 1
+    assert script_field(edited, "val_tokens") == 393216 and script_field(edited, "num_iterations") > 100
+    with warnings.catch_warnings():  # the scripts' own docstrings hold escapes like '\s'
+        warnings.simplefilter("ignore")
+        ast.parse(edited)
+    plan = gpu_plan(text, 1)
+    assert ("accumulates 8 micro-batches" in plan) if script != "record20_sub3min" else ("1/1 of every step" in plan)
+    with pytest.raises(VsReferenceError, match="--gpus 3: use 1, 2, 4 or 8"):
+        gpu_plan(text, 3)
+    if script == "record12_flexattn":  # a torch whose create_block_mask lost `_compile`: one more edit
+        edited, edits = edit_script(text, 100, None, compile_kw=False)
+        assert "_compile" not in edited and "no `_compile` argument" in edits[0]
+
+
+def test_data_checks(tmp_path):
+    from data.shards import write_shard
+    with pytest.raises(VsReferenceError, match="needs fineweb_train_\\*.bin and fineweb_val_\\*.bin"):
+        check_data(tmp_path, 10, FAKE.read_text())
+    write_shard(tmp_path / "fineweb_val_000000.bin", [1, 2, 3])
+    write_shard(tmp_path / "fineweb_train_000001.bin", list(range(1000)))
+    check_data(tmp_path, 10, FAKE.read_text())  # a loader that cycles: any size will do
+    generator = "def distributed_data_generator(files):\n    file_iter = iter(files)\n"
+    with pytest.raises(VsReferenceError, match="hold 1,000 tokens; 10 steps of this script need"):
+        check_data(tmp_path, 10, generator)
+
+
+STEADY = "".join(f"step:{s}/1875 train_loss:9.0 train_time:{(s - 10) * 400}ms step_avg:400.00ms\n" for s in range(11, 31))
+REFERENCE_LOG = """\
+step:0/1875 val_loss:10.8258 train_time:0ms step_avg:nanms
+step:1/1875 train_loss:10.8258 train_time:35123ms step_avg:nanms
+step:2/1875 train_loss:10.1 train_time:35523ms step_avg:nanms
+""" + STEADY + "step:30/1875 val_loss:7.5000 train_time:8000ms step_avg:400.00ms\npeak memory consumption: 30000 MiB\n"
+
+
+def test_parse_reference_log_and_figures():
+    side = parse_reference_log(REFERENCE_LOG + "step:31/1393 train_time:8400ms step_avg:400.00ms\n")
+    assert side.val == {0: 10.8258, 30: 7.5} and side.peak_mib == 30000
+    assert side.train_ms[1] == 35123 and side.train_ms[31] == 8400  # record 20's lines have no train_loss
+    assert side.steady_ms() == pytest.approx(400.0)
+    assert reference_compile_ms(side) == pytest.approx(35123 - 400)
+    assert parse_reference_log("garbage\n").steady_ms() is None
+
+
+def test_parse_ours_and_report(tmp_path):
+    events = [{"event": "val", "step": 0, "val_loss": 10.9, "train_time_ms": 0}]
+    events += [{"event": "train", "step": s, "train_time_ms": 500.0 * s, "train_loss": 9.0} for s in range(1, 31)]
+    events += [{"event": "val", "step": 30, "val_loss": 7.4, "train_time_ms": 15000},
+               {"event": "summary", "peak_memory_mib": 20000.0, "compile_warmup_ms": 61500.0}]
+    (tmp_path / "metrics.jsonl").write_text("\n".join(json.dumps(e) for e in events) + "\n{torn")
+    (tmp_path / "config.yaml").write_text("train:\n  compile_warmup_steps: 3\n")
+    ours = parse_ours(tmp_path)
+    assert ours.steady_ms() == pytest.approx(500.0) and ours_compile_ms(ours) == pytest.approx(60000.0)
+    meta = {"title": "t", "reference": "r.py", "experiment": "e", "data": "d", "gpus": 1, "device": "cuda",
+            "steps": 30, "of_steps": 1875, "val_every": 125, "val_tokens": 393216, "edits": ["x"], "gpu_plan": "p",
+            "overrides": ["a=b"]}
+    text = "\n".join(report_lines(meta, parse_reference_log(REFERENCE_LOG), ours))
+    assert "| step time (mean of steps 12..N, ms) | 400.0 | 500.0 | **1.250** |" in text
+    assert "| 30 | 7.5000 | 7.4000 | -0.1000 |" in text and "| 0 | 10.8258 | 10.9000 | +0.0742 |" in text
+    assert "| compile time (s, estimated) | 34.7 | 60.0 | |" in text
+    assert "n/a" in "\n".join(report_lines(meta, Side(), Side()))  # nothing parsed: the table still renders
+
+
+@pytest.mark.e2e
+def test_orchestration_on_cpu_with_a_fake_reference(tmp_path):
+    from data.config import SyntheticConfig
+    from data.synthetic import ensure_synthetic_shards
+    data = ensure_synthetic_shards(tmp_path / "data", SyntheticConfig(vocab=511, bos_token=511))
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-m", "benchmarks.vs_reference.run", "--reference", str(FAKE), "--experiment", "smoke",
+           "--data", str(data), "--steps", "20", "--gpus", "1", "--device", "cpu", "--val-tokens", "8192",
+           "--out", str(out), "--timeout", "300", "--", "train.log_every=1"]
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "edit: stop after step 20 of 40" in proc.stdout and "edit: validation tokens" in proc.stdout
+    assert (out / "reference" / "data" / "fineweb10B").resolve() == data.resolve()
+    report = (out / "report.md").read_text()
+    for step, fake_val in ((0, 10.0), (10, 4 + 6 / 11), (20, 4 + 6 / 21)):  # the fake's loss, with 8192 tokens
+        assert f"| {step} | {fake_val + 8192 / 1e9:.4f} |" in report, report
+    assert "| status | ok | ok | |" in report and "**" in report.split("step time")[1].split("\n")[0]
+    assert (out / "report.png").stat().st_size > 10_000
+    summary = [json.loads(line) for line in (out / "ours" / "metrics.jsonl").read_text().splitlines()][-1]
+    assert summary["steps"] == 20 and summary["stopped_early"] == "train.stop_after_step=20 of max_steps=200"
