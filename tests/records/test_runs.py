@@ -90,10 +90,3 @@ def test_stop_at_val_loss_ends_a_time_to_target_run(runs):
     events = events_of(runs, "record12_flexattn", 50.0)
     assert [e["event"] for e in events] == ["run", "val", "summary"]  # "run": git commit and hardware
     assert events[-1]["steps"] == 0 and events[-1]["stopped_at_val_loss"] is True
-
-
-def test_stop_at_val_loss_must_be_positive():
-    from harness.config.schema import TrainConfig
-    with pytest.raises(ValueError, match="train.stop_at_val_loss must be > 0"):
-        TrainConfig(stop_at_val_loss=-1.0).check()
-    TrainConfig(stop_at_val_loss=3.28).check()

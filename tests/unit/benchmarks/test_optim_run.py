@@ -1,7 +1,7 @@
 """benchmarks/optim/run.py's orchestration with fake runs (a stand-in writes each run's metrics.jsonl
 in milliseconds): the plan and its priority order, the lr choice and the seeds that follow it, reuse
 of finished runs, refusal of a folder made by other overrides, restart of a run that died, and the
-report. One real end-to-end benchmark of tiny smoke runs is marked e2e."""
+report. One real end-to-end benchmark of tiny smoke runs: tests/e2e/test_optim_benchmark.py."""
 import json
 import math
 
@@ -111,24 +111,6 @@ def test_dry_run_lists_arms_aliases_and_run_count(tmp_path, monkeypatch, capsys)
     assert "lrs [0.01, 0.02, 0.03, 0.04]" in out and "lrs [0.02, 0.04, 0.08]" in out and "13 runs" in out
     with pytest.raises(SystemExit, match="--center 'muon': expected GLOB=LR"):
         bench(tmp_path, monkeypatch, fake, "--dry-run", "--center", "muon")
-
-
-@pytest.mark.e2e
-def test_tiny_real_benchmark_end_to_end(tmp_path):
-    """Real train.py runs (smoke, 4 steps): 2 arms, 2 lrs, 2 seeds; the report is written."""
-    from tests.conftest import run_script
-    proc = run_script("benchmarks.optim.run", "--experiment", "smoke", "--steps", "4",
-                      "--val-every", "2", "--set", "train.val_tokens=4096", "--arms", "muon", "dual-normuon",
-                      "--extra", "muon:model.tie_embeddings=false", "--center", "*=0.05", "--lr-mults", "1,2",
-                      "--seeds", "2", "--jobs", "2", "--out-runs", str(tmp_path / "runs"),
-                      "--report", str(tmp_path / "r.md"), timeout=600)
-    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
-    text = (tmp_path / "r.md").read_text()
-    assert "| dual-normuon |" in text and "Reference: **muon**" in text and "**Incomplete**" not in text
-    # 2 arms x 2 lrs, seed 1 at the middle lr (speculative), seed 1 at the best lr if it is the other one
-    runs = {p.name for p in (tmp_path / "runs").iterdir() if p.is_dir()}
-    assert {"muon_lr0.05_s1", "dual-normuon_lr0.05_s1", "muon_lr0.1_s0", "dual-normuon_lr0.1_s0"} <= runs
-    assert 6 <= len(runs) <= 8 and not any("incomplete" in r for r in runs)
 
 
 def test_switch_cost_measures_every_arm_on_a_tiny_model():

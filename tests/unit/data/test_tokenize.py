@@ -10,10 +10,9 @@ import numpy as np
 import pytest
 
 from data.prep.sources import SourceError, iter_documents
-from data.prep.tokenize import TokenizeError, main, tokenize_corpus
-from data.shards import EOT_TOKEN, open_shard
-from data.tokenizer import encoding_from_ranks, load_ranks
-from tests.support.data_helpers import FINEWEB_SAMPLE, SHARED_BPE, fake_gpt2_ranks_file
+from data.prep.tokenize import TokenizeError, tokenize_corpus
+from data.shards import open_shard
+from tests.support.data_helpers import SHARED_BPE, fake_gpt2_ranks_file
 
 
 def sha256(path) -> str:
@@ -37,42 +36,6 @@ def corpus(tmp_path):
     path = tmp_path / "docs.jsonl"
     path.write_text("".join(json.dumps({"id": i, "text": d}) + "\n" for i, d in enumerate(docs)), encoding="utf-8")
     return path, docs
-
-
-@pytest.mark.e2e  # the tokenizer's worker processes
-@pytest.mark.skipif(not (FINEWEB_SAMPLE / "tokens").is_dir() or not SHARED_BPE.is_file(),
-                    reason="../shared/corpora/fineweb-sample or ../shared/tokenizer is absent")
-def test_reproduces_the_fineweb_sample_shards_byte_for_byte(tmp_path):
-    out = tmp_path / "tokens"
-    summary = tokenize_corpus(str(FINEWEB_SAMPLE / "docs.jsonl"), out, 250, 2_000_000, bpe=str(SHARED_BPE),
-                              workers=2, progress=False)
-    expected = sorted(p.name for p in (FINEWEB_SAMPLE / "tokens").glob("*.bin"))
-    assert sorted(p.name for p in out.iterdir()) == expected
-    for name in expected:
-        assert sha256(out / name) == sha256(FINEWEB_SAMPLE / "tokens" / name), name
-    assert summary["docs"] == 2800 and summary["tokens"] == 405_727 + 3_959_053
-
-
-@pytest.mark.e2e  # the tokenizer's worker processes
-def test_sharding_rule_and_worker_independence(corpus, bpe, tmp_path):
-    path, docs = corpus
-    outs = []
-    for workers in (1, 3):
-        out = tmp_path / f"w{workers}"
-        tokenize_corpus(str(path), out, 17, 5000, bpe=bpe, workers=workers, progress=False)
-        outs.append({p.name: p.read_bytes() for p in out.iterdir()})
-    assert outs[0] == outs[1]
-    enc = encoding_from_ranks(load_ranks(bpe))
-    encoded = [[EOT_TOKEN, *enc.encode_ordinary(d)] for d in docs]
-    out = tmp_path / "w1"
-    val = np.asarray(open_shard(out / "fineweb_val_000000.bin"))
-    assert val.tolist() == [t for doc in encoded[:17] for t in doc]  # the first N docs, whole
-    train = sorted(out.glob("fineweb_train_*.bin"))
-    sizes = [len(open_shard(p)) for p in train]
-    assert all(s == 5000 for s in sizes[:-1]) and 0 < sizes[-1] <= 5000  # fixed size, remainder last
-    stream = np.concatenate([open_shard(p) for p in train]).tolist()
-    assert stream == [t for doc in encoded[17:] for t in doc]  # documents straddle shard boundaries
-    assert stream.count(EOT_TOKEN) == len(docs) - 17  # "<|endoftext|>" inside text is not special
 
 
 def test_sources(tmp_path):
@@ -111,36 +74,12 @@ def test_existing_shards_are_never_written_over(corpus, bpe, tmp_path):
     assert sorted(p.name for p in out.iterdir()) == ["fineweb_train_000001.bin", "fineweb_val_000000.bin"]
 
 
-@pytest.mark.e2e  # the tokenizer's worker processes
-def test_an_error_leaves_the_output_folder_untouched(corpus, bpe, tmp_path):
-    path, _ = corpus
-    lines = path.read_text(encoding="utf-8").splitlines(keepends=True)
-    lines.insert(250, "{broken json\n")
-    path.write_text("".join(lines), encoding="utf-8")
-    out = tmp_path / "out"
-    with pytest.raises(SourceError, match=r"docs.jsonl:251 is not valid JSON"):
-        tokenize_corpus(str(path), out, 10, 1000, bpe=bpe, workers=2, progress=False)
-    assert list(out.iterdir()) == []  # shards already finished were staged, then discarded
-
-
 def test_too_few_documents(corpus, bpe, tmp_path):
     path, _ = corpus
     with pytest.raises(TokenizeError, match="only 300 documents, fewer than --val-docs 400"):
         tokenize_corpus(str(path), tmp_path / "a", 400, 1000, bpe=bpe, progress=False)
     with pytest.raises(TokenizeError, match="no training tokens"):
         tokenize_corpus(str(path), tmp_path / "b", 300, 1000, bpe=bpe, progress=False)
-
-
-@pytest.mark.e2e  # the tokenizer's worker processes
-def test_cli_reports_one_line(corpus, bpe, tmp_path, capsys):
-    path, _ = corpus
-    assert main([str(path), "--out", str(tmp_path / "o"), "--val-docs", "5", "--shard-tokens", "4000",
-                 "--bpe", bpe, "--workers", "2", "--no-progress"]) == 0
-    assert "300 docs" in capsys.readouterr().out
-    assert main([str(tmp_path / "missing.jsonl"), "--out", str(tmp_path / "p"), "--val-docs", "5",
-                 "--bpe", bpe]) == 2
-    err = capsys.readouterr().err
-    assert err.count("\n") == 1 and err.startswith("error: source") and "does not exist" in err
 
 
 def test_hf_source_streams_the_named_dataset(bpe, tmp_path, monkeypatch):

@@ -1,21 +1,14 @@
-"""Offline GPT-2 tokenizer: sources, OpenAI-format conversion, equality with tiktoken's gpt2."""
+"""Offline GPT-2 tokenizer: sources, the byte table, bad files (against tiktoken at full size:
+tests/e2e/test_tokenizer_vs_tiktoken.py)."""
 from __future__ import annotations
 
-import hashlib
-import json
-import shutil
 import warnings
 
 import pytest
 import tiktoken
-from tiktoken.load import data_gym_to_mergeable_bpe_ranks, load_tiktoken_bpe
 
 from data import tokenizer as tk
-from tests.support.data_helpers import FINEWEB_SAMPLE, SHARED, SHARED_BPE, fake_gpt2_ranks_file, write_openai_files
-
-needs_shared = pytest.mark.skipif(not SHARED_BPE.is_file(), reason="../shared/tokenizer/gpt2.tiktoken is absent")
-TRICKY = ["Hello world", "  leading spaces\n\n\ttabs   and  runs  ", "it's we'll they've I'M", "naïve café 東京 🙂",
-          "text with <|endoftext|> inside", "1234567 3.14159 -42", "\x00\x01 control \u00ad soft hyphen", ""]
+from tests.support.data_helpers import SHARED_BPE, fake_gpt2_ranks_file, write_openai_files
 
 
 @pytest.fixture
@@ -37,16 +30,6 @@ def test_byte_table_is_gpt2s_bijection():
     assert table["!"] == 33 and table["Ġ"] == 32 and table["Ā"] == 0  # space -> Ġ, byte 0 -> Ā
 
 
-@pytest.mark.e2e  # integration: tiktoken's converter on the full 50k vocabulary
-def test_encoder_json_conversion_matches_tiktokens_own(ranks, tmp_path):
-    enc_json, vocab_bpe = write_openai_files(ranks, tmp_path / "openai")
-    ours = tk.load_ranks(enc_json)
-    theirs = data_gym_to_mergeable_bpe_ranks(vocab_bpe_file=str(vocab_bpe), encoder_json_file=str(enc_json))
-    assert ours == theirs == ranks
-    assert tk.ranks_fingerprint(ours) == tk.ranks_fingerprint(ranks)
-    assert tk.load_ranks(tmp_path / "openai") == ranks  # a folder works too
-
-
 def test_merges_disagreeing_with_encoder_are_rejected(ranks, tmp_path):
     enc_json, vocab_bpe = write_openai_files(ranks, tmp_path / "openai")
     lines = vocab_bpe.read_text(encoding="utf-8").split("\n")
@@ -54,35 +37,6 @@ def test_merges_disagreeing_with_encoder_are_rejected(ranks, tmp_path):
     vocab_bpe.write_text("\n".join(lines), encoding="utf-8")
     with pytest.raises(tk.TokenizerError, match="disagrees with"):
         tk.load_ranks(enc_json)
-
-
-@pytest.mark.e2e  # integration: tiktoken on real text
-@needs_shared
-def test_equals_tiktoken_gpt2_on_real_text(tmp_path, monkeypatch):
-    """Reference: tiktoken's own r50k_base (GPT-2's ranks, pattern, <|endoftext|>; hash-checked by tiktoken).
-
-    tiktoken's gpt2 and r50k_base are the same BPE; r50k_base's published file is
-    byte-identical to ../shared/tokenizer/gpt2.tiktoken, so tiktoken loads it from its
-    cache with no network.
-    """
-    cache = tmp_path / "tiktoken-cache"
-    cache.mkdir()
-    url = "https://openaipublic.blob.core.windows.net/encodings/r50k_base.tiktoken"
-    shutil.copy(SHARED_BPE, cache / hashlib.sha1(url.encode()).hexdigest())
-    monkeypatch.setenv("TIKTOKEN_CACHE_DIR", str(cache))
-    reference = tiktoken.get_encoding("r50k_base")
-    assert reference.n_vocab == 50257 and reference.eot_token == tk.EOT_TOKEN
-    enc_json, _ = write_openai_files(load_tiktoken_bpe(str(SHARED_BPE)), tmp_path / "openai")
-    ours = [tk.gpt2_encoding(SHARED_BPE), tk.gpt2_encoding(enc_json)]
-    shakespeare = (SHARED / "corpora" / "tinyshakespeare" / "input.txt").read_text(encoding="utf-8")
-    docs = [json.loads(line)["text"] for line in open(FINEWEB_SAMPLE / "docs.jsonl", encoding="utf-8")][::20]
-    expected = [reference.encode_ordinary(t) for t in [shakespeare, *docs, *TRICKY]]
-    assert len(expected[0]) == 338_025
-    for enc in ours:
-        assert enc.encode_ordinary_batch([shakespeare, *docs, *TRICKY]) == expected
-        assert enc.decode(expected[0]) == shakespeare
-        assert enc.encode("<|endoftext|>", allowed_special="all") == [50256]
-    assert tk.ranks_fingerprint(tk.load_ranks(SHARED_BPE)) == tk.GPT2_RANKS_SHA256
 
 
 def test_source_order_and_the_installed_package(tmp_path, monkeypatch, ranks):

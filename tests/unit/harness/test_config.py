@@ -54,3 +54,10 @@ def test_typos_and_wrong_types_fail_at_composition_naming_the_key(override, key)
 def test_out_of_range_values_fail_naming_the_key(override, message):
     with pytest.raises(ConfigError, match=message.replace("[", r"\[").replace("]", r"\]")):
         load_config(composed(override))
+
+
+def test_stop_at_val_loss_must_be_positive():
+    from harness.config.schema import TrainConfig
+    with pytest.raises(ValueError, match="train.stop_at_val_loss must be > 0"):
+        TrainConfig(stop_at_val_loss=-1.0).check()
+    TrainConfig(stop_at_val_loss=3.28).check()
