@@ -82,7 +82,10 @@ def reference_of(experiment: str) -> Optional[ReferenceInfo]:
         info = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(ReferenceInfo), node))
         info.check()
     except (OmegaConfBaseException, ValueError) as e:
-        raise ReferenceBlockError(f"{path}: {str(e).splitlines()[0]} (see analysis/records.py's ReferenceInfo)") from None
+        key = getattr(e, "full_key", None)  # OmegaConf's errors name the key on a later line
+        where = f"reference.{key}: " if key else ""
+        raise ReferenceBlockError(f"{path}: {where}{str(e).splitlines()[0]} (see analysis/records.py's "
+                                  "ReferenceInfo)") from None
     return info
 
 

@@ -3,7 +3,7 @@ ENOSPC from /dev/full; a real small tmpfs where this process may mount one), a s
 save (real SIGINTs), a bad token id in the middle of a shard, `+key` typos and Hydra's errors in one line,
 the train data wrapping around, and the bookkeeping behind "the same command resumes" and sweeps.
 Each failure must end with one line, leave no temporary files, and keep the previous checkpoint loadable
-and metrics.jsonl intact. (The same cases through the command line: test_failure_paths_e2e.py.)"""
+and metrics.jsonl intact. (The same cases through the command line: test_failure_paths_cli.py.)"""
 from __future__ import annotations
 
 import json

@@ -1,83 +1,16 @@
-"""Every record config, built on the meta device, matches its row of the reference tables
-(../shared/reference/records/README.md): shapes, parameter count, update rule per role, rates,
-betas/momentum, weight decay, Newton-Schulz, schedule, batch and validation cadence."""
+"""Every record config (experiments with a track-1 reference: block), built on the meta device, matches its row
+of the reference tables (../shared/reference/records/README.md), restated in tests/records/expected.py: shapes,
+parameter count, update rule per role, rates, betas/momentum, weight decay, Newton-Schulz, schedule, batch and
+validation cadence."""
 import math
 
 import pytest
-import torch
 
 import tools.describe as describe
+from analysis.records import experiments_with_reference
+from tests.records.expected import EXPECTED, C, V, VP
 
-C, H4 = 768, 3072  # width, MLP hidden
-V, VP = 50257, 50304
-E_TIED, E_PAD = V * C, VP * C
-QKV, SQ = 3 * C * C, C * C  # fused [3C, C]; one [C, C]
-MLP = C * H4
-
-# role -> (tensors, elements)
-ARCH = {
-    "record02_adamw": {"embed_head": (1, E_TIED), "attn_qkv": (12, 12 * QKV), "attn_out": (12, 12 * SQ),
-                       "mlp_in": (12, 12 * MLP), "mlp_out": (12, 12 * MLP)},
-    "record05_modernarch": {"embed_head": (1, E_PAD), "attn_q": (12, 12 * SQ), "attn_k": (12, 12 * SQ),
-                            "attn_v": (12, 12 * SQ), "attn_out": (12, 12 * SQ), "mlp_in": (12, 12 * MLP),
-                            "mlp_out": (12, 12 * MLP)},
-}
-ARCH["record04_muon"] = ARCH["record02_adamw"]
-ARCH["record08_untie"] = {**{k: v for k, v in ARCH["record05_modernarch"].items() if k != "embed_head"},
-                          "embed": (1, E_PAD), "head": (1, E_PAD)}
-ARCH["record09_shortcuts"] = {**ARCH["record08_untie"], "scalar": (12 + 12, 12 + 24)}  # lamb; x0 (a, b)
-ARCH["record12_flexattn"] = {**ARCH["record08_untie"], "scalar": (12 + 12 + 1, 12 + 24 + 6)}  # + skip weights
-ARCH["record20_sub3min"] = {"embed": (1, E_TIED), "value_embed": (3, 3 * E_TIED), "head": (1, E_PAD),
-                            "attn_qkv": (11, 11 * QKV), "attn_out": (11, 11 * SQ), "mlp_in": (12, 12 * MLP),
-                            "mlp_out": (12, 12 * MLP), "scalar": (11 + 12 + 1, 22 + 24 + 6)}
-
-PARAMS = {  # total parameters, recomputed by hand from the shapes above
-    "record02_adamw": 123_532_032,       # 50257*768 + 12*(4*768^2 + 8*768^2)
-    "record04_muon": 123_532_032,
-    "record05_modernarch": 123_568_128,  # vocab padded to 50304
-    "record08_untie": 162_201_600,       # + untied 50304 x 768 head
-    "record09_shortcuts": 162_201_636,   # + 12 value-residual lambdas + 12 x (a, b)
-    "record12_flexattn": 162_201_642,    # + 6 U-net skip weights
-    "record20_sub3min": 275_598_388,     # embed 50257 + 3 value embeds 50257 + head 50304, 11 attn, 52 scalars
-}
-
-HIDDEN = ("attn_qkv", "attn_q", "attn_k", "attn_v", "attn_out", "mlp_in", "mlp_out")
-# role -> (update rule, lr, weight decay); rules: AdamW, linear (Muon) or adam
-RULES = {
-    "record02_adamw": {r: ("AdamW", 1.8e-3, 0.1) for r in ARCH["record02_adamw"]},
-    "record04_muon": {**{r: ("linear", 1.8e-3, 0.0) for r in HIDDEN}, "embed_head": ("adam", 3.6e-3, 0.0)},
-    "record08_untie": {**{r: ("linear", 0.02, 0.0) for r in HIDDEN}, "embed": ("adam", 0.3, 0.0),
-                       "head": ("adam", 0.002, 0.0)},
-    "record12_flexattn": {**{r: ("linear", 0.04, 0.0) for r in HIDDEN}, "embed": ("adam", 0.6, 0.0),
-                          "head": ("adam", 0.008, 0.0), "scalar": ("adam", 0.04, 0.0)},
-    "record20_sub3min": {**{r: ("linear", 0.05, 0.0) for r in HIDDEN}, "embed": ("adam", 0.6, 0.0),
-                         "value_embed": ("adam", 0.6, 0.0), "head": ("adam", 0.008, 0.0),
-                         "scalar": ("adam", 0.04, 0.0)},
-}
-RULES["record05_modernarch"] = RULES["record04_muon"]
-RULES["record09_shortcuts"] = {**RULES["record08_untie"], "scalar": ("adam", 0.02, 0.0)}
-
-# Muon details: (scale rule, NS method, NS steps, momentum, nesterov, warmup start, warmup steps, adam betas, eps)
-MUON = {
-    "record04_muon": ("rms_match", "quintic", 5, 0.95, True, None, 0, (0.9, 0.95), 1e-8),
-    "record05_modernarch": ("rms_match", "quintic", 5, 0.95, True, None, 0, (0.9, 0.95), 1e-8),
-    "record08_untie": ("muon", "quintic", 5, 0.95, True, None, 0, (0.9, 0.95), 1e-8),
-    "record09_shortcuts": ("muon", "quintic", 5, 0.95, True, 0.85, 500, (0.9, 0.95), 1e-8),
-    "record12_flexattn": ("muon", "quintic", 5, 0.95, True, 0.85, 500, (0.9, 0.95), 1e-8),
-    "record20_sub3min": ("muon", "quintic", 5, 0.95, True, 0.85, 300, (0.8, 0.95), 1e-10),
-}
-
-# steps, warmup steps, warmdown steps, final lr fraction, seq len, sequences per GPU, val every
-TRAIN = {
-    "record02_adamw": (9536, 256, 2048, 0.0, 1024, 64, 128),
-    "record04_muon": (6200, 0, 1800, 0.0, 1024, 64, 125),
-    "record05_modernarch": (5100, 0, 1450, 0.0, 1024, 64, 125),
-    "record08_untie": (4578, 0, 1308, 0.0, 1024, 64, 125),
-    "record09_shortcuts": (3200, 0, 914, 0.0, 1024, 64, 125),
-    "record12_flexattn": (1875, 0, 562, 0.0, 65536, 1, 125),
-    "record20_sub3min": (1393, 0, 557, 0.1, 65536, 1, 125),  # the record: last 40% (557.2 steps)
-}
-RECORDS = sorted(PARAMS)
+RECORDS = experiments_with_reference(track=1)
 
 
 @pytest.fixture(scope="module")
@@ -95,14 +28,15 @@ def built():
 def test_parameter_count_and_roles(built, rec):
     cfg, model, _ = built[rec]
     assert all(p.device.type == "meta" for p in model.parameters())
-    assert sum(p.numel() for p in model.parameters()) == PARAMS[rec]
+    want = EXPECTED[rec]
+    assert sum(p.numel() for p in model.parameters()) == want.params
     roles = model.param_roles()
     got = {}
     for name, p in model.named_parameters():
         n, e = got.get(roles[name], (0, 0))
         got[roles[name]] = (n + 1, e + p.numel())
-    assert got == ARCH[rec]
-    assert sum(e for _, e in ARCH[rec].values()) == PARAMS[rec]
+    assert got == want.roles
+    assert sum(e for _, e in want.roles.values()) == want.params
 
 
 @pytest.mark.parametrize("rec", RECORDS)
@@ -115,20 +49,22 @@ def test_update_rule_rate_and_decay_per_role(built, rec):
         rule = g.get("map", type(opt).__name__)
         for p in g["params"]:
             seen[by_id[id(p)]] = (rule, g["initial_lr"], g["weight_decay"])
-    expected = {r: RULES[rec][r] for r in ARCH[rec]}
+    e = EXPECTED[rec]
+    expected = {r: e.rules[r] for r in e.roles}
     assert set(seen) == set(expected)
     for role, (rule, lr, wd) in expected.items():
         got_rule, got_lr, got_wd = seen[role]
         assert (got_rule, got_wd) == (rule, wd) and math.isclose(got_lr, lr), (role, seen[role])
-    if rec == "record02_adamw":
+    if e.adamw is not None:
+        betas, eps = e.adamw
         g = opt.param_groups[0]
-        assert tuple(g["betas"]) == (0.9, 0.95) and g["eps"] == 1e-8
+        assert tuple(g["betas"]) == betas and g["eps"] == eps
 
 
-@pytest.mark.parametrize("rec", sorted(MUON))
+@pytest.mark.parametrize("rec", [r for r in RECORDS if EXPECTED[r].muon is not None])
 def test_muon_momentum_newton_schulz_and_adam_settings(built, rec):
     cfg, _, opt = built[rec]
-    scale, method, steps, mom, nesterov, w_start, w_steps, betas, eps = MUON[rec]
+    scale, method, steps, mom, nesterov, w_start, w_steps, betas, eps, _ = EXPECTED[rec].muon
     o = cfg.optim
     assert (o.name, o.scale, o.ns_method, o.ns_steps, o.momentum, o.nesterov) == ("muon", scale, method, steps, mom, nesterov)
     assert o.momentum_warmup_steps == w_steps and (w_start is None or o.momentum_warmup_start == w_start)
@@ -153,7 +89,7 @@ def test_record4_rms_match_reproduces_the_record_step():
 @pytest.mark.parametrize("rec", RECORDS)
 def test_schedule_batch_and_validation(built, rec):
     tc = built[rec][0].train
-    steps, warmup, warmdown, final, seq, micro, val_every = TRAIN[rec]
+    steps, warmup, warmdown, final, seq, micro, val_every = EXPECTED[rec].train
     assert tc.max_steps == steps and tc.final_lr_frac == final
     assert round(tc.warmup_frac * steps) == warmup and round(tc.warmdown_frac * steps) == warmdown
     assert (tc.seq_len, tc.micro_batch_seqs, tc.val_every) == (seq, micro, val_every)
@@ -178,17 +114,13 @@ def test_lr_schedule_values_match_the_records():
 
 def test_record_exactness_switches(built):
     """RMSNorm eps, Muon's momentum form and the data order each record's script used."""
-    eps = {"record02_adamw": 1e-6, "record04_muon": 1e-6}
-    form = {"record20_sub3min": "ema"}
-    tail = {"record02_adamw": "read", "record20_sub3min": "skip_step"}
-    repeat = {"record04_muon", "record05_modernarch", "record08_untie", "record09_shortcuts"}
     for rec in RECORDS:
-        cfg = built[rec][0]
-        assert cfg.model.norm_eps == eps.get(rec), rec
-        if rec != "record02_adamw":
-            assert cfg.optim.momentum_form == form.get(rec, "sum"), rec
-        assert cfg.data.shard_tail.value == tail.get(rec, "skip_micro_batch"), rec
-        assert cfg.data.repeat_first_batch == (rec in repeat), rec
+        cfg, e = built[rec][0], EXPECTED[rec]
+        assert cfg.model.norm_eps == e.norm_eps, rec
+        if e.muon is not None:
+            assert cfg.optim.momentum_form == e.muon.form, rec
+        assert cfg.data.shard_tail.value == e.shard_tail, rec
+        assert cfg.data.repeat_first_batch == e.repeat_first_batch, rec
 
 
 def test_record_architecture_details(built):

@@ -1,67 +1,55 @@
-"""Track 3 as experiments, without the reference scripts (those comparisons: test_track3_equivalence.py):
-the configs' figures, the validation cadence against the published curves, the schedule, the model
+"""Track 3 as experiments (those with a track-3 reference: block, and the proxies), without the reference
+scripts (those comparisons: test_track3_vs_scripts.py; through the trainer: test_track3_runs.py): the configs' figures, the validation cadence against the published curves, the schedule, the model
 features (head bias, algebraic softcap, init, bf16 table) and the summed loss in the trainer."""
 from __future__ import annotations
 
-import csv
 import math
 
 import pytest
 import torch
 
+from analysis.curves import record_curves
+from analysis.records import experiments_with_reference
 from harness.loop.schedule import lr_factor, val_due
 from model.config import ModelConfig
 from model.gpt import GPT
 from optim import build_optimizer
-from tests.conftest import REPO
+from tests.records.expected import EXPECTED
 from tests.support.inprocess import compose_config
 
-PARAMS = 162_354_816  # 2 x 50304 x 768 + 50304 (head bias) + 12 x 7,086,336 (block) + 2 x 768 (norms)
+TRACK3 = experiments_with_reference(track=3)
+PROXIES = ["track3_proxy_cpu", "track3_proxy_gpu"]  # track 3 scaled down: no published result
 
 
 def _groups(experiment: str) -> dict[str, tuple]:
     import tools.describe as describe
     model, opt = describe.build_on_meta(describe.load([f"experiment={experiment}"]))
-    assert sum(p.numel() for p in model.parameters()) == PARAMS
+    assert sum(p.numel() for p in model.parameters()) == EXPECTED[experiment].params
     return {g["role"]: (g["map"], g["initial_lr"], g["weight_decay"], tuple(g.get("betas", ())))
             for g in opt.param_groups}, opt
 
 
-def test_track3_muon_groups_are_the_scripts():
-    groups, opt = _groups("track3_muon")
-    adam = (0.8, 0.95)
-    assert groups == {"embed": ("adam", 0.7, 0.001, adam), "head": ("adam", 0.004, 0.001, adam),
-                      "gain": ("adam", 0.015, 0.001, adam), "bias": ("adam", 0.015, 0.001, adam),
-                      **{r: ("linear", 0.025, 0.05, ()) for r in
-                         ("attn_q", "attn_k", "attn_v", "attn_out", "mlp_in", "mlp_out")}}
-    lin = opt.linear
-    assert (opt.adam.eps, opt.momentum, lin.nesterov, opt.warmup[1], lin.ns_method, lin.ns_steps, lin.scale) == \
-        (1e-10, 0.95, True, 0, "track3", 12, "muon")
+@pytest.mark.parametrize("experiment", TRACK3)
+def test_groups_are_the_scripts(experiment):
+    groups, opt = _groups(experiment)
+    want = EXPECTED[experiment]
+    assert groups == want.groups
+    assert opt.adam.eps == want.adam_eps
+    if want.linear is not None:
+        lin = opt.linear
+        assert (opt.momentum, lin.nesterov, opt.warmup[1], lin.ns_method, lin.ns_steps, lin.scale) == want.linear
 
 
-def test_track3_adamw_groups_are_the_scripts():
-    groups, opt = _groups("track3_adamw")
-    aux, block = (0.8, 0.95), (0.9, 0.95)
-    assert groups == {"embed": ("adam", 0.3, 0.0, aux), "head": ("adam", 1 / 320, 0.0, aux),
-                      "gain": ("adam", 0.01, 0.0, aux), "bias": ("adam", 0.01, 0.0, aux),
-                      **{r: ("adam", 0.0015, 0.1, block) for r in
-                         ("attn_q", "attn_k", "attn_v", "attn_out", "mlp_in", "mlp_out")}}
-    assert opt.adam.eps == 1e-10
-
-
-@pytest.mark.parametrize("experiment,curve", [("track3_muon", "track3_muon"), ("track3_adamw", "track3_adamw"),
-                                              ("track3_proxy_cpu", None), ("track3_proxy_gpu", None)])
-def test_validation_steps_are_the_published_curves(experiment, curve):
-    """The steps our trainer validates at = the steps the scripts printed (configs/records/track3_*.csv)."""
+@pytest.mark.parametrize("experiment,published", [*((e, True) for e in TRACK3), *((e, False) for e in PROXIES)])
+def test_validation_steps_are_the_published_curves(experiment, published):
+    """The steps our trainer validates at = the steps the scripts printed (the reference: block's curve)."""
     tc = compose_config(f"experiment={experiment}").train
     ours = [s for s in range(tc.max_steps + 1) if val_due(s, tc.max_steps, tc.val_every, tc.val_tail_every,
                                                              tc.val_tail_frac)]
-    if curve is None:  # the proxies: same rule, scaled
+    if not published:  # the proxies: same rule, scaled
         assert ours[0] == 0 and ours[-1] == tc.max_steps and tc.val_tail_every > 0
         return
-    with open(REPO / "configs" / "records" / f"{curve}.csv") as f:
-        published = sorted({int(r["step"]) for r in csv.DictReader(f)})
-    assert ours == published
+    assert ours == sorted({p.step for c in record_curves(experiment) for p in c.points})
 
 
 def test_schedule_is_stable_then_linear_with_the_fractional_cooldown():

@@ -1,4 +1,4 @@
-"""Track 3's experiments through the trainer, shrunk: summed loss, bf16 table, the val tail cadence, the
+"""Track 3's experiments (those with a track-3 reference: block) through the trainer, shrunk: summed loss, bf16 table, the val tail cadence, the
 schedule, and an exact resume after a SIGTERM."""
 from __future__ import annotations
 
@@ -7,11 +7,12 @@ import math
 import pytest
 import torch
 
+from analysis.records import experiments_with_reference
 from tests.support.inprocess import compose_config
 
 
 @pytest.mark.e2e  # runs the training loop in-process (integration)
-@pytest.mark.parametrize("experiment", ["track3_muon", "track3_adamw"])
+@pytest.mark.parametrize("experiment", experiments_with_reference(track=3))
 def test_track3_experiments_run_through_the_trainer(experiment, tmp_path, monkeypatch):
     """Shrunk to 1 x 128 on synthetic data: summed loss, bf16 table, the val tail cadence, the schedule;
     a SIGTERM and the resume give the uninterrupted run (the bf16 table's fp32 optimizer state survives it)."""

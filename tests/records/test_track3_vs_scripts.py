@@ -1,4 +1,5 @@
-"""experiment=track3_muon / track3_adamw against track 3's own scripts (skipped without ../shared).
+"""Track 3's experiments (track3_muon, track3_adamw: a track-3 reference: block) against the scripts their
+blocks name (skipped without ../shared).
 
 At shrunk width (2 layers x 256, 2 heads of 128 as the script fixes, vocabulary 512), fp32, CPU:
 the script's model with its weights copied into ours gives the same loss and gradients; its own
@@ -13,14 +14,16 @@ from __future__ import annotations
 import pytest
 import torch
 
+from analysis.records import experiments_with_reference
 from harness.loop.schedule import lr_factor
 from model.gpt import GPT
 from optim import build_optimizer
+from tests.records.expected import EXPECTED
 from tests.support.inprocess import compose_config
 from tests.support.track3_reference import definitions, load_reference_weights, needs_reference, our_name, setup
 
 pytestmark = [needs_reference, pytest.mark.e2e]  # integration: the reference scripts at shrunk size
-EXPERIMENTS = ("track3_muon", "track3_adamw")
+EXPERIMENTS = experiments_with_reference(track=3)
 SMALL = dict(vocab_size=512, num_layers=2, model_dim=256)
 SMALL_OVERRIDES = ("model.n_layer=2", "model.n_embd=256", "model.n_head=2", "model.vocab_size=512",
                    "model.embed_bf16=false")
@@ -90,14 +93,15 @@ def test_initialization_matches_the_scripts_kind_per_parameter(experiment):
             assert 0.85 < ratio < 1.15 and mean_gap < 4, (name, ratio, mean_gap)  # 4 sigma of the sample means
 
 
-@pytest.mark.parametrize("experiment,steps", [("track3_muon", (0, 1500, 3000)), ("track3_adamw", (100, 2000, 5000))])
-def test_three_optimizer_steps_from_identical_gradients(experiment, steps, monkeypatch):
+@pytest.mark.parametrize("experiment", EXPERIMENTS)
+def test_three_optimizer_steps_from_identical_gradients(experiment, monkeypatch):
     """Schedule steps chosen where the warmup / the cooldown are active. The script's Newton-Schulz
     runs in bf16 everywhere; ours in fp32 on CPU, so ours is switched to bf16 here for the comparison.
     One head (width 128: square attention and 4:1 MLP matrices, as at 256): bf16 Newton-Schulz on CPU is slow."""
     import optim.newton_schulz as ns_module
     monkeypatch.setattr(ns_module, "default_dtype", lambda device: torch.bfloat16)
     scope, ref, cfg, ours = _pair(experiment, heads=1)
+    steps = EXPECTED[experiment].optimizer_check_steps
     optimizer = build_optimizer(cfg.optim, list(ours.named_parameters()), ours.param_roles())
     tc, mine = cfg.train, dict(ours.named_parameters())
     worst = (0.0, "")
@@ -156,7 +160,8 @@ def test_full_size_parameter_count_and_every_groups_hyperparameters(experiment):
     scope = setup(experiment, ns, ref, fused=False)
     model, opt = describe.build_on_meta(describe.load([f"experiment={experiment}"]))
     mine = dict(model.named_parameters())
-    assert sum(p.numel() for p in model.parameters()) == sum(p.numel() for p in ref.parameters()) == 162_354_816
+    assert sum(p.numel() for p in model.parameters()) == sum(p.numel() for p in ref.parameters()) == \
+        EXPECTED[experiment].params
     assert {our_name(n): tuple(p.shape) for n, p in ref.named_parameters()} == \
         {n: tuple(p.shape) for n, p in mine.items()}
     group_of = {n: g for g in opt.param_groups for n in g["names"]}

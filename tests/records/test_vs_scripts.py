@@ -1,7 +1,8 @@
 """Each record config against its own script (../shared/reference/modded-nanogpt; skipped without it).
 
-For records 4, 5, 8, 9, 12 and 20, at shrunk width (64, 2 heads; 4 layers, record 20 its 12) on CPU
-in fp32, with the script loaded as tests/reference_scripts.py describes (bf16 casts dropped, one
+For every track-1 record whose reference: block names a script (records 4, 5, 8, 9, 12 and 20), at shrunk
+width (64, 2 heads; 4 layers, record 20 its 12: tests/records/expected.py's Script) on CPU in fp32, with the
+script loaded as tests/support/reference_scripts.py describes (bf16 casts dropped, one
 process, FlexAttention through SDPA with the same mask):
 - the script's model with random weights copied into ours (every parameter mapped one to one) gives
   the same loss and the same gradients;
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import re
 import types
+from pathlib import Path
 
 import pytest
 import torch
@@ -22,7 +24,9 @@ import torch
 from harness.loop.schedule import lr_factor
 from model.gpt import GPT
 from model.masks import window_units
+from analysis.records import experiments_with_reference, reference_of
 from optim import build_optimizer
+from tests.records.expected import EXPECTED, Script
 from tests.support.reference_scripts import REF_DIR, load, loop_statements, top_level
 
 pytestmark = [pytest.mark.skipif(not REF_DIR.is_dir(), reason="../shared reference scripts not present"),
@@ -30,16 +34,7 @@ pytestmark = [pytest.mark.skipif(not REF_DIR.is_dir(), reason="../shared referen
 
 V, BOS = 500, 499  # shrunk vocabulary; its last id plays <|endoftext|> (the scripts' 50256)
 SHRINK = ["model.n_embd=64", "model.n_head=2", f"model.vocab_size={V}", f"model.bos_token={BOS}", "device=cpu"]
-RECORDS = {  # experiment -> (script, our layers, input [B, T], bos positions, the step whose window is used)
-    "record04_muon": ("record04_muon", 4, (2, 64), (), 0),
-    "record05_modernarch": ("record05_modernarch", 4, (2, 64), (), 0),
-    "record08_untie": ("record08_untie", 4, (2, 64), (), 0),
-    "record09_shortcuts": ("record09_shortcuts", 4, (2, 64), (), 0),
-    "record12_flexattn": ("record12_flexattn", 4, (1, 768), (3, 500, 600), 0),  # a 497-token document
-    "record20_sub3min": ("record20_sub3min", 12, (1, 640), (200, 260, 450), 300),  # 3 + 1 window blocks
-}
-# record 12's token window (1024, hard-coded in its forward) shrunk with the sequence, in both models
-SHRUNK_WINDOW = {"record12_flexattn": (["model.window_size=256"], {1024: 256})}
+RECORDS = [r for r in experiments_with_reference(track=1) if EXPECTED[r].script is not None]
 # script parameter name -> ours, applied in order
 RENAMES = [(r"^transformer\.", ""), (r"^h\.", "blocks."), (r"^embed\.", "wte."),
            (r"value_embeds\.embed\.", "value_embeds."),
@@ -63,20 +58,29 @@ def our_name(name: str) -> str:
     return name
 
 
+def script_of(rec: str) -> Script:
+    return EXPECTED[rec].script
+
+
+def load_script(rec: str, *args, **kwargs):
+    return load(Path(reference_of(rec).script).stem, *args, **kwargs)
+
+
 def config(rec: str, *extra: str):
     import tools.describe as describe
-    layers = RECORDS[rec][1]
+    layers = script_of(rec).layers
     return describe.load([f"experiment={rec}", *SHRINK, f"model.n_layer={layers}", *extra])
 
 
 def build(rec: str, *extra: str):
     """(script module, its model, our config, our model) with the same random weights."""
-    script, layers, _, _, _ = RECORDS[rec]
-    overrides, constants = SHRUNK_WINDOW.get(rec, ([], {}))
-    ref = load(script, {50256: BOS, **constants}, within="GPT.forward")
+    s = script_of(rec)
+    layers = s.layers
+    overrides, constants = s.shrunk_window
+    ref = load_script(rec, {50256: BOS, **constants}, within="GPT.forward")
     cfg = config(rec, *overrides, *extra)
     torch.manual_seed(0)
-    if rec == "record20_sub3min":
+    if s.constructor == "kwargs":
         ref_model = ref.GPT(vocab_size=V, num_layers=layers, num_heads=2, model_dim=64)
     else:
         ref_model = ref.GPT(ref.GPTConfig(vocab_size=cfg.model.padded_vocab_size, n_layer=layers, n_head=2, n_embd=64))
@@ -97,7 +101,7 @@ def build(rec: str, *extra: str):
 
 
 def batch(rec: str):
-    _, _, (b, t), bos, _ = RECORDS[rec]
+    (b, t), bos = script_of(rec).batch, script_of(rec).bos
     gen = torch.Generator().manual_seed(2)
     tokens = torch.randint(0, BOS, (b, t + 1), generator=gen)
     tokens[:, list(bos)] = BOS
@@ -105,21 +109,24 @@ def batch(rec: str):
 
 
 def reference_loss(rec: str, ref, ref_model, x, y, step: int):
-    if rec == "record20_sub3min":
-        window = loop_statements(ref, "window_size", 1, {"step": step, "train_steps": 1393})["window_size"]
+    call = script_of(rec).call
+    if call == "windowed":
+        steps = reference_of(rec).steps
+        window = loop_statements(ref, "window_size", 1, {"step": step, "train_steps": steps})["window_size"]
         blocks = top_level(ref, "sw_num_blks", "sw_num_blks", {})["sw_num_blks"](window)
         return ref_model(x[0], y[0], blocks)
-    if rec == "record12_flexattn":
+    if call == "packed":
         return ref_model(x[0], y[0])
     return ref_model(x, y, return_logits=False)[1]
 
 
-@pytest.mark.parametrize("rec", sorted(RECORDS))
+@pytest.mark.parametrize("rec", RECORDS)
 def test_same_loss_and_gradients(rec):
     ref, ref_model, cfg, ours, mapped = build(rec)
     x, y = batch(rec)
+    s = script_of(rec)
     losses = []
-    for step in sorted({RECORDS[rec][4], 50}) if rec == "record20_sub3min" else [0]:  # step 50: 1-block windows
+    for step in s.loss_steps:
         ours.set_train_progress(step, cfg.train.max_steps)
         ref_model.zero_grad(set_to_none=True)
         ours.zero_grad(set_to_none=True)
@@ -144,10 +151,10 @@ def test_same_loss_and_gradients(rec):
               f"(relative to the largest gradient entry of its tensor: {worst_rel:.2e})")
         assert dloss < 1e-5 and worst_rel < 1e-4
         losses.append(loss.item())
-    if rec == "record20_sub3min":  # the growing window changed the loss: the masks were compared
+    if len(losses) > 1:  # the growing window changed the loss: the masks were compared
         assert abs(losses[0] - losses[1]) > 1e-4
-    if rec == "record12_flexattn":  # the (shrunk) window binds inside the 497-token document
-        wide = GPT(config(rec, "model.window_size=4096").model)
+    if s.wider_window:  # the (shrunk) window binds inside the document
+        wide = GPT(config(rec, s.wider_window).model)
         wide.load_state_dict(ours.state_dict())
         assert abs(wide(x, y).item() - losses[0]) > 1e-4
 
@@ -155,7 +162,7 @@ def test_same_loss_and_gradients(rec):
 # ---- optimizer steps --------------------------------------------------------------------------------
 
 def reference_optimizers(rec: str, ref, ref_model) -> dict:
-    first = "hidden_matrix_params" if rec == "record20_sub3min" else "optimizer1"
+    first = script_of(rec).optimizers_from
     env = {"raw_model": ref_model, "model": ref_model, "args": ref.Hyperparameters(), "rank": 0, "world_size": 1}
     return top_level(ref, first, "schedulers", env)
 
@@ -208,7 +215,7 @@ def warmdown_start(rec: str) -> int:
     return int(tc.max_steps - tc.warmdown_frac * tc.max_steps)  # the last constant step, then warmdown
 
 
-@pytest.mark.parametrize("rec", sorted(RECORDS))
+@pytest.mark.parametrize("rec", RECORDS)
 def test_three_optimizer_steps_give_the_same_parameters(rec):
     for where, start in (("first steps (momentum warmup)", 0), ("warmdown start", warmdown_start(rec))):
         diffs, moved = run_steps(rec, start)
@@ -217,10 +224,10 @@ def test_three_optimizer_steps_give_the_same_parameters(rec):
         assert max(diffs) < 1e-6 and moved > 1e-4
 
 
-@pytest.mark.parametrize("rec", ["record09_shortcuts", "record20_sub3min"])
+@pytest.mark.parametrize("rec", [r for r in RECORDS if script_of(r).other_momentum_form])
 def test_the_other_momentum_form_differs_during_warmup(rec):
     """The check can fail: with the other momentum form the parameters part within three warmup steps."""
-    form = "ema" if rec == "record09_shortcuts" else "sum"
+    form = script_of(rec).other_momentum_form
     diffs, _ = run_steps(rec, 0, form)
     per_step = ", ".join(f"{d:.2e}" for d in diffs)
     print(f"\n{rec} with momentum_form={form}: max |dparam| / max |param| per step {per_step}")
@@ -229,9 +236,10 @@ def test_the_other_momentum_form_differs_during_warmup(rec):
 
 # ---- schedules -------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("rec", sorted(RECORDS))
+@pytest.mark.parametrize("rec", RECORDS)
 def test_lr_momentum_and_window_schedules_match_at_every_step(rec):
-    ref = load(RECORDS[rec][0])
+    ref = load_script(rec)
+    s = script_of(rec)
     cfg = config(rec)
     tc, steps = cfg.train, cfg.train.max_steps
     ns = top_level(ref, "get_lr", "get_lr", {"args": ref.Hyperparameters()})
@@ -244,14 +252,14 @@ def test_lr_momentum_and_window_schedules_match_at_every_step(rec):
             ours = lr_factor(step, steps, tc.warmup_frac, tc.warmdown_frac, tc.final_lr_frac)
             lr_worst = max(lr_worst, abs(ours - ns["get_lr"](step)))
             mom_worst = max(mom_worst, abs(opt.beta(step + 1) - reference_momentum(rec, ref, step)))
-        if rec == "record20_sub3min":
+        if s.window_schedule:
             window = loop_statements(ref, "window_size", 1, {"step": step, "train_steps": steps})["window_size"]
             long, short = window_units(cfg.model, step, steps)
             assert (long, short) == (window // 128, max(1, window // 128 // 2)), step
     print(f"\n{rec}: over {steps} steps max |d lr factor| {lr_worst:.1e}, max |d momentum| {mom_worst:.1e}")
     assert lr_worst < 1e-12 and mom_worst < 1e-12
-    if rec == "record12_flexattn":
-        assert window_units(cfg.model, 0, steps) == window_units(cfg.model, steps, steps) == (1024, 512)
+    if s.fixed_window_units:
+        assert window_units(cfg.model, 0, steps) == window_units(cfg.model, steps, steps) == s.fixed_window_units
 
 
 def reference_momentum(rec: str, ref, step: int) -> float:

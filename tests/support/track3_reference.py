@@ -1,4 +1,5 @@
-"""Load track 3's reference scripts (../shared/reference/modded-nanogpt/track3_*.py) for comparison.
+"""Load track 3's reference scripts (../shared/reference/modded-nanogpt/, the file each track-3 experiment's
+reference: block names) for comparison.
 
 The scripts train at import (they start torch.distributed and read data/ at the top level), so
 nothing is imported: the file is parsed with `ast`, and only its imports, functions and classes
@@ -14,10 +15,11 @@ import ast
 import pytest
 import torch
 
+from analysis.records import experiments_with_reference, reference_of
 from tests.conftest import SHARED
 
 REF_DIR = SHARED / "reference" / "modded-nanogpt"
-SCRIPTS = {"track3_muon": "track3_muon_baseline.py", "track3_adamw": "track3_adamw.py"}
+SCRIPTS = {e: reference_of(e).script for e in experiments_with_reference(track=3)}  # experiment -> file name
 needs_reference = pytest.mark.skipif(not all((REF_DIR / f).is_file() for f in SCRIPTS.values()),
                                      reason="../shared track-3 reference scripts not present")
 

@@ -1,11 +1,10 @@
-"""benchmarks/vs_reference/run.py: the script edits (on the fake reference script, tests/support/fake_reference_script.py,
-and on the real record scripts when ../shared is present), log parsing and the report (the whole orchestration
-on CPU: tests/e2e/test_vs_reference_cpu.py)."""
+"""benchmarks/vs_reference/run.py: the script edits (on the fake reference script,
+tests/support/fake_reference_script.py; on every record script: tests/records/test_vs_reference_edits.py), log
+parsing and the report (the whole orchestration on CPU: tests/e2e/test_vs_reference_cpu.py)."""
 from __future__ import annotations
 
 import ast
 import json
-import warnings
 
 import pytest
 
@@ -17,13 +16,10 @@ from benchmarks.vs_reference.report import (
     reference_compile_ms,
     report_lines,
 )
-from benchmarks.vs_reference.run import VsReferenceError, check_data, edit_script, gpu_plan, script_field
+from benchmarks.vs_reference.run import VsReferenceError, check_data, edit_script
 from tests.conftest import REPO
-from tests.support.reference_scripts import REF_DIR
 
 FAKE = REPO / "tests" / "support" / "fake_reference_script.py"
-SCRIPTS = ["record04_muon", "record05_modernarch", "record08_untie", "record09_shortcuts", "record12_flexattn",
-           "record20_sub3min"]
 
 
 def test_edits_stop_after_n_and_set_val_tokens():
@@ -36,25 +32,6 @@ def test_edits_stop_after_n_and_set_val_tokens():
     assert edit_script(text, 40, None) == (text, [])  # the whole run, the script's val tokens: no edit
     with pytest.raises(VsReferenceError, match="cannot find the line `last_step"):
         edit_script(text.replace("last_step = (step", "last = (step"), 20, None)
-
-
-@pytest.mark.skipif(not REF_DIR.is_dir(), reason="../shared reference scripts not present")
-@pytest.mark.parametrize("script", SCRIPTS)
-def test_edits_apply_to_every_record_script(script):
-    text = (REF_DIR / f"{script}.py").read_text()
-    edited, edits = edit_script(text, 100, 393216)
-    assert len(edits) == 2 and edited.count("or step == 100  # vs_reference") == 1
-    assert script_field(edited, "val_tokens") == 393216 and script_field(edited, "num_iterations") > 100
-    with warnings.catch_warnings():  # the scripts' own docstrings hold escapes like '\s'
-        warnings.simplefilter("ignore")
-        ast.parse(edited)
-    plan = gpu_plan(text, 1)
-    assert ("accumulates 8 micro-batches" in plan) if script != "record20_sub3min" else ("1/1 of every step" in plan)
-    with pytest.raises(VsReferenceError, match="--gpus 3: use 1, 2, 4 or 8"):
-        gpu_plan(text, 3)
-    if script == "record12_flexattn":  # a torch whose create_block_mask lost `_compile`: one more edit
-        edited, edits = edit_script(text, 100, None, compile_kw=False)
-        assert "_compile" not in edited and "no `_compile` argument" in edits[0]
 
 
 def test_data_checks(tmp_path):
