@@ -1,4 +1,4 @@
-"""The hybrid optimizer through train.py: smoke runs learn with dual and Muon, and a 2-rank torchrun with diagnostics."""
+"""The hybrid optimizer through train.py: smoke runs learn with dual and Muon; a 2-rank torchrun with diagnostics."""
 import math
 
 import pytest

@@ -68,7 +68,7 @@ class Script:
     layers: int                        # our depth and the script's, shrunk
     batch: tuple[int, int]             # input [B, T]
     bos: tuple[int, ...] = ()          # positions of <|endoftext|> in the input (document masking)
-    constructor: str = "GPTConfig"     # GPT(GPTConfig(vocab_size=padded, ...)); "kwargs": GPT(vocab_size=V, num_layers=...)
+    constructor: str = "GPTConfig"     # GPT(GPTConfig(vocab_size=padded, ...)); "kwargs": GPT(vocab_size=V, ...)
     call: str = "batch"                # the script's forward: "batch" model(x, y, return_logits=False)[1];
                                        # "packed" model(x[0], y[0]); "windowed" model(x[0], y[0], window blocks)
     loss_steps: tuple[int, ...] = (0,)  # steps whose loss and gradients are compared (more than one: the window grows)
@@ -119,7 +119,7 @@ class Linear(NamedTuple):
 
 @dataclass(frozen=True)
 class Track3:
-    """A track-3 result: the script's optimizer groups (test_track3.py), the script itself (test_track3_vs_scripts.py)."""
+    """A track-3 result: the script's optimizer groups (test_track3.py), the script (test_track3_vs_scripts.py)."""
 
     params: int
     groups: dict[str, tuple[str, float, float, tuple]]  # role -> (map, lr, weight decay, betas)

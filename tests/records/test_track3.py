@@ -1,6 +1,7 @@
 """Track 3 as experiments (those with a track-3 reference: block, and the proxies), without the reference
-scripts (those comparisons: test_track3_vs_scripts.py; through the trainer: test_track3_runs.py): the configs' figures, the validation cadence against the published curves, the schedule, the model
-features (head bias, algebraic softcap, init, bf16 table) and the summed loss in the trainer."""
+scripts (those comparisons: test_track3_vs_scripts.py; through the trainer: test_track3_runs.py): the
+configs' figures, the validation cadence against the published curves, the schedule, the model features
+(head bias, algebraic softcap, init, bf16 table) and the summed loss in the trainer."""
 from __future__ import annotations
 
 import math

@@ -1,5 +1,5 @@
-"""Track 3's experiments (those with a track-3 reference: block) through the trainer, shrunk: summed loss, bf16 table, the val tail cadence, the
-schedule, and an exact resume after a SIGTERM."""
+"""Track 3's experiments (those with a track-3 reference: block) through the trainer, shrunk: summed loss,
+bf16 table, the val tail cadence, the schedule, and an exact resume after a SIGTERM."""
 from __future__ import annotations
 
 import math
