@@ -22,12 +22,11 @@ from pathlib import Path
 from typing import Optional
 
 from analysis.crossing import Curve, Point, val_point
+from analysis.records import ReferenceBlockError, experiments_with_reference, reference_of
 from analysis.runs import METRICS_FILE, read_events
 from analysis.stats import sample_mean_std
-from common.paths import RECORD_CURVES
 
 RECORD_TOKENS_PER_STEP = 524_288
-RECORDS_DIR = RECORD_CURVES
 LOG_LINE = re.compile(r"step:(\d+)/\d+\s+val_loss:([0-9.]+|nan|inf)\s+train_time:([0-9.]+)ms")
 
 
@@ -95,17 +94,22 @@ def read_curve(path: str | Path, tokens_per_step: int = RECORD_TOKENS_PER_STEP) 
 
 
 def _record_path(record: str) -> Path:
+    """A CSV path as given, or the curve file that experiment `record`'s `reference:` block names."""
     p = Path(record)
-    if not p.exists():
-        p = RECORDS_DIR / f"{record}.csv"
-    if not p.exists():
-        known = sorted(q.stem for q in RECORDS_DIR.glob("*.csv"))
-        raise CurveError(f"no reference curve for record {record!r}; known: {known}")
-    return p
+    if p.exists():
+        return p
+    try:
+        known = experiments_with_reference()
+        if record not in known:
+            raise CurveError(f"no reference curve for record {record!r}: give a CSV path or an experiment with "
+                             f"a reference: block, one of {known}")
+        return reference_of(record).curve_path
+    except ReferenceBlockError as e:  # a malformed block in some experiment file
+        raise CurveError(str(e)) from None
 
 
 def record_curve(record: str) -> Curve:
-    """A record's reference curve by experiment name (configs/records/<name>.csv) or CSV path."""
+    """A record's reference curve by experiment name (its `reference.curve` under configs/records/) or CSV path."""
     return read_curve(_record_path(record))
 
 

@@ -33,10 +33,10 @@ from common.paths import REPO
 from data.build import build_train_loader, prepare_data
 from harness.checkpoint.checkpointer import Checkpointer
 from harness.checkpoint.store import read_manifest
+from harness.config.compose import compose_config
 from harness.process import distributed as D
 from model.gpt import GPT
 from optim import build_optimizer
-from tests.inprocess import compose_config
 
 CPU = D.RankInfo(0, 0, 1, torch.device("cpu"))
 
@@ -167,7 +167,7 @@ def report(args, state: dict, rows: list[dict]) -> str:
         f"{ck['train_time_ms'] - base['train_time_ms']:+,.0f} ms, i.e. step-time noise on a shared CPU: the "
         "trainer stops the clock (device-synchronized) before a checkpoint and restarts it after, exactly as "
         "for validation, so the overhead on train time is zero by construction. "
-        "(tests/test_checkpoint.py::test_checkpoint_time_is_not_training_time checks it with a 2 s save.)", "",
+        "(tests/e2e/test_checkpoint.py::test_checkpoint_time_is_not_training_time checks it with a 2 s save.)", "",
         "On a GPU node the same bytes are written (fp32 master weights and optimizer state; the device-to-host "
         "copy is added) and `checkpoint.every` should be set so that a checkpoint costs a few percent of the "
         "wall time between two of them.", ""]

@@ -43,3 +43,16 @@ def run_script(module: str, *args: str, timeout: int = 120, env: dict | None = N
 
 def error_lines(proc: subprocess.CompletedProcess) -> list[str]:
     return [line for line in proc.stderr.splitlines() if line.startswith("error")]
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """The folders are the split: tests/e2e/ holds only `e2e` tests and tests/unit/ none, so
+    `-m "not e2e"` and `tests/unit` select the same unit tests (docs/layout.md)."""
+    misplaced = []
+    for item in items:
+        folder = Path(str(item.fspath)).relative_to(REPO / "tests").parts[0]
+        e2e = item.get_closest_marker("e2e") is not None
+        if (folder == "e2e" and not e2e) or (folder == "unit" and e2e):
+            misplaced.append(f"{item.nodeid} ({'marked' if e2e else 'not marked'} e2e)")
+    if misplaced:
+        raise pytest.UsageError("tests in the wrong folder for their e2e mark: " + "; ".join(misplaced[:5]))

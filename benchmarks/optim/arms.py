@@ -3,7 +3,7 @@
 An arm is a list of train.py overrides applied after the base (`experiment=...` and the benchmark's
 common settings). The built-in table covers issue 13: the baselines, `dual`, one ablation per
 difference between `dual` and Muon (each ONE change of `optim=dual`, tested in
-tests/test_optim_ablations.py to change only that), and `dual` plus each switch alone and together.
+tests/unit/benchmarks/test_optim_ablations.py to change only that), and `dual` plus each switch alone and together.
 
 A value "@ARM" copies that arm's resolved value of the same key (so "(d) Muon's head and scalar
 rates" follows whatever the base experiment gives Muon). `resolve_arms` composes every arm's full
@@ -16,7 +16,6 @@ from __future__ import annotations
 import fnmatch
 import json
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from common.paths import REPO as ROOT
 

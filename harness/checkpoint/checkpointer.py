@@ -46,7 +46,6 @@ from harness.checkpoint.store import (
     prune,
     read_manifest,
     remove_stale,
-    save_file,
     set_aside,
     step_name,
     verify,

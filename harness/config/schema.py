@@ -13,6 +13,7 @@ from typing import Any, Optional
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 
+from analysis.records import ReferenceInfo
 from data.config import DataConfig
 from harness.config.keys import check_known_keys
 from model.config import ModelConfig
@@ -168,6 +169,7 @@ class Config:
     seed: int = 0
     device: Device = Device.auto
     experiment: Optional[str] = None  # name of the experiment file, for grouping runs
+    reference: Optional[ReferenceInfo] = None  # the published result the experiment reproduces (its file's block)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     resume: str = "auto"        # auto: newest checkpoint of this run folder, if any | none | PATH
     resume_force: bool = False  # load a checkpoint whose model/optim config differs (or start over with resume=none)
@@ -197,8 +199,9 @@ def load_config(cfg: DictConfig) -> Config:
         raise ConfigError(str(e)) from None
     obj: Config = OmegaConf.to_object(cfg)
     try:
-        for part in (obj.model, obj.optim, obj.data, obj.train, obj.logger, obj.checkpoint):
-            part.check()
+        for part in (obj.model, obj.optim, obj.data, obj.train, obj.logger, obj.checkpoint, obj.reference):
+            if part is not None:
+                part.check()
         if not obj.resume:
             raise ValueError("resume must be auto, none or a checkpoint path (got an empty string)")
     except ValueError as e:
