@@ -211,3 +211,11 @@ def test_describe_prints_the_summary(capsys):
     assert "embed" in out and "0.3" in out and "0.002" in out and "momentum 0.95 nesterov" in out
     assert describe.main(["experiment=record08_untie", "model.n_layr=2"]) == 2
     assert "model.n_layr" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("flag", ["--help", "-h"])
+def test_describe_help_prints_usage(flag, capsys):
+    """`--help` is usage, not an override handed to Hydra's lexer (LexerNoViableAltException)."""
+    assert describe.main([flag]) == 0
+    captured = capsys.readouterr()
+    assert "python -m tools.describe experiment=" in captured.out and captured.err == ""

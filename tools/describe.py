@@ -110,8 +110,17 @@ def describe(cfg: Config, overrides: list[str]) -> list[str]:
     return lines
 
 
+def usage() -> str:
+    """--help: the module docstring's usage and what it prints, and where the options are listed."""
+    return (__doc__.strip() + "\n\nOverrides are train.py's: `python train.py --help` lists the groups,\n"
+            "`python train.py --cfg job` every key. Exit codes: 0 printed, 2 a bad override (one `error:` line).")
+
+
 def main(argv: list[str] | None = None) -> int:
     overrides = list(sys.argv[1:] if argv is None else argv)
+    if {"-h", "--help"} & set(overrides):
+        print(usage())
+        return 0
     try:
         cfg = load(overrides)
         print("\n".join(describe(cfg, overrides)))
