@@ -22,7 +22,7 @@ from omegaconf.errors import OmegaConfBaseException
 from common.paths import REPO
 from harness.config.schema import Config, ConfigError, load_config, register_configs
 from model.gpt import GPT
-from model.masks import window_units
+from model.masks import attention_path, window_units
 from optim import build_optimizer
 from optim.newton_schulz import schedule
 
@@ -97,6 +97,8 @@ def describe(cfg: Config, overrides: list[str]) -> list[str]:
         f"loss: {tc.loss_reduction.value} over the step's tokens"
         + (f" (gradient {tc.global_batch_tokens:,}x the mean's)" if tc.loss_reduction.value == "sum" else ""),
     ]
+    lines.append(f"attention: on CUDA {attention_path(cfg.model, torch.device('cuda'))}; on CPU "
+                 f"{attention_path(cfg.model, torch.device('cpu'))} | compile: {'on' if tc.compile else 'off'}")
     if cfg.model.embed_bf16:
         lines.append("token table stored in bf16 (model.embed_bf16)")
     m = cfg.model
