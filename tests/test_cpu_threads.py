@@ -6,7 +6,11 @@ import json
 import pytest
 import torch
 
-from harness.process.cpu_threads import TINY_MODEL_PARAMS, choose_cpu_threads, set_cpu_threads
+from harness.process.cpu_threads import (
+    TINY_MODEL_PARAMS,
+    choose_cpu_threads,
+    set_cpu_threads,
+)
 
 
 @pytest.mark.parametrize("setting, n_params, env, expected", [

@@ -48,7 +48,13 @@ from common.atomic_io import write_text_atomic
 from common.paths import REPO
 from data.prep.sources import TXT_SPLITS, SourceError, iter_documents
 from data.shards import TOKEN_DTYPE, ShardError, write_shard
-from data.tokenizer import EOT_TOKEN, RECORD_FILE, TokenizerError, gpt2_encoding_with_source, tokenizer_record
+from data.tokenizer import (
+    EOT_TOKEN,
+    RECORD_FILE,
+    TokenizerError,
+    gpt2_encoding_with_source,
+    tokenizer_record,
+)
 
 CHUNK_DOCS = 64  # documents per task sent to a worker
 IN_FLIGHT_PER_WORKER = 4  # chunks queued per worker: keeps workers busy, bounds memory

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import signal
 import sys
+from typing import ClassVar
 
 from torch.distributed import run as torch_run
 from torch.distributed.elastic.agent.server.local_elastic_agent import LocalElasticAgent
@@ -24,7 +25,7 @@ from common import exit_codes
 class _Agent(LocalElasticAgent):
     """torchrun's agent, remembering how its ranks exited when it shut them down."""
 
-    exit_codes: dict[int, int | None] = {}  # local rank -> exit code (negative: killed by that signal)
+    exit_codes: ClassVar[dict[int, int | None]] = {}  # local rank -> exit code (negative: killed by that signal)
 
     def _shutdown(self, death_sig: signal.Signals = signal.SIGTERM, timeout: int = 30) -> None:
         context = self._pcontext
