@@ -196,7 +196,7 @@ def test_one_document_names_the_split_and_leaves_no_folder(bpe, tmp_path):
     path = tmp_path / "shakespeare.txt"
     path.write_text(BOOK, encoding="utf-8")
     out = tmp_path / "new" / "shakes"
-    with pytest.raises(TokenizeError, match=r"only 1 documents \(--txt-split file.*paragraph or line\)"):
+    with pytest.raises(TokenizeError, match=r"only 1 document \(--txt-split file.*paragraph or line\)"):
         tokenize_corpus(str(path), out, 100, 1000, bpe=bpe, progress=False)
     assert not (tmp_path / "new").exists()  # nothing this run created is left behind
     with pytest.raises(TokenizeError, match="has 1 document .*--txt-split paragraph"):

@@ -157,7 +157,8 @@ class _ShardSink:
         if self.docs == 0:
             raise TokenizeError(f"{source} holds no text: no document to tokenize{split_hint}")
         if self.docs < self.val_docs:
-            raise TokenizeError(f"{source} has only {self.docs} documents{split_hint}, fewer than --val-docs "
+            raise TokenizeError(f"{source} has only {self.docs} document{'s' if self.docs != 1 else ''}{split_hint}, "
+                                f"fewer than --val-docs "
                                 f"{self.val_docs}; lower --val-docs or use --val-frac F")
         if self.fill:
             self._flush()
