@@ -27,6 +27,7 @@ from harness.process import distributed as D
 from harness.process import faults  # tests' fault injection; its two call sites are in the loop below
 from harness.process.cli import run_app
 from harness.process.cpu_alloc import keep_freed_memory
+from harness.process.cpu_threads import set_cpu_threads
 from harness.process.launch import allow_submitit_pickling, nonzero_rank_overrides
 from harness.process.preemption import Preempted, StopRequest
 from harness.supervisor import run_hydra_job
@@ -34,6 +35,7 @@ from harness.telemetry.metrics import format_rates, learning_rates, window_field
 from harness.telemetry.tracking import make_logger  # console, metrics.jsonl, wandb (rank 0)
 from inference.weights import save_final_weights
 from model.gpt import GPT
+from model.masks import attention_path, check_start
 from optim import build_optimizer
 
 register_configs()
@@ -80,6 +82,10 @@ def evaluate(model: torch.nn.Module, val_set, device: torch.device, autocast) ->
 def train(cfg: Config, rank_info: D.RankInfo, run_dir: Path, stop: StopRequest | None = None) -> dict:
     device, tc = rank_info.device, cfg.train
     accum = grad_accum_steps(cfg, rank_info.world_size)
+    try:  # before any data or compute: a dense attention mask that cannot fit (a record's 65,536 tokens on CPU)
+        check_start(cfg.model, device, tc.micro_batch_seqs, tc.seq_len)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
     ckpt = Checkpointer(cfg, rank_info, run_dir)  # checks checkpoint.dir and resolves resume=... (reads only)
     stop = stop or StopRequest(False, 1, device)
     torch.manual_seed(cfg.seed)  # same init on every rank (DDP also broadcasts rank 0's weights)
@@ -103,6 +109,9 @@ def train(cfg: Config, rank_info: D.RankInfo, run_dir: Path, stop: StopRequest |
     if tc.seq_len > cfg.model.block_size:
         raise ConfigError(f"train.seq_len={tc.seq_len} exceeds model.block_size={cfg.model.block_size}")
     n_params = sum(p.numel() for p in model.parameters())
+    setup = {"attention": attention_path(cfg.model, device), "compile": tc.compile}  # recorded in the "run" event
+    if device.type == "cpu":
+        setup["cpu_threads"], setup["cpu_threads_why"] = set_cpu_threads(tc.cpu_threads, n_params)
     optimizer = build_optimizer(cfg.optim, list(model.named_parameters()), model.param_roles())
     net = torch.compile(model) if tc.compile else model
     if rank_info.world_size > 1:
@@ -113,6 +122,9 @@ def train(cfg: Config, rank_info: D.RankInfo, run_dir: Path, stop: StopRequest |
         print(f"parameters: {n_params:,} | world {rank_info.world_size} x micro {tc.micro_batch_seqs} x seq "
               f"{tc.seq_len} x accum {accum} = {tc.global_batch_tokens:,} tokens/step | device {device} "
               f"| run dir {run_dir}", flush=True)
+        print(f"attention: {setup['attention']} | compile: {'on' if tc.compile else 'off'} (train.compile)"
+              + (f" | cpu threads: {setup['cpu_threads']} ({setup['cpu_threads_why']})" if "cpu_threads" in setup
+                 else ""), flush=True)
         print(format_rates(optimizer.param_groups), flush=True)
 
     # Each micro-step's loss is a mean over its tokens and DDP averages over ranks, so scaling by
@@ -162,7 +174,7 @@ def train(cfg: Config, rank_info: D.RankInfo, run_dir: Path, stop: StopRequest |
         warmup_ms = 1000 * (time.perf_counter() - t_warmup)
 
     start_step, train_time_ms, counters = ckpt.restore(model, optimizer, loader)  # (0, 0, {}) when starting fresh
-    log = make_logger(cfg, rank_info, run_dir, ckpt.history)  # after restore: metrics.jsonl ends at the resumed step
+    log = make_logger(cfg, rank_info, run_dir, ckpt.history, setup)  # after restore: metrics.jsonl ends at the resumed step
     guard.skipped, last_val = counters.get("skipped_steps", 0), float("nan")
     # train.stop_after_step runs a prefix of the run: the schedule (lr, momentum, windows) stays max_steps'.
     end = tc.max_steps if tc.stop_after_step is None else tc.stop_after_step

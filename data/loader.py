@@ -25,6 +25,7 @@ import torch
 
 from common.tokens import EOT_TOKEN
 from data.prefetch import ShardCache, check_vocab
+from data.prep.sources import SUFFIXES as CORPUS_SUFFIXES
 from data.shards import find_shards, open_shard
 
 FIX_GET_DATA = "get FineWeb shards with `python -m data.prep.fineweb download --out DIR`"
@@ -44,6 +45,12 @@ def resolve_shards(directory: str, pattern: str, what: str) -> list[Path]:
                         f"({FIX_GET_DATA})")
     files = find_shards(path, pattern)
     if not files:
+        text = sorted(p.name for p in path.iterdir() if p.is_file() and p.name.lower().endswith(CORPUS_SUFFIXES))
+        if text:  # a corpus, not shards: tokenizing is the way, not downloading
+            raise DataError(f"data.dir={directory} holds text ({', '.join(text[:3])}{', ...' if len(text) > 3 else ''}), "
+                            f"not {what} token shards matching {pattern!r}: tokenize it first with `python -m "
+                            f"data.prep.tokenize {directory} --val-frac 0.05` (a single .txt: add --txt-split "
+                            "paragraph), then pass data.dir=outputs/data/NAME as it prints")
         raise DataError(f"data.dir={directory} has no {what} shards matching {pattern!r} ({FIX_GET_DATA})")
     return files
 

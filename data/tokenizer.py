@@ -33,7 +33,7 @@ from pathlib import Path
 
 import tiktoken
 
-from common.tokens import EOT_TOKEN
+from common.tokens import EOT_TOKEN, VOCAB_SIZE
 
 GPT2_PATTERN = r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
 # sha256 of GPT-2's ranks in the .tiktoken format (tiktoken's r50k_base file).
@@ -192,3 +192,28 @@ def gpt2_encoding_with_source(bpe: str | os.PathLike | None = None) -> tuple[tik
     except Exception as e:  # noqa: BLE001 - requests/blobfile/hash errors all mean "not available"
         raise TokenizerError(f"no GPT-2 tokenizer available: tiktoken could not load gpt2 "
                              f"({type(e).__name__}: {str(e).splitlines()[0][:120] if str(e) else ''}); {FIX_HINT}") from None
+
+
+# The tokenizer that made a folder of shards, recorded beside them by data.prep.tokenize, so that the
+# tools reading text into a model trained on them (inference.sample, evals.hellaswag) use the same one.
+RECORD_FILE = "tokenizer.json"
+
+
+def tokenizer_record(bpe: str | os.PathLike | None = None) -> dict:
+    """What gpt2_encoding_with_source(bpe) uses: {"name", "source", "bpe_file" (absolute, or None for
+    tiktoken's cache), "ranks_sha256", "vocab_size", "eot_token"}."""
+    enc, source = gpt2_encoding_with_source(bpe)
+    explicit = bpe or os.environ.get(ENV_VAR)
+    path = Path(explicit).expanduser().resolve() if explicit else installed_package_bpe()
+    return {"name": "gpt2", "source": source, "bpe_file": str(path) if path else None,
+            "ranks_sha256": ranks_fingerprint(enc._mergeable_ranks), "vocab_size": VOCAB_SIZE, "eot_token": EOT_TOKEN}
+
+
+def recorded_bpe(shard_dir: str | os.PathLike) -> str | None:
+    """The BPE file recorded in `shard_dir`/tokenizer.json when it still exists here, else None."""
+    try:
+        record = json.loads((Path(shard_dir).expanduser() / RECORD_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    bpe = record.get("bpe_file") if isinstance(record, dict) else None
+    return bpe if isinstance(bpe, str) and Path(bpe).is_file() else None

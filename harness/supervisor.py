@@ -66,7 +66,8 @@ def job_outcome(train_fn: TrainFn, hydra_cfg: DictConfig, run_dir: Path, overrid
             return say("already_finished", finished)
         if rank_info.is_main:
             write_text_atomic(run_dir / "config.yaml", OmegaConf.to_yaml(hydra_cfg, resolve=True))
-        with StopRequest(cfg.checkpoint.on_signal, cfg.checkpoint.stop_check_every, rank_info.device) as stop:
+        with StopRequest(cfg.checkpoint.on_signal, cfg.checkpoint.stop_check_every, rank_info.device,
+                         announce=rank_info.is_main) as stop:
             summary = train_fn(cfg, rank_info, run_dir, stop)
         return Outcome("finished", f"finished {summary['steps']} steps, final val loss {summary['final_val_loss']:.4f}",
                        step=summary["steps"], final_val_loss=summary["final_val_loss"], overrides=overrides)

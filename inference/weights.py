@@ -27,8 +27,9 @@ from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from common.atomic_io import atomic_open
+from common.paths import REPO
 from common.tokens import EOT_TOKEN, VOCAB_SIZE
-from data.tokenizer import gpt2_encoding
+from data.tokenizer import gpt2_encoding, recorded_bpe
 from harness.checkpoint.store import MANIFEST, CheckpointError, latest, load_file, read_manifest, verify
 from model.config import AttnImpl, ModelConfig
 from model.gpt import GPT
@@ -67,6 +68,7 @@ class Trained:
     tokenizer_bpe: str     # the run's data.tokenizer_bpe ("" = the default sources, data/tokenizer.py)
     synthetic: bool        # trained on synthetic token ids (no text tokenizer applies)
     bos_token: int         # the token every training document started with (<|endoftext|> for text)
+    data_dir: str = ""     # the run's data.dir (its tokenizer.json names the BPE file that made the shards)
 
     @property
     def reads_text(self) -> bool:
@@ -75,12 +77,16 @@ class Trained:
 
     def encoding(self, bpe: str | None = None):
         """The GPT-2 tokenizer as the data package loads it offline (data/tokenizer.py): `bpe`, else the
-        run's data.tokenizer_bpe when that file is here, else the default sources. Raises TokenizerError."""
+        run's data.tokenizer_bpe when that file is here, else the BPE file recorded beside the run's shards
+        (data.dir/tokenizer.json, written by data.prep.tokenize), else the default sources. Raises TokenizerError."""
         if not self.reads_text:
             raise WeightsError(f"{self.source} was trained on synthetic token ids (vocab {self.model.cfg.vocab_size}), "
                                "not GPT-2 text: use a model trained on FineWeb (e.g. experiment=cpu_fineweb)")
         if not bpe and self.tokenizer_bpe and Path(self.tokenizer_bpe).expanduser().exists():
             bpe = self.tokenizer_bpe
+        if not bpe and self.data_dir:
+            folder = Path(self.data_dir).expanduser()  # relative: to where train.py ran, the repository root
+            bpe = recorded_bpe(folder if folder.is_absolute() or folder.is_dir() else REPO / folder)
         return gpt2_encoding(bpe or None)
 
 
@@ -107,7 +113,8 @@ def _from_run(run_dir: Path, weights: Path) -> dict:
     synthetic = data.get("synthetic")
     return {"section": OmegaConf.to_container(cfg.model, resolve=True), "state": blob["model"],
             "step": int(blob["step"]), "max_steps": int(cfg.train.max_steps),
-            "bpe": str(data.get("tokenizer_bpe") or ""), "synthetic": synthetic is not None,
+            "bpe": str(data.get("tokenizer_bpe") or ""), "data_dir": str(data.get("dir") or ""),
+            "synthetic": synthetic is not None,
             "bos": int(synthetic.get("bos_token", EOT_TOKEN)) if synthetic is not None else EOT_TOKEN}
 
 
@@ -122,7 +129,8 @@ def _from_checkpoint(path: Path) -> dict:
     section = _unflatten({k[len("model."):]: v for k, v in flat.items() if k.startswith("model.")})
     synthetic = run.get("data.synthetic") is not None or any(k.startswith("data.synthetic.") for k in run)
     return {"section": section, "state": load_file(path / "model.pt", "model state"), "step": step,
-            "max_steps": max_steps, "bpe": str(run.get("data.tokenizer_bpe") or ""), "synthetic": synthetic,
+            "max_steps": max_steps, "bpe": str(run.get("data.tokenizer_bpe") or ""),
+            "data_dir": str(run.get("data.dir") or ""), "synthetic": synthetic,
             "bos": int(run.get("data.synthetic.bos_token", EOT_TOKEN)) if synthetic else EOT_TOKEN}
 
 
@@ -189,4 +197,4 @@ def load_trained(path: str | Path, device: str | torch.device = "cpu") -> Traine
     model.set_train_progress(parts["step"], parts["max_steps"])
     model.to(device).eval()
     source = where / "model.pt" if kind == "checkpoint" else where
-    return Trained(model, parts["step"], str(source), parts["bpe"], parts["synthetic"], parts["bos"])
+    return Trained(model, parts["step"], str(source), parts["bpe"], parts["synthetic"], parts["bos"], parts["data_dir"])

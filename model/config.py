@@ -167,9 +167,12 @@ class ModelConfig:
                              f"(got {self.softcap_scale}, {self.softcap_div})")
         if self.unet_skips and self.n_layer % 2:
             raise ValueError(f"model.unet_skips pairs encoder and decoder layers: model.n_layer={self.n_layer} must be even")
-        self._check_layers("no_attn_layers", self.no_attn_layers)
-        self._check_layers("value_embed_layers", self.value_embed_layers)
-        self._check_layers("short_window_layers", self.short_window_layers)
+        bad = [f"model.{key}={list(layers)}" for key, layers in (("no_attn_layers", self.no_attn_layers),
+               ("value_embed_layers", self.value_embed_layers), ("short_window_layers", self.short_window_layers))
+               if any(not 0 <= i < self.n_layer for i in layers) or len(set(layers)) != len(layers)]
+        if bad:  # every bad list at once: a smaller model.n_layer usually breaks several
+            raise ValueError(f"{' and '.join(bad)} must list distinct layer indices in [0, {self.n_layer}) "
+                             f"(model.n_layer={self.n_layer}); shrink=cpu keeps an experiment's layer count")
         if len(self.no_attn_layers) >= self.n_layer:
             raise ValueError("model.no_attn_layers removes attention from every layer; keep at least one")
         if (self.value_embed_tables > 0) != bool(self.value_embed_layers):
@@ -188,8 +191,3 @@ class ModelConfig:
         if self.window_block and self.window_size and self.window_size % self.window_block and not self.window_grow:
             raise ValueError(f"model.window_size={self.window_size} must be a multiple of "
                              f"model.window_block={self.window_block}")
-
-    def _check_layers(self, key: str, layers: list[int]) -> None:
-        bad = [i for i in layers if not 0 <= i < self.n_layer]
-        if bad or len(set(layers)) != len(layers):
-            raise ValueError(f"model.{key}={list(layers)} must list distinct layer indices in [0, {self.n_layer})")

@@ -75,13 +75,18 @@ def allowed(q: torch.Tensor, k: torch.Tensor, docs_q: Optional[torch.Tensor], do
     return ok
 
 
+def check_dense_mask_size(rows: int, T: int) -> None:
+    """ValueError naming the fix when an explicit [rows, T, T] mask would exceed DENSE_MASK_LIMIT."""
+    if rows * T * T > DENSE_MASK_LIMIT:
+        raise ValueError(f"masked attention over {T}-token sequences needs a {rows} x {T} x {T} mask on the SDPA "
+                         "path (model.doc_causal / model.window_size off CUDA): run on CUDA with model.attn_impl=auto "
+                         "(FlexAttention), shorten train.seq_len, or add shrink=cpu (README: Speedrun records)")
+
+
 def dense_mask(docs: Optional[torch.Tensor], T: int, window: Optional[torch.Tensor], unit: int,
                device: torch.device) -> torch.Tensor:
     """Boolean mask [B or 1, 1, T, T] (True = may attend) for scaled_dot_product_attention."""
-    rows = docs.size(0) if docs is not None else 1
-    if rows * T * T > DENSE_MASK_LIMIT:
-        raise ValueError(f"masked attention over {T}-token sequences needs a {rows} x {T} x {T} mask on the SDPA "
-                         "path: run on CUDA with model.attn_impl=auto (FlexAttention) or shorten train.seq_len")
+    check_dense_mask_size(docs.size(0) if docs is not None else 1, T)
     q = torch.arange(T, device=device)[:, None]
     k = torch.arange(T, device=device)[None, :]
     if docs is None:
@@ -122,6 +127,23 @@ def use_flex(cfg: ModelConfig, device: torch.device) -> bool:
     if not cfg.masked_attention or cfg.attn_impl is AttnImpl.sdpa or flex_attention is None:
         return False
     return cfg.attn_impl is AttnImpl.flex or device.type == "cuda"
+
+
+def attention_path(cfg: ModelConfig, device: torch.device) -> str:
+    """Which kernel attention runs on `device`, in words (printed at start)."""
+    if not cfg.masked_attention:
+        return "SDPA, plain causal (is_causal)"
+    what = "document-causal" if cfg.doc_causal else "causal"
+    what += f", sliding window {cfg.window_size}" if cfg.window_size else ""
+    if use_flex(cfg, device):
+        return f"FlexAttention ({what})" + ("; on CPU unfused and slow" if device.type != "cuda" else "")
+    return f"SDPA with an explicit [B, 1, T, T] mask ({what}; model.attn_impl={cfg.attn_impl.value} on {device.type})"
+
+
+def check_start(cfg: ModelConfig, device: torch.device, micro_batch_seqs: int, seq_len: int) -> None:
+    """At start, before any compute: refuse a dense mask that would not fit (ValueError naming the fix)."""
+    if cfg.masked_attention and not use_flex(cfg, device):
+        check_dense_mask_size(micro_batch_seqs if cfg.doc_causal else 1, seq_len)
 
 
 def build_masks(cfg: ModelConfig, idx: torch.Tensor, windows: torch.Tensor) -> AttentionMasks:

@@ -21,7 +21,7 @@ from omegaconf.errors import OmegaConfBaseException
 from common.paths import REPO
 from harness.config.schema import Config, ConfigError, load_config, register_configs
 from model.gpt import GPT
-from model.masks import window_units
+from model.masks import attention_path, window_units
 from optim import build_optimizer
 from optim.newton_schulz import schedule
 
@@ -96,6 +96,8 @@ def describe(cfg: Config, overrides: list[str]) -> list[str]:
         f"loss: {tc.loss_reduction.value} over the step's tokens"
         + (f" (gradient {tc.global_batch_tokens:,}x the mean's)" if tc.loss_reduction.value == "sum" else ""),
     ]
+    lines.append(f"attention: on CUDA {attention_path(cfg.model, torch.device('cuda'))}; on CPU "
+                 f"{attention_path(cfg.model, torch.device('cpu'))} | compile: {'on' if tc.compile else 'off'}")
     if cfg.model.embed_bf16:
         lines.append("token table stored in bf16 (model.embed_bf16)")
     m = cfg.model
@@ -109,8 +111,17 @@ def describe(cfg: Config, overrides: list[str]) -> list[str]:
     return lines
 
 
+def usage() -> str:
+    """--help: the module docstring's usage and what it prints, and where the options are listed."""
+    return (__doc__.strip() + "\n\nOverrides are train.py's: `python train.py --help` lists the groups,\n"
+            "`python train.py --cfg job` every key. Exit codes: 0 printed, 2 a bad override (one `error:` line).")
+
+
 def main(argv: list[str] | None = None) -> int:
     overrides = list(sys.argv[1:] if argv is None else argv)
+    if {"-h", "--help"} & set(overrides):
+        print(usage())
+        return 0
     try:
         cfg = load(overrides)
         print("\n".join(describe(cfg, overrides)))

@@ -8,8 +8,9 @@ A SOURCE is one of
 - `hf:NAME[:CONFIG]`: a Hugging Face dataset streamed with `datasets`
   (e.g. `hf:HuggingFaceFW/fineweb:sample-10BT`), split `split`.
 
-A `.txt` file is one document (`txt_split="file"`) or one per non-empty line
-(`txt_split="line"`).
+A `.txt` file is one document (`txt_split="file"`), one per paragraph (`"paragraph"`: text between
+blank lines, a book or a one-file corpus) or one per non-empty line (`"line"`). Blank text is no
+document: an empty file yields none.
 """
 from __future__ import annotations
 
@@ -52,10 +53,25 @@ def _jsonl_docs(path: Path, text_field: str) -> Iterator[str]:
             yield text
 
 
+TXT_SPLITS = ("file", "paragraph", "line")
+
+
 def _txt_docs(path: Path, txt_split: str) -> Iterator[str]:
     with _open_text(path) as f:
         if txt_split == "file":
-            yield f.read()
+            text = f.read()
+            if text.strip():
+                yield text
+        elif txt_split == "paragraph":
+            lines: list[str] = []
+            for line in f:
+                if line.strip():
+                    lines.append(line)
+                elif lines:
+                    yield "".join(lines).rstrip("\n")
+                    lines = []
+            if lines:
+                yield "".join(lines).rstrip("\n")
         else:
             for line in f:
                 if line.strip():
@@ -133,8 +149,8 @@ def iter_documents(source: str, text_field: str = "text", txt_split: str = "file
     A missing source, an empty folder or an unknown dataset raises SourceError here,
     at the call; problems inside a file (bad JSON line) when the iterator reaches them.
     """
-    if txt_split not in ("file", "line"):
-        raise SourceError(f"txt_split must be 'file' or 'line', got {txt_split!r}")
+    if txt_split not in TXT_SPLITS:
+        raise SourceError(f"txt_split must be one of {', '.join(TXT_SPLITS)}, got {txt_split!r}")
     if source.startswith("hf:"):
         return _hf_docs(source[3:], text_field, split)
     path = Path(source).expanduser()

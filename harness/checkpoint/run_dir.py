@@ -137,8 +137,10 @@ def claim(run_dir: Path, task_cfg: DictConfig, lock: "RunLock") -> tuple[str | N
                       "scratch add resume=none resume_force=true, or give it another folder (hydra.run.dir=...)")
     picked, previous = continued(run_dir)
     if picked:
-        print(f"resume=auto: continuing the unfinished run {run_dir} (same config; it {_ended(previous)}); "
-              "resume=none starts a new one", flush=True)
+        newest = latest(checkpoint_root(run_dir, task_config(task_cfg)))
+        print(f"resume=auto: continuing the unfinished run {run_dir} (same config; it {_ended(previous)}; newest "
+              f"checkpoint {newest.name if newest else 'none'}); resume=none starts a new one", flush=True)
+    outcome.clear(run_dir)  # this attempt has no outcome until it ends: a kill -9 must not leave the last one's
     return None, None
 
 

@@ -65,6 +65,7 @@ class TrainConfig:
     loss_reduction: LossReduction = LossReduction.mean  # what the gradient differentiates; logs always show the mean
     compile: bool = False           # torch.compile the model (CUDA; the compile time is never timed)
     compile_warmup_steps: int = 3   # untimed steps run (then undone) so compilation is excluded
+    cpu_threads: int = 0            # CPU: torch threads; 0 = auto (1 for a tiny model; harness/process/cpu_threads.py)
     precision: Precision = Precision.auto
     log_every: int = 1              # train-loss events every N steps
     stop_at_val_loss: Optional[float] = None  # stop at the first validation with val_loss <= this (time-to-target)
@@ -79,7 +80,7 @@ class TrainConfig:
                     "max_nonfinite_skips"):
             if getattr(self, key) <= 0:
                 raise ValueError(f"train.{key} must be > 0 (got {getattr(self, key)})")
-        for key in ("val_every", "val_tail_every", "compile_warmup_steps"):
+        for key in ("val_every", "val_tail_every", "compile_warmup_steps", "cpu_threads"):
             if getattr(self, key) < 0:
                 raise ValueError(f"train.{key} must be >= 0 (got {getattr(self, key)})")
         for key in ("warmup_frac", "warmdown_frac", "final_lr_frac", "val_tail_frac"):

@@ -9,7 +9,8 @@ then says why, beside train.log), and recorded in this process, so that the proc
      "step": null, "final_val_loss": null, "overrides": ["experiment=smoke", "train.micro_batch_seqs=24"],
      "time": "2026-01-01T12:00:00+0000"}
 
-status is one of STATUSES; a run folder whose outcome.json is missing was killed (or is running).
+status is one of STATUSES; a run folder whose outcome.json is missing was killed (or is running): each attempt
+removes the previous attempt's file when it starts (`clear`).
 """
 from __future__ import annotations
 
@@ -63,6 +64,16 @@ def record(result: Outcome, run_dir: Path | None) -> None:
         write_text_atomic(Path(run_dir) / OUTCOME, json.dumps(data, indent=1) + "\n")
     except OSError as e:  # a full disk must not hide the run's own message, printed already
         print(f"warning: could not write {Path(run_dir) / OUTCOME}: {e.strerror or e}", flush=True)
+
+
+def clear(run_dir: Path) -> None:
+    """A new attempt starts in run_dir (rank 0, once the folder is claimed): the previous attempt's outcome.json
+    goes, so that an attempt killed with kill -9 leaves a folder without one (killed) instead of one claiming
+    the previous attempt's outcome."""
+    try:
+        (Path(run_dir) / OUTCOME).unlink(missing_ok=True)
+    except OSError as e:
+        print(f"warning: could not remove the previous {Path(run_dir) / OUTCOME}: {e.strerror or e}", flush=True)
 
 
 def read(run_dir: Path) -> dict | None:

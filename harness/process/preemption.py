@@ -28,8 +28,9 @@ class Preempted(Exception):
 class StopRequest:
     """Context manager: installs the handlers (main thread only) and restores the previous ones."""
 
-    def __init__(self, enabled: bool, check_every: int, device: torch.device):
+    def __init__(self, enabled: bool, check_every: int, device: torch.device, announce: bool = True):
         self.enabled, self.check_every, self.device = enabled, check_every, device
+        self.announce = announce  # print the notice (rank 0 only: every rank of a torchrun job gets the signal)
         self.signal_name: str | None = None  # the signal this process received
         self._previous: dict[int, object] = {}
 
@@ -38,8 +39,9 @@ class StopRequest:
             raise KeyboardInterrupt  # second Ctrl-C: the user does not want to wait for the checkpoint
         if self.signal_name is None:
             self.signal_name = signal.Signals(signum).name
-            print(f"{self.signal_name} received: finishing the current step, then writing a checkpoint "
-                  "and stopping", flush=True)
+            if self.announce:
+                print(f"{self.signal_name} received: finishing the current step, then writing a checkpoint "
+                      "and stopping", flush=True)
 
     def __enter__(self) -> "StopRequest":
         if self.enabled and threading.current_thread() is threading.main_thread():

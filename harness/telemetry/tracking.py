@@ -36,14 +36,16 @@ def run_identity(cfg: Config) -> tuple[str | None, str | None, list[str]]:
     return group, ",".join(kept) or None, overrides
 
 
-def make_logger(cfg: Config, rank_info: RankInfo, run_dir: Path, history: list[dict] | None = None) -> MetricsLogger:
+def make_logger(cfg: Config, rank_info: RankInfo, run_dir: Path, history: list[dict] | None = None,
+                setup: dict | None = None) -> MetricsLogger:
     """history: the metrics.jsonl events of a resumed run up to its checkpoint (already in the file):
     they feed the best/target tracking, and the file keeps its first "run" event (so it stays
-    identical to an uninterrupted run's; harness/checkpoint/checkpointer.py records resumes in resumes.jsonl)."""
+    identical to an uninterrupted run's; harness/checkpoint/checkpointer.py records resumes in resumes.jsonl).
+    setup: what the trainer chose at start (CPU threads, attention path, compile), added to the "run" event."""
     if not rank_info.is_main:
         return MetricsLogger([])
     group, name, overrides = run_identity(cfg)
-    info = run_info(rank_info.device, rank_info.world_size, overrides)
+    info = {**run_info(rank_info.device, rank_info.world_size, overrides), **(setup or {})}
     sinks = [ConsoleSink(cfg.train.max_steps), JsonlSink(run_dir / "metrics.jsonl")]
     if cfg.logger.name == "wandb" and cfg.logger.mode is not WandbMode.disabled:
         from harness.telemetry.wandb_sink import WandbSink  # wandb is imported only when asked for

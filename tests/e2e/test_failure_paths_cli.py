@@ -136,14 +136,18 @@ def test_the_same_command_resumes_an_interrupted_run_and_starts_anew_after_a_fin
     (first,) = runs.iterdir()
     assert (f"stopped by SIGTERM after step 3: checkpoint {first / 'checkpoints' / 'step_000003'} written; to continue, "
             f"run the same command again (resume=auto finds this run) or add hydra.run.dir={first}") in stopped.stdout
+    killed = run_train(*command, env={"SPEEDRUN_FAULT": "kill:step=5"})  # resumed, then kill -9 at step 5
+    assert (f"resume=auto: continuing the unfinished run {first} (same config; it was stopped at step 3; newest "
+            "checkpoint step_000003); resume=none starts a new one") in killed.stdout
+    assert killed.returncode == -9 and not (first / "outcome.json").exists()  # not the stopped attempt's outcome
     resumed = run_train(*command)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
-    assert (f"resume=auto: continuing the unfinished run {first} (same config; it was stopped at step 3); "
-            "resume=none starts a new one") in resumed.stdout
+    assert (f"resume=auto: continuing the unfinished run {first} (same config; it was killed, or crashed before it "
+            "could say why; newest checkpoint step_000004); resume=none starts a new one") in resumed.stdout
     assert [p.name for p in runs.iterdir()] == [first.name]
     assert outcome_of(first)["status"] == "finished" and read_events(first / "metrics.jsonl")[-1]["steps"] == 6
-    (resume,) = [json.loads(line) for line in (first / "resumes.jsonl").read_text().splitlines()]
-    assert resume["step"] == 3 and "checkpoint.every=2" in resume["overrides"]
+    first_resume, resume = [json.loads(line) for line in (first / "resumes.jsonl").read_text().splitlines()]
+    assert first_resume["step"] == 3 and resume["step"] == 4 and "checkpoint.every=2" in resume["overrides"]
     assert "train.log" in {p.name for p in first.iterdir()} and "resumed from" in (first / "train.log").read_text()
     anew = run_train(*command)
     assert anew.returncode == 0 and "continuing" not in anew.stdout

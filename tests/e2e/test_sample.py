@@ -101,3 +101,26 @@ def test_sample_cli_prints_token_ids_for_a_synthetic_model(smoke_run, capsys):
     assert capsys.readouterr().out == out  # same seed, same text
     assert sample.main([str(smoke_run), "--prompt", "hello"]) == 2
     assert "give --prompt as token ids" in capsys.readouterr().err
+
+
+def test_text_tools_use_the_tokenizer_recorded_beside_the_shards(tmp_path, monkeypatch):
+    """inference.sample / evals.hellaswag without --bpe: the BPE file data.prep.tokenize recorded in
+    data.dir/tokenizer.json (a relative data.dir is the repository's); --bpe and data.tokenizer_bpe come first."""
+    import json
+    from types import SimpleNamespace
+
+    from inference import weights
+    from inference.weights import Trained
+
+    ranks = tmp_path / "gpt2.tiktoken"
+    ranks.write_text("x")
+    shards = tmp_path / "shards"
+    shards.mkdir()
+    (shards / "tokenizer.json").write_text(json.dumps({"name": "gpt2", "bpe_file": str(ranks)}))
+    monkeypatch.setattr(weights, "gpt2_encoding", lambda bpe=None: bpe)  # which file would be loaded
+    model = SimpleNamespace(cfg=SimpleNamespace(vocab_size=50257))
+    trained = Trained(model, 10, "w.pt", "", False, 50256, str(shards))
+    assert trained.encoding() == str(ranks)
+    assert trained.encoding("other.tiktoken") == "other.tiktoken"
+    ranks.unlink()  # the recorded file is gone: the default sources
+    assert trained.encoding() is None

@@ -1,11 +1,11 @@
 """`python -m data.prep.fineweb download` end to end against a fake hub on 127.0.0.1 (HF_ENDPOINT)."""
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
 import pytest
+from huggingface_hub import constants
 
 from data.prep.fineweb import download_shards, main
 from data.prep.hub_download import DownloadError, HubUnreachable
@@ -18,6 +18,19 @@ REPO = "kjj0/fineweb10B-gpt2"
 def shard_bytes(tmp: Path, name: str, n_tokens: int, seed: int) -> bytes:
     tokens = np.random.default_rng(seed).integers(0, 50257, n_tokens).astype(np.uint16)
     return write_shard(tmp / "src" / name, tokens).path.read_bytes()
+
+
+@pytest.fixture(autouse=True)
+def no_user_hub_settings(monkeypatch):
+    """The user's HF_HUB_OFFLINE / HF_ENDPOINT / HF_TOKEN must not reach these tests (the README tells offline
+    users to set HF_HUB_OFFLINE=1). huggingface_hub also reads HF_HUB_OFFLINE and HF_ENDPOINT once, at import, into
+    `constants`, which its URLs and HTTP layer use: those are reset too. Each test sets what it needs."""
+    for var in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_ENDPOINT", "HF_TOKEN", "HUGGING_FACE_HUB_TOKEN"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(constants, "ENDPOINT", constants._HF_DEFAULT_ENDPOINT)
+    monkeypatch.setattr(constants, "HUGGINGFACE_CO_URL_TEMPLATE",
+                        constants._HF_DEFAULT_ENDPOINT + "/{repo_id}/resolve/{revision}/{filename}")
 
 
 @pytest.fixture
@@ -38,7 +51,7 @@ def fetch(out, n=3, **kw):
     return download_shards("fineweb10B", n, out, retry_wait=0, progress=False, **kw)
 
 
-def test_cli_downloads_verifies_then_skips(hub, tmp_path, capsys):
+def test_cli_downloads_verifies_then_skips(hub, tmp_path, capsys, monkeypatch):
     out = tmp_path / "shards"
     assert main(["download", "--dataset", "fineweb10B", "--train-shards", "2", "--out", str(out), "--no-progress"]) == 0
     for n in ["fineweb_val_000000.bin", "fineweb_train_000001.bin", "fineweb_train_000002.bin"]:
@@ -51,7 +64,7 @@ def test_cli_downloads_verifies_then_skips(hub, tmp_path, capsys):
     assert "3 shards" in capsys.readouterr().out
     # complete files are skipped without a single request, even offline
     n_requests = len(hub.log)
-    os.environ["HF_HUB_OFFLINE"] = "1"
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     assert main(["download", "--train-shards", "2", "--out", str(out), "--no-progress"]) == 0
     assert len(hub.log) == n_requests and "0 downloaded" in capsys.readouterr().out
 

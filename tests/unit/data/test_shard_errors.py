@@ -113,6 +113,14 @@ def test_empty_folder(tmp_path):
     assert str(tmp_path) in one_line(e) and "python -m data.prep.fineweb download" in str(e.value)
 
 
+def test_folder_of_text_points_to_tokenize_not_download(tmp_path):
+    (tmp_path / "shakespeare.txt").write_text("To be, or not to be")
+    with pytest.raises(DataError) as e:
+        resolve_shards(str(tmp_path), "fineweb_train_*.bin", "train")
+    msg = one_line(e)
+    assert "holds text (shakespeare.txt)" in msg and "python -m data.prep.tokenize" in msg and "download" not in msg
+
+
 def test_fewer_tokens_than_one_global_batch(shard):
     with pytest.raises(DataError) as e:
         ContiguousLoader([shard], 8, 64, rank=0, world=4)
