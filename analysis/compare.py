@@ -3,19 +3,28 @@
     python -m analysis.compare outputs/runs/A outputs/runs/B --record record05_modernarch
     python -m analysis.compare logs/1234.txt --record record12_flexattn --target 3.28 --interpolate
     python -m analysis.compare outputs/runs/T3 --record track3_muon      # track 3: #36's 10 runs
+    python -m analysis.compare outputs/runs/T3 --record track3_best46    # #46's 8 runs, tail-EMA readout
+    python -m analysis.compare track3_muon --record track3_best46        # #36's mean against #46
 
 RUN may be a run folder of this harness (metrics.jsonl), a metrics.jsonl, a speedrun log
-(`step:N/M val_loss:X train_time:Tms` lines) or a step,val_loss,train_time_ms CSV.
+(`step:N/M val_loss:X train_time:Tms` lines), a step,val_loss,train_time_ms CSV, or a published
+result (an experiment with a reference: block, or a multi-run CSV), drawn as its runs' mean.
+
+--metric picks the loss compared (default: the one the reference is scored on): val_loss, or
+val_ema_loss, track 3's tail-EMA readout (#46 is scored on it). A run or result that logs no
+val_ema_loss is compared on its val_loss (a note says so), as its readout equals val_loss.
 
 For each run it prints the step, tokens and training time at which the val loss first reached the
 target (default: the first logged validation <= target, as the speedrun counts; --interpolate:
 linear interpolation between that validation and the one before), and the ratio of that time
 (and token count) to the reference's, measured the same way on the reference's curve.
 
-A reference of several runs (track 3's #36, configs/records/track3_muon.csv) is drawn as their
-mean with the band of their range (min to max) and +-1 std; its crossing is the mean's, and the
-report adds the first step where track 3's z-test passes ((3.28 - mean) sqrt(n) >= 0.004) and,
-for each run, its loss at the last step both validated against the runs' mean, in std units.
+A reference of several runs (track 3's #36, configs/records/track3_muon.csv; #46, track3_best46.csv)
+is drawn as their mean with the band of their range (min to max) and +-1 std, over the runs present
+at each step (#46's seed 7 stops at 2765: its later means are over 7 runs); its crossing is the
+mean's, and the report adds track 3's stopping rule (the first step every run validated where
+(3.28 - mean) sqrt(n) >= 0.004, and that z), the mean of the runs' own first crossings and, for
+each run, its loss at the last step both validated against the runs' mean, in std units.
 
 The plot (two panels: vs training time, vs tokens; a third, run minus the reference mean per step,
 for a multi-run reference) goes to --out, else RUN/compare_<record>.png for
@@ -30,11 +39,14 @@ import sys
 from pathlib import Path
 
 from analysis.crossing import DEFAULT_TARGET, Crossing, Curve, first_crossing
-from analysis.curves import RECORD_TOKENS_PER_STEP, BandPoint, CurveError, band, mean_curve, read_curve, record_curves
-from analysis.stats import TRACK3_MARGIN, track3_z
+from analysis.curves import (RECORD_TOKENS_PER_STEP, BandPoint, CurveError, band, lacks_metric, mean_curve, read_curve,
+                             record_curves, record_metric, record_path)
+from analysis.records import METRICS
+from analysis.stats import TRACK3_MARGIN, track3_first_pass
 from common.paths import REPO
 
 ZOOM = 1.5  # the y-axis shows at most target + ZOOM, unless a run lies entirely above it
+DIFF_CAP = 0.1  # the difference panel widens for a run's differences up to this (val loss), then clips
 
 
 def fmt_crossing(c: Crossing | None) -> tuple[str, str, str]:
@@ -50,7 +62,9 @@ def ratio(a: float | None, b: float | None) -> str:
 
 
 def report(runs: list[Curve], record: Curve, target: float, interpolate: bool,
-           spread: list[BandPoint] | None = None) -> list[str]:
+           spread: list[BandPoint] | None = None, references: list[Curve] | None = None) -> list[str]:
+    """The report's lines; `spread` (band over the runs present) and `references` (the runs themselves) for a
+    multi-run reference."""
     rec = first_crossing(record, target, interpolate)
     rule = "linear interpolation between validations" if interpolate else "first logged validation <= target"
     lines = [f"target val_loss {target} ({rule})"]
@@ -61,10 +75,19 @@ def report(runs: list[Curve], record: Curve, target: float, interpolate: bool,
                  f"(final {fin.val_loss:.4f} at step {fin.step}, {fin_time})")
     if spread:
         last = spread[-1]
-        z_step = next((b.step for b in spread if track3_z(b.mean, b.n, target) >= TRACK3_MARGIN), None)
+        first, before = track3_first_pass([(b.step, b.mean, b.n) for b in band(references)], target)
+        z_step = f"{first[0]} (z = {first[1]:.3g}" + (f"; step {before[0]}: {before[1]:.3g})" if before else ")") \
+            if first else "(never)"
         lines.append(f"  {last.n} runs: final {last.mean:.5f} ± {last.std:.5f} (min {last.lo:.5f}, max {last.hi:.5f}); "
-                     f"track-3 z-test (target - mean) sqrt(n) >= {TRACK3_MARGIN} first passes at step "
-                     f"{z_step if z_step is not None else '(never)'}")
+                     f"track-3 z-test (target - mean) sqrt(n) >= {TRACK3_MARGIN} first passes at step {z_step}")
+        ns = sorted({b.n for b in spread})
+        if len(ns) > 1:
+            lines.append(f"  means over the runs present at each step: {ns[-1]} runs, down to {ns[0]} (from step "
+                         f"{next(b.step for b in spread if b.n < ns[-1])})")
+        own = [c.step for c in (first_crossing(r, target) for r in references) if c is not None]
+        if own:
+            lines.append(f"  the runs' own first validations <= {target}: mean step {sum(own) / len(own):g} "
+                         f"({len(own)} of {len(references)} runs; {min(own)} to {max(own)})")
     lines.append(f"{'run':<40} {'step':>8} {'tokens':>8} {'time_s':>9} {'final':>7} {'time_ratio':>10} {'token_ratio':>11}")
     for run in runs:
         c = first_crossing(run, target, interpolate)
@@ -109,7 +132,8 @@ def _draw(ax, xs, ys, top: float, style: dict, bottom: float | None = None) -> i
     return beyond
 
 
-def plot(runs: list[Curve], record: Curve, target: float, out: Path, spread: list[BandPoint] | None = None) -> list[str]:
+def plot(runs: list[Curve], record: Curve, target: float, out: Path, spread: list[BandPoint] | None = None,
+         metric: str = "val_loss") -> list[str]:
     """Write the PNG; returns warnings about points drawn on an edge (outside the plotted range).
 
     With a multi-run reference a third panel shows each run minus the reference mean against steps
@@ -145,14 +169,14 @@ def plot(runs: list[Curve], record: Curve, target: float, out: Path, spread: lis
     for ax, xlabel in ((ax_t, "training time (min; validation and compile excluded)"), (ax_k, "training tokens (B)")):
         ax.axhline(target, color="red", ls="--", lw=1, label=f"target {target}")
         ax.set_xlabel(xlabel)
-        ax.set_ylabel("validation loss")
+        ax.set_ylabel("validation loss" + (f" ({metric})" if metric != "val_loss" else ""))
         ax.set_ylim(bottom, top)
     if spread:
-        warnings += _plot_difference(axes[2], runs, spread)
+        warnings += _plot_difference(axes[2], runs, spread, metric)
     for ax in axes:
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
-    fig.suptitle(f"val loss vs the {record.name} reference")
+    fig.suptitle(f"{metric} vs the {record.name} reference")
     fig.tight_layout()
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, dpi=110)
@@ -160,17 +184,20 @@ def plot(runs: list[Curve], record: Curve, target: float, out: Path, spread: lis
     return warnings
 
 
-def _plot_difference(ax, runs: list[Curve], spread: list[BandPoint]) -> list[str]:
-    """Run minus the reference mean vs step over the reference's last half, within +-max(0.02, 6 std)."""
+def _plot_difference(ax, runs: list[Curve], spread: list[BandPoint], metric: str) -> list[str]:
+    """Run minus the reference mean vs step over the reference's last half, within +-max(0.02, 6 std), widened
+    up to +-DIFF_CAP to show every run's differences (a whole result's mean is often several 0.01 apart)."""
     first = spread[-1].step / 2
     pts = [b for b in spread if b.step >= first]
     steps = [b.step for b in pts]
+    ns = [b.n for b in pts]  # the runs present: #46's seed 7 stops at 2765
     ax.fill_between(steps, [b.lo - b.mean for b in pts], [b.hi - b.mean for b in pts], color="gray", alpha=0.25, lw=0,
-                    label=f"reference runs, min-max (n={pts[-1].n})")
+                    label=f"reference runs, min-max (n={'-'.join(map(str, sorted({min(ns), max(ns)})))})")
     ax.fill_between(steps, [-b.std for b in pts], [b.std for b in pts], color="gray", alpha=0.4, lw=0, label="±1 std")
     ax.axhline(0, color="black", lw=1.5)
-    half = max(0.02, 6 * max(b.std for b in pts))
     by_step = {b.step: b.mean for b in pts}
+    diffs = [abs(p.val_loss - by_step[p.step]) for run in runs for p in run.points if p.step in by_step]
+    half = max(0.02, 6 * max(b.std for b in pts), min(DIFF_CAP, 1.1 * max(diffs, default=0.0)))
     warnings = []
     for i, run in enumerate(runs):
         shared = [p for p in run.points if p.step in by_step]
@@ -184,8 +211,31 @@ def _plot_difference(ax, runs: list[Curve], spread: list[BandPoint]) -> list[str
             warnings.append(f"{run.name}: {beyond} of {len(shared)} differences lie beyond ±{half:.3f}; drawn on the edge")
     ax.set_ylim(-half, half)
     ax.set_xlabel("step")
-    ax.set_ylabel("val loss - reference mean")
+    ax.set_ylabel(f"{metric} - reference mean")
     return warnings
+
+
+def _is_result(source: str) -> bool:
+    """A published result rather than one run: an experiment name (no such path) or a CSV with a `run` column."""
+    p = Path(source)
+    if not p.exists():
+        return True
+    if p.suffix != ".csv":
+        return False
+    with p.open(encoding="utf-8") as f:
+        return f.readline().split(",")[0].strip() == "run"
+
+
+def _source(source: str) -> Path:
+    """The file a run or result is read from (an experiment name: its reference curve)."""
+    return Path(source) if Path(source).exists() else record_path(source)
+
+
+def run_curve(source: str, tokens_per_step: int, metric: str) -> Curve:
+    """One curve per RUN argument: a run's own, or a published result's mean over its runs."""
+    if _is_result(source):
+        return mean_curve(record_curves(source, tokens_per_step, metric), every_run=False)
+    return read_curve(source, tokens_per_step, metric)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -197,23 +247,28 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--interpolate", action="store_true", help="interpolate the crossing between validations")
     ap.add_argument("--tokens-per-step", type=int, default=RECORD_TOKENS_PER_STEP,
                     help="for speedrun logs and CSVs, which carry no token counts")
+    ap.add_argument("--metric", choices=METRICS, help="the loss compared (default: the reference's)")
     ap.add_argument("--out", type=Path, help="PNG path (default: see above)")
     args = ap.parse_args(argv)
     try:
-        references = record_curves(args.record)
-        runs = [read_curve(r, args.tokens_per_step) for r in args.runs]
+        metric = args.metric or record_metric(args.record)
+        references = record_curves(args.record, args.tokens_per_step, metric)
+        runs = [run_curve(r, args.tokens_per_step, metric) for r in args.runs]
+        notes = [f"note: {r} logs no {metric}: compared on its val_loss" for r in [args.record, *args.runs]
+                 if lacks_metric(_source(r), metric)]
     except CurveError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    record = mean_curve(references)
-    spread = band(references) if len(references) > 1 else None
-    print("\n".join(report(runs, record, args.target, args.interpolate, spread)))
+    record = mean_curve(references, every_run=False)
+    spread = band(references, every_run=False) if len(references) > 1 else None
+    print("\n".join([f"metric: {metric}", *notes, *report(runs, record, args.target, args.interpolate, spread,
+                                                            references)]))
     out = args.out
     name = Path(args.record).stem
     if out is None:
         single = len(args.runs) == 1 and Path(args.runs[0]).is_dir()
         out = (Path(args.runs[0]) if single else REPO / "results" / "plots") / f"compare_{name}.png"
-    for warning in plot(runs, record, args.target, out, spread):
+    for warning in plot(runs, record, args.target, out, spread, metric):
         print(f"WARNING: {warning}", file=sys.stderr)
     print(f"plot: {out}")
     return 0

@@ -60,13 +60,15 @@ def pooling_problems(runs: list[RunFacts]) -> list[str]:
     return problems
 
 
-def run_facts(path: str | Path) -> RunFacts:
-    """RunFacts of a run folder of this harness (its config.yaml and metrics.jsonl)."""
+def run_facts(path: str | Path, metric: str = "val_loss") -> RunFacts:
+    """RunFacts of a run folder of this harness (its config.yaml and metrics.jsonl); the final loss is the
+    last validation's `metric` (val_ema_loss: the tail-EMA readout), its val_loss where it has none."""
     path = Path(path)
     log = read_run(path) if (path / METRICS_FILE).is_file() else RunLog(path.name, [])
     vals = log.vals
-    return RunFacts(path.name, read_config(path), log.complete, vals[-1]["step"] if vals else None,
-                    vals[-1]["val_loss"] if vals else None)
+    last = vals[-1] if vals else {}
+    final = last.get(metric) if last.get(metric) is not None else last.get("val_loss")
+    return RunFacts(path.name, read_config(path), log.complete, last.get("step"), final)
 
 
 def spread_problem(losses: list[float]) -> Optional[str]:

@@ -23,6 +23,10 @@ from common.paths import CONFIGS, RECORD_CURVES
 
 EXPERIMENTS_DIR = CONFIGS / "experiment"
 TRACKS = (1, 3)  # 1: the speedrun (wall-clock time to 3.28 on 8x H100); 3: the optimization benchmark (steps)
+# The loss a result is scored on: a run's "val" events (metrics.jsonl) and a curve CSV's columns carry both.
+# val_ema_loss is track 3's tail-EMA readout (result #46, track3_best46_cwd_rowfloor_tailema.py): the loss of
+# the blend (1 - lambda) w + lambda EMA(w); before the EMA starts it equals val_loss.
+METRICS = ("val_loss", "val_ema_loss")
 
 
 class ReferenceBlockError(ValueError):
@@ -39,11 +43,12 @@ class ReferenceInfo:
 
     track: int                   # 1 or 3 (TRACKS)
     curve: str                   # the published val-loss curve(s): a CSV under configs/records/
-    val_loss: float              # the published final val loss (the mean over `runs`)
-    steps: int                   # optimizer steps of the published run(s)
+    val_loss: float              # the published val loss: the mean over `runs` of `metric` at step `steps`
+    steps: int                   # optimizer steps of the published run(s): the step the result is claimed at
     script: Optional[str] = None  # its script under ../shared/reference/modded-nanogpt/; null: not there
     train_time_ms: Optional[float] = None  # published training time (mean over `runs`); null: the log has none
     runs: int = 1                # runs behind val_loss and train_time_ms (track 3's #36: 10)
+    metric: str = "val_loss"     # the loss the result is scored on (METRICS); track 3's #46: val_ema_loss
 
     def check(self) -> None:
         if self.track not in TRACKS:
@@ -53,6 +58,8 @@ class ReferenceInfo:
         if self.script is not None and (not self.script.endswith(".py") or "/" in self.script):
             raise ValueError("reference.script must be a file name under ../shared/reference/modded-nanogpt/ "
                              f"or null (got {self.script!r})")
+        if self.metric not in METRICS:
+            raise ValueError(f"reference.metric must be one of {METRICS} (got {self.metric!r})")
         for key in ("val_loss", "steps", "runs"):
             if not getattr(self, key) > 0:
                 raise ValueError(f"reference.{key} must be > 0 (got {getattr(self, key)})")

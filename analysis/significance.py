@@ -5,10 +5,20 @@
     python -m analysis.significance --rule track3 outputs/multirun/X/*  # (3.28 - mean) sqrt(n) >= 0.004
     python -m analysis.significance --rule pairwise --new NEW_RUNS... --old OLD_RUNS...
     python -m analysis.significance --rule pairwise --new-summary 3.2785 10 3210 --old-summary 3.2778 16 3250
+    python -m analysis.significance --rule track3 --record track3_best46        # a published result's runs
+    python -m analysis.significance --rule pairwise --new outputs/multirun/X/* --old-record track3_best46
 
 RUN may be a run folder of this harness (metrics.jsonl), a speedrun log or a CSV. Each rule prints
 its inputs, the statistic and the verdict (formulas: analysis/stats.py; track 1's t-test:
 one-sided one-sample, H1: mean < target).
+
+A published result (--record, --new-record, --old-record: an experiment with a reference: block, e.g.
+track3_muon (#36) or track3_best46 (#46), or a multi-run CSV) stands for its runs' losses at the step
+its block claims (a CSV's last step every run validated; --step / --new-steps / --old-steps choose
+another). --metric picks the loss: val_loss, or val_ema_loss (track 3's tail-EMA readout; a run or
+result without it is scored on its val_loss, which its readout equals); default val_ema_loss when a
+named result is scored on it (#46), else val_loss. With --rule track3 on runs or a result, the
+stopping rule is reported too: the first step, among those every run validated, whose mean passes.
 
 Runs are pooled only when that means something: finished runs (an end-of-run summary) of one
 configuration, differing in their seed alone (logging and checkpoint keys aside), each seed once,
@@ -23,32 +33,36 @@ import math
 import sys
 from pathlib import Path
 
-from analysis.crossing import DEFAULT_TARGET
-from analysis.curves import CurveError, read_curve
+from analysis.crossing import DEFAULT_TARGET, Curve
+from analysis.curves import CurveError, band, lacks_metric, read_curve, record_curves, record_metric
 from analysis.pooling import RunFacts, pooling_problems, run_facts, spread_problem
+from analysis.records import METRICS, reference_of
 from analysis.runs import METRICS_FILE
-from analysis.stats import TRACK3_LOSS_PER_100_STEPS, TRACK3_MARGIN, one_sided_ttest, track3_pairwise, track3_ztest
+from analysis.stats import (TRACK3_LOSS_PER_100_STEPS, TRACK3_MARGIN, one_sided_ttest, track3_first_pass,
+                            track3_pairwise, track3_ztest)
 
 
 class Refused(ValueError):
     """The inputs should not be pooled (the message lists why)."""
 
 
-def collect(label: str, paths: list[str], values: list[float], force: bool) -> tuple[list[float], list[RunFacts]]:
-    """Final losses of one group: run folders / logs / CSVs, plus values typed in; checks pooling."""
+def collect(label: str, paths: list[str], values: list[float], force: bool,
+            metric: str = "val_loss") -> tuple[list[float], list[RunFacts]]:
+    """Final losses (`metric`) of one group: run folders / logs / CSVs, plus values typed in; checks pooling."""
     facts = []
     for p in paths:
         path = Path(p)
         if path.is_dir() and (path / METRICS_FILE).is_file():
-            f = run_facts(path)
+            f = run_facts(path, metric)
             if f.final_val_loss is None:
                 raise CurveError(f"{path} holds no validation points")
         else:  # a speedrun log or CSV: no config to check, assumed finished
-            final = read_curve(path).final
+            final = read_curve(path, metric=metric).final
             f = RunFacts(path.name, None, True, final.step, final.val_loss)
         facts.append(f)
         state = "" if f.complete else " (UNFINISHED)"
-        print(f"{label}{p}: final val_loss {f.final_val_loss:.5f} at step {f.final_step}{state}")
+        note = f" (it logs no {metric}: its val_loss)" if lacks_metric(path, metric) else ""
+        print(f"{label}{p}: final {metric} {f.final_val_loss:.5f} at step {f.final_step}{state}{note}")
     losses = [f.final_val_loss for f in facts] + list(values)
     problems = pooling_problems(facts) if len(facts) > 1 or any(not f.complete for f in facts) else []
     if (spread := spread_problem(losses)) is not None:
@@ -59,6 +73,41 @@ def collect(label: str, paths: list[str], values: list[float], force: bool) -> t
     for problem in problems:
         print(f"WARNING (--force): {problem}")
     return losses, facts
+
+
+def _claimed_step(record: str) -> int | None:
+    """The step a named result's reference: block claims; None for a CSV path."""
+    return None if Path(record).exists() else reference_of(record).steps
+
+
+def record_group(label: str, record: str, metric: str, step: float | None) -> tuple[list[float], int, list[Curve]]:
+    """A published result's runs: their `metric` at `step` (default: the claimed step, else the last step every
+    run validated), that step, and their curves."""
+    curves = record_curves(record, metric=metric)
+    common = set.intersection(*({p.step for p in c.points} for c in curves))
+    at = int(step) if step is not None else _claimed_step(record)
+    if at is None:
+        at = max(common)
+    losses = [p.val_loss for c in curves for p in c.points if p.step == at]
+    if len(losses) != len(curves):
+        raise ValueError(f"only {len(losses)} of the {len(curves)} runs of {record} validated at step {at}: choose "
+                         f"a step all validated (the last is {max(common)})")
+    print(f"{label}{record}: {metric} of its {len(curves)} runs at step {at}: mean {sum(losses) / len(losses):.6f}"
+          f"{f' (it logs no {metric}: its val_loss)' if lacks_metric(_curve_file(record), metric) else ''}")
+    return losses, at, curves
+
+
+def _curve_file(record: str) -> Path:
+    return Path(record) if Path(record).exists() else reference_of(record).curve_path
+
+
+def stopping_rule(curves: list[Curve], target: float) -> None:
+    """Print track 3's stopping rule over the runs: the first step every run validated whose mean passes."""
+    means = [(b.step, b.mean, b.n) for b in band(curves)]
+    first, before = track3_first_pass(means, target)
+    prior = f"; step {before[0]}: {before[1]:.3g} fails" if before else ""
+    found = f"step {first[0]} (z = {first[1]:.3g}{prior})" if first else f"none of {len(means)} steps{prior}"
+    print(f"stopping rule (the first step every run validated whose mean passes the z-test): {found}")
 
 
 def group_steps(label: str, facts: list[RunFacts], given: float | None) -> float:
@@ -119,10 +168,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("runs", nargs="*", help="run folders, metrics.jsonl files, speedrun logs or CSVs")
     ap.add_argument("--values", type=float, nargs="+", default=[], help="final val losses given directly")
     ap.add_argument("--rule", choices=("ttest", "track3", "pairwise"), default="ttest")
+    ap.add_argument("--record", help="a published result's runs (experiment name or multi-run CSV) as the group")
+    ap.add_argument("--step", type=float, help="--record: the step to take its runs' losses at")
+    ap.add_argument("--metric", choices=METRICS, help="the loss read from runs and results (see above)")
     ap.add_argument("--new", nargs="+", default=[], help="pairwise: the new result's runs")
     ap.add_argument("--old", nargs="+", default=[], help="pairwise: the old result's runs")
     ap.add_argument("--new-summary", type=float, nargs=3, metavar=("MEAN", "N", "STEPS"))
     ap.add_argument("--old-summary", type=float, nargs=3, metavar=("MEAN", "N", "STEPS"))
+    ap.add_argument("--new-record", help="pairwise: the new result as a published result's runs")
+    ap.add_argument("--old-record", help="pairwise: the old result as a published result's runs (e.g. track3_best46)")
     ap.add_argument("--new-steps", type=float, help="pairwise: the new result's step count (default: its runs')")
     ap.add_argument("--old-steps", type=float, help="pairwise: the old result's step count (default: its runs')")
     ap.add_argument("--target", type=float, default=DEFAULT_TARGET)
@@ -130,24 +184,47 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--force", action="store_true", help="pool runs that should not be pooled (warns)")
     args = ap.parse_args(argv)
     try:
+        named = [r for r in (args.record, args.new_record, args.old_record) if r]
+        # the readout outranks val_loss: a result without it is scored on val_loss, which its readout equals
+        metric = args.metric or max((record_metric(r) for r in named), key=METRICS.index, default="val_loss")
+        if metric != "val_loss":
+            print(f"metric: {metric}")
         if args.rule != "pairwise":
-            if args.new or args.old or args.new_summary or args.old_summary:
-                raise ValueError("--new/--old and --*-summary belong to --rule pairwise")
-            losses, _ = collect("", args.runs, args.values, args.force)
-            return ttest(losses, args.target, args.alpha) if args.rule == "ttest" else ztest(losses, args.target)
-        if args.runs or args.values:
-            raise ValueError("--rule pairwise takes --new ... --old ... (or --new-summary / --old-summary), "
-                             "not positional runs or --values")
+            if args.new or args.old or args.new_summary or args.old_summary or args.new_record or args.old_record:
+                raise ValueError("--new/--old, --*-summary and --*-record belong to --rule pairwise")
+            if args.record:
+                if args.runs or args.values:
+                    raise ValueError("--record is the group: give no runs or --values beside it")
+                losses, _, curves = record_group("", args.record, metric, args.step)
+            else:
+                if args.step is not None:
+                    raise ValueError("--step belongs to --record (a run's loss is its last validation's)")
+                losses, _ = collect("", args.runs, args.values, args.force, metric)
+                curves = None
+            if args.rule == "ttest":
+                return ttest(losses, args.target, args.alpha)
+            curves = curves if curves is not None else [read_curve(r, metric=metric) for r in args.runs]
+            if curves:
+                stopping_rule(curves, args.target)
+            return ztest(losses, args.target)
+        if args.runs or args.values or args.record:
+            raise ValueError("--rule pairwise takes --new ... --old ... (or --new-summary / --old-summary, "
+                             "--new-record / --old-record), not positional runs, --values or --record")
         sides = {}
-        for label, paths, summary, steps in (("new", args.new, args.new_summary, args.new_steps),
-                                             ("old", args.old, args.old_summary, args.old_steps)):
-            if bool(paths) == bool(summary):
-                raise ValueError(f"give the {label} result as --{label} RUNS... or as --{label}-summary MEAN N STEPS")
+        for label, paths, summary, record, steps in (
+                ("new", args.new, args.new_summary, args.new_record, args.new_steps),
+                ("old", args.old, args.old_summary, args.old_record, args.old_steps)):
+            if sum(map(bool, (paths, summary, record))) != 1:
+                raise ValueError(f"give the {label} result as one of --{label} RUNS..., --{label}-summary MEAN N "
+                                 f"STEPS or --{label}-record NAME")
             if summary:
                 sides[label] = (summary[0], summary[1], summary[2])
-                continue
-            losses, facts = collect(f"{label}: ", paths, [], args.force)
-            sides[label] = (sum(losses) / len(losses), len(losses), group_steps(label, facts, steps))
+            elif record:
+                losses, at, _ = record_group(f"{label}: ", record, metric, steps)
+                sides[label] = (sum(losses) / len(losses), len(losses), float(at))
+            else:
+                losses, facts = collect(f"{label}: ", paths, [], args.force, metric)
+                sides[label] = (sum(losses) / len(losses), len(losses), group_steps(label, facts, steps))
         return pairwise(sides["new"], sides["old"])
     except (CurveError, ValueError) as e:  # Refused included
         print(f"error: {e}", file=sys.stderr)

@@ -17,6 +17,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from statistics import mean, stdev
+from typing import Optional
 
 from analysis.crossing import DEFAULT_TARGET
 
@@ -90,6 +91,23 @@ def track3_ztest(losses: list[float], target: float = TRACK3_TARGET, margin: flo
     n = len(losses)
     m = sum(losses) / n
     return ZTest(n, m, track3_z(m, n, target), target, margin)
+
+
+def track3_first_pass(means: list[tuple[int, float, int]], target: float = TRACK3_TARGET,
+                      margin: float = TRACK3_MARGIN) -> tuple[Optional[tuple[int, float]], Optional[tuple[int, float]]]:
+    """Track 3's stopping rule on a group's validations: the first step whose mean passes the z-test.
+
+    `means` holds (step, mean val loss over the runs, n) in step order. Returns ((step, z) of the first
+    pass, (step, z) of the validation before it), each None where there is none. Result #46 fixes this
+    rule in advance (track3_best46_README.md, "Reproducing": the smallest 5-step boundary with
+    (3.28 - mean) sqrt(n) >= 0.004, with validations every 5 steps): 2690, z 0.00473; 2685: 0.00387."""
+    before = None
+    for step, m, n in means:
+        z = track3_z(m, n, target)
+        if z >= margin:
+            return (step, z), before
+        before = (step, z)
+    return None, before
 
 
 @dataclass

@@ -27,12 +27,15 @@ def test_reference_curves_read_and_cross_where_the_logs_say(record):
 
 
 @pytest.mark.parametrize("record", RECORDS)
-def test_the_published_result_is_where_the_curves_end(record):
-    """val_loss and train_time_ms of the reference: block are the mean over its runs' last validations."""
+def test_the_published_result_is_the_runs_mean_at_its_step(record):
+    """val_loss and train_time_ms of the reference: block are the mean over its runs' validations at `steps`, of
+    its `metric` (track 3's #46: val_ema_loss at 2690, a prefix of its 2900-step runs; the others: their ends)."""
     ref = reference_of(record)
-    curves = record_curves(record)
-    finals = [c.points[-1] for c in curves]
-    assert len(curves) == ref.runs and all(p.step == ref.steps for p in finals)
+    curves = record_curves(record, metric=ref.metric)
+    finals = [p for c in curves for p in c.points if p.step == ref.steps]
+    assert len(curves) == ref.runs and len(finals) == ref.runs
+    if ref.track == 1:  # a track-3 claim may be a prefix of its runs (the first step the z-test passes)
+        assert all(c.final.step == ref.steps for c in curves)
     assert abs(sum(p.val_loss for p in finals) / len(finals) - ref.val_loss) < PUBLISHED_DIGITS
     times = [p.time_ms for p in finals]
     if ref.train_time_ms is None:
