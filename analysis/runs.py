@@ -25,18 +25,22 @@ def metrics_path(path: str | Path) -> Path:
     return p / METRICS_FILE if p.is_dir() else p
 
 
-def read_events(path: str | Path) -> list[dict]:
-    """Every event of a run (its folder or its metrics.jsonl), in file order.
-
-    A line that is not JSON (the torn last line a crash leaves) is skipped. FileNotFoundError
-    when there is no metrics.jsonl."""
+def parse_events(text: str) -> list[dict]:
+    """The events of a metrics.jsonl's text, in order. A line that is not JSON (the torn last line a
+    crash leaves) is skipped."""
     events = []
-    for line in metrics_path(path).read_text(encoding="utf-8").splitlines():
+    for line in text.splitlines():
         try:
             events.append(json.loads(line))
         except json.JSONDecodeError:
             continue
     return events
+
+
+def read_events(path: str | Path) -> list[dict]:
+    """Every event of a run (its folder or its metrics.jsonl), in file order (parse_events).
+    FileNotFoundError when there is no metrics.jsonl."""
+    return parse_events(metrics_path(path).read_text(encoding="utf-8"))
 
 
 @dataclass

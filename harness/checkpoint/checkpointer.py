@@ -33,6 +33,7 @@ import torch
 import torch.distributed as dist
 from hydra.core.hydra_config import HydraConfig
 
+from analysis.runs import METRICS_FILE, parse_events
 from common.atomic_io import write_text_atomic
 from harness.checkpoint.state import config_diff, config_hash, model_optim_config, rng_state, run_config, set_rng_state
 from harness.checkpoint.store import (
@@ -55,7 +56,6 @@ from harness.loop.nonfinite import NonFiniteLoss
 from harness.process import distributed as D
 from harness.telemetry.run_info import run_info
 
-METRICS = "metrics.jsonl"
 RESUMES = "resumes.jsonl"  # one line per resume: step, checkpoint, time, code version and hardware
 
 
@@ -204,17 +204,17 @@ class Checkpointer:
 
     def _rewrite_metrics(self, text: str) -> None:
         """Make metrics.jsonl hold exactly `text` (the checkpoint's lines), keeping a replaced file."""
-        path = self.run_dir / METRICS
+        path = self.run_dir / METRICS_FILE
         try:
             old = path.read_text(encoding="utf-8") if path.exists() else ""
             if old == text:
                 return
             if old:
                 n = 1
-                while (backup := path.with_name(f"{METRICS}.bak{n}")).exists():
+                while (backup := path.with_name(f"{METRICS_FILE}.bak{n}")).exists():
                     n += 1
                 backup.write_text(old, encoding="utf-8")
-                print(f"{METRICS}: events after the resume point moved out; the previous file is kept as "
+                print(f"{METRICS_FILE}: events after the resume point moved out; the previous file is kept as "
                       f"{backup.name}", flush=True)
             write_text_atomic(path, text)
         except OSError as e:
@@ -256,7 +256,7 @@ class Checkpointer:
         on_main(lambda: self._commit_resume(int(trainer["step"]), trainer["metrics"]))
         self.last_saved = int(trainer["step"])
         if self.rank_info.is_main:
-            self.history = [json.loads(line) for line in trainer["metrics"].splitlines() if line.strip()]
+            self.history = parse_events(trainer["metrics"])  # the events logged up to the checkpoint
             self._record_resume(int(trainer["step"]))
         if self.rank_info.is_main:
             print(f"resumed from {path} at step {trainer['step']} (train_time {trainer['train_time_ms']:.0f} ms)",
@@ -318,7 +318,7 @@ class Checkpointer:
         return path
 
     def _trainer_state(self, step: int, train_time_ms: float, counters: dict, per_rank: list) -> dict:
-        metrics = self.run_dir / METRICS
+        metrics = self.run_dir / METRICS_FILE
         return {"step": step, "train_time_ms": float(train_time_ms), "counters": dict(counters),
                 "config": json.dumps(self.config, sort_keys=True), "config_hash": config_hash(self.config),
                 "run_config": json.dumps(run_config(self.cfg), sort_keys=True),
