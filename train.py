@@ -104,7 +104,10 @@ def train(cfg: Config, rank_info: D.RankInfo, run_dir: Path, stop: StopRequest |
     if tc.seq_len > cfg.model.block_size:
         raise ConfigError(f"train.seq_len={tc.seq_len} exceeds model.block_size={cfg.model.block_size}")
     n_params = sum(p.numel() for p in model.parameters())
-    optimizer = build_optimizer(cfg.optim, list(model.named_parameters()), model.param_roles())
+    try:
+        optimizer = build_optimizer(cfg.optim, list(model.named_parameters()), model.param_roles())
+    except ValueError as e:  # a setting that does not fit this model (e.g. optim.lookahead_lr_role): one line, exit 2
+        raise ConfigError(str(e)) from None
     schedule = LrSchedule(tc, optimizer.param_groups)  # train.lr_schedule: every group's lr at each step
     pre_forward = getattr(optimizer, "pre_forward", lambda: None)  # optim.lookahead's jump (optim/lookahead.py)
     # train.tail_ema: an EMA of the late weights, validated blended in as val_ema_loss (harness/loop/tail_ema.py)
