@@ -22,7 +22,8 @@ from harness.checkpoint.checkpointer import Checkpointer
 from harness.config.schema import Config, ConfigError, LossReduction, Precision, register_configs
 from harness.loop.epochs import EpochWatch
 from harness.loop.nonfinite import NonFiniteGuard
-from harness.loop.schedule import lr_factor, val_due
+from harness.loop.schedule import LrSchedule, extra_val_steps, val_due
+from harness.loop.tail_ema import TailEMA
 from harness.process import distributed as D
 from harness.process import faults  # tests' fault injection; its two call sites are in the loop below
 from harness.process.cli import run_app
@@ -112,7 +113,16 @@ def train(cfg: Config, rank_info: D.RankInfo, run_dir: Path, stop: StopRequest |
     setup = {"attention": attention_path(cfg.model, device), "compile": tc.compile}  # recorded in the "run" event
     if device.type == "cpu":
         setup["cpu_threads"], setup["cpu_threads_why"] = set_cpu_threads(tc.cpu_threads, n_params)
-    optimizer = build_optimizer(cfg.optim, list(model.named_parameters()), model.param_roles())
+    try:
+        optimizer = build_optimizer(cfg.optim, list(model.named_parameters()), model.param_roles())
+    except ValueError as e:  # a setting that does not fit this model (e.g. optim.lookahead_lr_role): one line, exit 2
+        raise ConfigError(str(e)) from None
+    schedule = LrSchedule(tc, optimizer.param_groups)  # train.lr_schedule: every group's lr at each step
+    pre_forward = getattr(optimizer, "pre_forward", lambda: None)  # optim.lookahead's jump (optim/lookahead.py)
+    # train.tail_ema: an EMA of the late weights, validated blended in as val_ema_loss (harness/loop/tail_ema.py)
+    tail = TailEMA(list(model.named_parameters()), model.param_roles(), tc.tail_ema_tau, tc.tail_ema_lambda,
+                   tc.tail_ema_start, tc.tail_ema_end) if tc.tail_ema else None
+    extras = {"tail_ema": tail} if tail is not None else {}  # further checkpointed state
     net = torch.compile(model) if tc.compile else model
     if rank_info.world_size > 1:
         net = DDP(net, device_ids=[device.index] if device.type == "cuda" else None)
@@ -134,9 +144,8 @@ def train(cfg: Config, rank_info: D.RankInfo, run_dir: Path, stop: StopRequest |
 
     def train_step(step: int) -> torch.Tensor:
         """One optimizer step over `accum` micro-batches; returns the mean loss (device tensor)."""
-        factor = lr_factor(step, tc.max_steps, tc.warmup_frac, tc.warmdown_frac, tc.final_lr_frac)
-        for group in optimizer.param_groups:
-            group["lr"] = group["initial_lr"] * factor
+        schedule.apply(optimizer.param_groups, step)
+        pre_forward()
         loss_sum = torch.zeros((), device=device)
         for micro in range(accum):
             x, y = loader.next_batch()
@@ -173,9 +182,10 @@ def train(cfg: Config, rank_info: D.RankInfo, run_dir: Path, stop: StopRequest |
         sync(device)
         warmup_ms = 1000 * (time.perf_counter() - t_warmup)
 
-    start_step, train_time_ms, counters = ckpt.restore(model, optimizer, loader)  # (0, 0, {}) when starting fresh
+    start_step, train_time_ms, counters = ckpt.restore(model, optimizer, loader, extras)  # (0, 0, {}) when fresh
     log = make_logger(cfg, rank_info, run_dir, ckpt.history, setup)  # after restore: metrics.jsonl ends at the resumed step
-    guard.skipped, last_val = counters.get("skipped_steps", 0), float("nan")
+    guard.skipped, last_val, last_ema = counters.get("skipped_steps", 0), float("nan"), float("nan")
+    extra_vals = extra_val_steps(tc.val_extra_steps)
     # train.stop_after_step runs a prefix of the run: the schedule (lr, momentum, windows) stays max_steps'.
     end = tc.max_steps if tc.stop_after_step is None else tc.stop_after_step
     if start_step > end:
@@ -190,28 +200,36 @@ def train(cfg: Config, rank_info: D.RankInfo, run_dir: Path, stop: StopRequest |
         model.set_train_progress(step, tc.max_steps)  # time-dependent architecture (sliding-window schedule)
         faults.at_step(step)  # tests only (SPEEDRUN_FAULT, harness/process/faults.py): SIGKILL, exit, SIGTERM, sleep
         stopping = stop.requested(step)  # SIGTERM/SIGINT on any rank: every rank stops here
-        validate = last or val_due(step, tc.max_steps, tc.val_every, tc.val_tail_every, tc.val_tail_frac)
+        validate = last or val_due(step, tc.max_steps, tc.val_every, tc.val_tail_every, tc.val_tail_frac,
+                                   tc.val_at_start, extra_vals)
         checkpoint = stopping or ckpt.due(step, last)
         if validate or checkpoint:
             if step > start_step:  # stop the clock: validation and checkpoints are not training time
                 sync(device)
                 train_time_ms += 1000 * (time.perf_counter() - t0)
             if checkpoint:
-                path = ckpt.save(step, train_time_ms, model, optimizer, loader, {"skipped_steps": guard.skipped})
+                path = ckpt.save(step, train_time_ms, model, optimizer, loader, {"skipped_steps": guard.skipped},
+                                 extras)
                 if stopping:  # main() adds how to continue
                     raise Preempted(f"stopped by {stop.reason()} after step {step}: checkpoint {path} written", step)
             if validate:
                 last_val = evaluate(model, val_set, device, autocast)
+                losses = {"val_loss": last_val}
+                if tail is not None:  # the readout is the score (stop_at_val_loss, target, best)
+                    last_ema = losses["val_ema_loss"] = tail.readout(lambda: evaluate(model, val_set, device, autocast),
+                                                                     last_val)
                 log.log({"event": "val", "step": step, "tokens": step * tc.global_batch_tokens,
-                         "train_time_ms": train_time_ms, "val_loss": last_val})
+                         "train_time_ms": train_time_ms, **losses})
                 guard.check(step, last_val, "validation")
-                if tc.stop_at_val_loss is not None and last_val <= tc.stop_at_val_loss:
+                if tc.stop_at_val_loss is not None and losses.get("val_ema_loss", last_val) <= tc.stop_at_val_loss:
                     break  # time-to-target run: the target is reached, stop here
             sync(device)
             t0 = time.perf_counter()
         if last:
             break
         loss = train_step(step)
+        if tail is not None:
+            tail.update(step + 1)
         epochs.check(step + 1, log)
         if has_diagnostics():  # the optimizer's norms and fp64 SVDs are computed here, off the clock
             sync(device)
@@ -230,10 +248,13 @@ def train(cfg: Config, rank_info: D.RankInfo, run_dir: Path, stop: StopRequest |
 
     if cfg.checkpoint.final_weights and rank_info.is_main:  # what the run learned, for inference.sample / eval
         save_final_weights(run_dir, model, step)
+    score = last_ema if tail is not None else last_val
     summary = {"final_val_loss": last_val, "steps": step, "tokens": step * tc.global_batch_tokens,
-               "stopped_at_val_loss": tc.stop_at_val_loss is not None and last_val <= tc.stop_at_val_loss,
+               "stopped_at_val_loss": tc.stop_at_val_loss is not None and score <= tc.stop_at_val_loss,
                "train_time_ms": train_time_ms, "parameters": n_params, "world_size": rank_info.world_size,
                "skipped_steps": guard.skipped, "compile_warmup_ms": warmup_ms}
+    if tail is not None:
+        summary["final_val_ema_loss"] = last_ema
     if end < tc.max_steps and step == end:
         summary["stopped_early"] = f"train.stop_after_step={end} of max_steps={tc.max_steps}"
         if rank_info.is_main:

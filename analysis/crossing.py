@@ -38,11 +38,12 @@ class Curve:
         return all(p.time_ms is not None for p in self.points[1:])
 
 
-def val_point(event: dict) -> Optional[Point]:
-    """The curve point of a metrics event: a "val" event with a loss, else None."""
-    if event.get("event") != "val" or event.get("val_loss") is None:
+def val_point(event: dict, metric: str = "val_loss") -> Optional[Point]:
+    """The curve point of a metrics event: a "val" event with a loss, else None. metric: the field read as
+    the loss (val_ema_loss: track-3 result #46's tail-EMA readout, harness/loop/tail_ema.py)."""
+    if event.get("event") != "val" or event.get(metric) is None:
         return None
-    return Point(int(event["step"]), int(event["tokens"]), float(event["train_time_ms"]), float(event["val_loss"]))
+    return Point(int(event["step"]), int(event["tokens"]), float(event["train_time_ms"]), float(event[metric]))
 
 
 @dataclass
@@ -75,7 +76,8 @@ def first_crossing(curve: Curve, target: float = DEFAULT_TARGET, interpolate: bo
 
 
 class ValTracker:
-    """Best val loss, and the first validation at which val loss reached the target (val_loss <= target).
+    """Best val loss, and the first validation at which val loss reached the target (val_loss <= target);
+    with metric="val_ema_loss" (the trainer's, when train.tail_ema is on) both read the readout instead.
 
     The trainer's MetricsLogger feeds it live events for every sink's summary, and analysis/summarize.py
     feeds it the events of a metrics.jsonl; the crossing is first_crossing above, the same rule
@@ -83,18 +85,22 @@ class ValTracker:
     at the first validation that saw it.
     """
 
-    def __init__(self, target_val_loss: float | None):
+    def __init__(self, target_val_loss: float | None, metric: str = "val_loss"):
         self.target = target_val_loss
+        self.metric = metric  # the val event's field scored: val_loss, or val_ema_loss (train.tail_ema)
         self.points: list[Point] = []  # finite validations, in arrival order
 
     def update(self, event: dict) -> None:
-        point = val_point(event)
+        point = val_point(event, self.metric)
         if point is not None and math.isfinite(point.val_loss):
             self.points.append(point)
 
     def summary(self) -> dict:
         best = min((p.val_loss for p in self.points), default=None)
         hit = first_crossing(Curve("live", self.points), self.target) if self.target is not None else None
-        return {"best_val_loss": best, "target_val_loss": self.target,
-                "target_val_loss_step": hit and hit.step, "target_val_loss_train_time_ms": hit and hit.time_ms,
-                "target_val_loss_tokens": hit and hit.tokens}
+        out = {"best_val_loss": best, "target_val_loss": self.target,
+               "target_val_loss_step": hit and hit.step, "target_val_loss_train_time_ms": hit and hit.time_ms,
+               "target_val_loss_tokens": hit and hit.tokens}
+        if self.metric != "val_loss":  # best and target figures read another field: say which
+            out["scored_metric"] = self.metric
+        return out

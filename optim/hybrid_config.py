@@ -33,6 +33,7 @@ from typing import Any, Optional
 
 from optim.maps import MAPS, SCALES
 from optim.maps.momentum import FORMS
+from optim.lookahead import LookaheadKeys, check_lookahead
 from optim.mass import mass_rule_fractions
 from optim.newton_schulz import METHODS
 from optim.roles import ALL_ROLES, EMBED_ROLES, HIDDEN_ROLES, VECTOR_ROLES
@@ -40,12 +41,13 @@ from optim.stages import StageKeys, check_stages
 
 
 @dataclass
-class DualConfig(StageKeys):
+class DualConfig(StageKeys, LookaheadKeys):
     """`optim=dual` (ours), and the fields of every configuration of the role-routed optimizer: the Embed
     map for embeddings (relative floor 0.01 for rare rows), spectral-scaled Polar Express for hidden matrices,
     Adam for the head and scalars, Muon's momentum warmup; manual rates (rate_mode=mass: see the docstring).
     The stages' switches and keys (optim.normuon, optim.lanton, optim.cautious_wd, ...: all off by default)
-    come from the stage registry, optim/stages/, where each stage's module states them (StageKeys)."""
+    come from the stage registry, optim/stages/, where each stage's module states them (StageKeys); the
+    EMA-Nesterov wrapper's (optim.lookahead, off) from optim/lookahead.py (LookaheadKeys)."""
     name: str = "dual"
     lr: float = 0.05                  # base rate: hidden matrices (manual) or global modular-norm lr (mass)
     rate_mode: str = "manual"         # manual | mass
@@ -149,6 +151,7 @@ def validate(cfg: Any) -> None:
         if not getattr(cfg, key) > 0:
             raise ValueError(f"optim.{key}={getattr(cfg, key)} must be > 0")
     check_stages(cfg)  # each stage's own keys and rules (optim/stages/)
+    check_lookahead(cfg)
     for role, rate in dict(cfg.role_lr or {}).items():
         if role not in ALL_ROLES:
             raise ValueError(f"optim.role_lr.{role}: unknown role; known roles: {sorted(ALL_ROLES)}")

@@ -18,6 +18,7 @@ import torch
 from optim.adamw import AdamWConfig, build_adamw
 from optim.hybrid import build_hybrid
 from optim.hybrid_config import DualConfig, MuonConfig
+from optim.lookahead import wrap_lookahead
 from optim.roles import check_roles
 
 Builder = Callable[[Any, list, dict], torch.optim.Optimizer]  # (cfg, named_params, roles) -> optimizer
@@ -45,7 +46,9 @@ def build_optimizer(cfg: Any, named_params: list[tuple[str, torch.nn.Parameter]]
                     roles: dict[str, str]) -> torch.optim.Optimizer:
     """Build the optimizer named by `cfg.name` over `named_params`, using each parameter's role.
 
-    Every param group carries `initial_lr`; the trainer sets `lr = initial_lr * schedule(step)`.
+    Every param group carries `initial_lr`; the trainer sets each group's lr from it (harness/loop/schedule.py).
+    With optim.lookahead > 0 the optimizer comes wrapped in EMA-Nesterov (optim/lookahead.py), whose
+    `pre_forward()` the trainer calls before each step's forward pass.
     """
     check_roles(roles)
     missing = [n for n, _ in named_params if n not in roles]
@@ -53,4 +56,4 @@ def build_optimizer(cfg: Any, named_params: list[tuple[str, torch.nn.Parameter]]
         raise ValueError(f"parameters without a role: {missing[:5]}")
     if cfg.name not in OPTIMIZERS:
         raise ValueError(f"optim.name={cfg.name!r} is not a known optimizer; choose one of {sorted(OPTIMIZERS)}")
-    return OPTIMIZERS[cfg.name].build(cfg, named_params, roles)
+    return wrap_lookahead(cfg, OPTIMIZERS[cfg.name].build(cfg, named_params, roles))

@@ -10,6 +10,8 @@ What a checkpoint holds (on-disk format: harness/checkpoint/store.py; configs an
                   per-rank RNG states (torch CPU/CUDA, numpy, python) and data-loader positions,
                   gathered to rank 0; the model+optim config (flat dict, its hash) and the run config;
                   and the metrics.jsonl lines written so far.
+    <name>.pt     the trainer's further state objects, when on: tail_ema.pt (train.tail_ema's EMA,
+                  harness/loop/tail_ema.py); identical on every rank, written by rank 0.
 
 Everything is tensors, str, int, float, bool, None, lists and dicts, so it loads with
 torch.load(weights_only=True). `resume=auto` takes the newest complete checkpoint of the run's
@@ -221,10 +223,11 @@ class Checkpointer:
             raise CheckpointError(f"cannot rewrite {path} for the resume: {describe_os_error(e)}; the previous "
                                   "file is intact") from None
 
-    def restore(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer, loader) -> Resumed:
-        """Load the chosen checkpoint into model, optimizer, loader and the RNGs (every rank); then
-        rank 0 makes metrics.jsonl hold exactly the checkpoint's events (empty when starting fresh).
-        Call before opening the metrics logger."""
+    def restore(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer, loader,
+                extras: dict[str, Any] | None = None) -> Resumed:
+        """Load the chosen checkpoint into model, optimizer, loader, the RNGs and `extras` (name -> object with
+        load_state_dict, from <name>.pt) (every rank); then rank 0 makes metrics.jsonl hold exactly the
+        checkpoint's events (empty when starting fresh). Call before opening the metrics logger."""
         if self.resume_path is None:
             on_main(lambda: self._commit_resume(0, ""))
             return Resumed(0, 0.0, {})
@@ -249,6 +252,15 @@ class Checkpointer:
                                   f"{' '.join(str(e).split())[:300]}") from None
         for group, fresh in zip(optimizer.param_groups, fresh_groups):
             group.update(fresh)
+        for name, obj in (extras or {}).items():
+            if not (path / f"{name}.pt").is_file():
+                raise CheckpointError(f"checkpoint {path} has no {name}.pt: it was written with train.{name} off; "
+                                      f"resume with train.{name}=false, or start a new run folder")
+            try:
+                obj.load_state_dict(load_file(path / f"{name}.pt", f"{name} state"))
+            except (ValueError, KeyError, RuntimeError) as e:
+                raise CheckpointError(f"checkpoint {path}: the {name} state does not fit this run: "
+                                      f"{' '.join(str(e).split())[:300]}") from None
         ranks = trainer["ranks"]
         mine = ranks[rank] if len(ranks) == world else ranks[rank % len(ranks)]
         set_rng_state(mine["rng"], self.rank_info.device)
@@ -273,8 +285,9 @@ class Checkpointer:
         return (c.every > 0 and step > 0 and step % c.every == 0) or (last and c.final)
 
     def save(self, step: int, train_time_ms: float, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
-             loader, counters: dict) -> Path:
-        """Write the checkpoint of `step` optimizer steps done (collective: every rank calls it)."""
+             loader, counters: dict, extras: dict[str, Any] | None = None) -> Path:
+        """Write the checkpoint of `step` optimizer steps done (collective: every rank calls it); `extras`:
+        name -> object with state_dict, written as <name>.pt."""
         if step == self.last_saved and (found := latest(self.root)) is not None and found.name == step_name(step):
             return found  # nothing changed since it was written (e.g. a stop signal right after a resume)
         # A checkpoint is a point to go back to: never write a diverged model.
@@ -293,6 +306,8 @@ class Checkpointer:
             try:
                 pending.add("model.pt", model.state_dict())
                 pending.add("optimizer.pt", optimizer.state_dict())
+                for name, obj in (extras or {}).items():
+                    pending.add(f"{name}.pt", obj.state_dict())
                 pending.add("trainer.pt", self._trainer_state(step, train_time_ms, counters, per_rank))
                 path = pending.commit({"config_hash": config_hash(self.config), "world_size": self.rank_info.world_size,
                                        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")})

@@ -6,7 +6,7 @@ key or a wrongly typed value fails at start naming the key (OmegaConf), and
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, make_dataclass
 from enum import Enum
 from typing import Any, Optional
 
@@ -18,6 +18,7 @@ from data.config import DataConfig
 from harness.config.keys import check_known_keys
 from model.config import ModelConfig
 from optim.registry import OPTIMIZERS, schema_store_name
+from optim.roles import ALL_ROLES
 
 
 class ConfigError(ValueError):
@@ -41,6 +42,25 @@ class LossReduction(Enum):
     sum = "sum"    # gradient of the summed token loss of the step, global_batch_tokens x larger (track 3)
 
 
+class LrScheduleKind(Enum):
+    linear = "linear"        # warmup, constant, linear warmdown: one factor for every group
+    powercool = "powercool"  # per group min(lr0, c (T - t)^p) (track-3 result #46; harness/loop/schedule.py)
+
+
+@dataclass
+class ValSteps:
+    """Validation steps first, first + every, ..., up to and including last (train.val_extra_steps)."""
+    first: int = MISSING
+    last: int = MISSING
+    every: int = 1
+
+
+# train.powercool_c: one optional constant per parameter role (optim/roles.py), so `train.powercool_c.embed=...`
+# is an ordinary key and a misspelt role fails at start.
+PowerCoolConstants = make_dataclass("PowerCoolConstants", [(r, Optional[float], None) for r in sorted(ALL_ROLES)])
+PowerCoolConstants.__doc__ = "PowerCool's c per param-group role (lr = min(lr0, c (T - t)^p)); null: not given."
+
+
 class NonFinitePolicy(Enum):
     stop = "stop"  # raise at the first non-finite logged loss (no per-step sync)
     skip = "skip"  # check every step (one sync); drop a non-finite step's update on every rank
@@ -52,6 +72,9 @@ class TrainConfig:
 
     max_steps: int = 1000
     val_every: int = 125            # validate every N steps (and at step 0 and the end); 0 = only at the end
+    val_at_start: bool = True       # validate at step 0 (track-3 result #46 does not)
+    val_extra_steps: list[ValSteps] = field(default_factory=list)  # more val steps, e.g. [{first: 2600, last: 2810,
+                                                                   # every: 5}] (#46's tail)
     val_tail_every: int = 0         # > 0: validate every N steps in the last val_tail_frac of the steps (track 3: 25)
     val_tail_frac: float = 0.1      # ... that is, from step (1 - val_tail_frac) * max_steps on
     val_tokens: int = 10_485_760    # fixed validation tokens, split across ranks
@@ -61,6 +84,20 @@ class TrainConfig:
     warmup_frac: float = 0.0        # fraction of max_steps with linear LR warmup from 0
     warmdown_frac: float = 0.0      # fraction of max_steps at the end with linear decay
     final_lr_frac: float = 0.0      # LR at the end of the warmdown, as a fraction of the base LR
+    lr_schedule: LrScheduleKind = LrScheduleKind.linear  # powercool: the three keys below, no warmup/warmdown
+    powercool_end: Optional[int] = None  # T: the rate reaches 0 at this step; null = max_steps
+    powercool_power: float = 1.2    # p
+    powercool_c: PowerCoolConstants = field(default_factory=PowerCoolConstants)  # c per role (powercool_c.embed=...)
+    powercool_c_over_lr: Optional[float] = None  # c = this x the group's initial lr, for roles not in powercool_c
+    # Tail-EMA readout (track-3 result #46; harness/loop/tail_ema.py): an fp32 EMA of the weights (all but the token
+    # embedding) seeded with the weights after tail_ema_start steps, ema += (w - ema) / tau after each step until
+    # tail_ema_end (exclusive); each validation also evaluates (1 - lambda) w + lambda ema as val_ema_loss, which
+    # then decides stop_at_val_loss and the target crossing.
+    tail_ema: bool = False
+    tail_ema_tau: float = 150.0
+    tail_ema_lambda: float = 0.6
+    tail_ema_start: int = 2400
+    tail_ema_end: int = 2900
     grad_clip: float = 0.0          # clip the global grad norm to this; 0 = off
     loss_reduction: LossReduction = LossReduction.mean  # what the gradient differentiates; logs always show the mean
     compile: bool = False           # torch.compile the model (CUDA; the compile time is never timed)
@@ -68,7 +105,8 @@ class TrainConfig:
     cpu_threads: int = 0            # CPU: torch threads; 0 = auto (1 for a tiny model; harness/process/cpu_threads.py)
     precision: Precision = Precision.auto
     log_every: int = 1              # train-loss events every N steps
-    stop_at_val_loss: Optional[float] = None  # stop at the first validation with val_loss <= this (time-to-target)
+    stop_at_val_loss: Optional[float] = None  # stop at the first validation with val_loss (val_ema_loss when
+                                              # tail_ema is on) <= this (time-to-target)
     stop_after_step: Optional[int] = None  # run only steps 1..N of the unchanged max_steps schedule (a prefix of
                                            # the run), validate at N and exit 0; null = run to max_steps
     target_val_loss: float = 3.28   # the speedrun's target; summaries record when val loss first reaches it
@@ -98,6 +136,37 @@ class TrainConfig:
             raise ValueError(f"train.grad_clip must be >= 0 (got {self.grad_clip})")
         if not self.target_val_loss > 0:
             raise ValueError(f"train.target_val_loss must be > 0 (got {self.target_val_loss})")
+        self._check_schedule()
+        self._check_tail_ema()
+        for i, r in enumerate(self.val_extra_steps):
+            if not (0 <= r.first <= r.last and r.every >= 1):
+                raise ValueError(f"train.val_extra_steps[{i}] must have 0 <= first <= last and every >= 1 "
+                                 f"(got first={r.first}, last={r.last}, every={r.every})")
+
+    def _check_schedule(self) -> None:
+        if self.lr_schedule is LrScheduleKind.powercool:
+            for key in ("warmup_frac", "warmdown_frac"):
+                if getattr(self, key):
+                    raise ValueError(f"train.{key}={getattr(self, key)} belongs to train.lr_schedule=linear: set it "
+                                     "to 0 with powercool (its cooldown is powercool_end/power/c)")
+        if self.powercool_end is not None and self.powercool_end <= 0:
+            raise ValueError(f"train.powercool_end must be > 0 or null (got {self.powercool_end})")
+        if not self.powercool_power > 0:
+            raise ValueError(f"train.powercool_power must be > 0 (got {self.powercool_power})")
+        for role, c in vars(self.powercool_c).items():
+            if c is not None and not c >= 0:
+                raise ValueError(f"train.powercool_c.{role} must be >= 0 (got {c})")
+        if self.powercool_c_over_lr is not None and not self.powercool_c_over_lr >= 0:
+            raise ValueError(f"train.powercool_c_over_lr must be >= 0 or null (got {self.powercool_c_over_lr})")
+
+    def _check_tail_ema(self) -> None:
+        if not self.tail_ema_tau >= 1:
+            raise ValueError(f"train.tail_ema_tau must be >= 1 step (got {self.tail_ema_tau})")
+        if not 0.0 <= self.tail_ema_lambda <= 1.0:
+            raise ValueError(f"train.tail_ema_lambda must lie in [0, 1] (got {self.tail_ema_lambda})")
+        if self.tail_ema and not 1 <= self.tail_ema_start < self.tail_ema_end:
+            raise ValueError(f"train.tail_ema_start must be >= 1 and < train.tail_ema_end (got "
+                             f"{self.tail_ema_start}, {self.tail_ema_end})")
 
 
 @dataclass

@@ -4,7 +4,7 @@ Only rank 0 builds a logger with sinks; other ranks get a disabled one, so call
 sites never branch on rank. Events:
 
     {"event": "run",   "git_commit", "git_dirty", "hardware", "world_size", ...}   (first, see run_info.py)
-    {"event": "val",   "step", "tokens", "train_time_ms", "val_loss"}
+    {"event": "val",   "step", "tokens", "train_time_ms", "val_loss", "val_ema_loss" (train.tail_ema)}
     {"event": "train", "step", "tokens", "train_time_ms", "step_avg_ms", "train_loss",
                "lr/<role>" (each param group's lr now), "lr_factor" (the schedule's factor, when every
                group has the same), "window_tokens", "window_short_tokens" (sliding-window models)}
@@ -84,6 +84,8 @@ def format_event(event: dict, max_steps: int) -> str:
     tail = ""
     if event["event"] == "val":
         body = f"val_loss:{event['val_loss']:.4f}"
+        if "val_ema_loss" in event:  # train.tail_ema's readout
+            body += f" val_ema_loss:{event['val_ema_loss']:.4f}"
     else:
         body = f"train_loss:{event['train_loss']:.4f}"
         if "lr_factor" in event:
@@ -124,8 +126,12 @@ def format_summary(summary: dict) -> str:
         value = summary.get(key)
         return "n/a" if value is None or (isinstance(value, float) and not math.isfinite(value)) else format(value, fmt)
 
-    parts = [f"done: {summary.get('steps', 'n/a')} steps",
-             f"val_loss final {num('final_val_loss', '.4f')} best {num('best_val_loss', '.4f')}"]
+    parts = [f"done: {summary.get('steps', 'n/a')} steps"]
+    if summary.get("scored_metric") == "val_ema_loss":  # train.tail_ema: best and target read the readout
+        parts.append(f"val_loss final {num('final_val_loss', '.4f')} | val_ema_loss final "
+                     f"{num('final_val_ema_loss', '.4f')} best {num('best_val_loss', '.4f')}")
+    else:
+        parts.append(f"val_loss final {num('final_val_loss', '.4f')} best {num('best_val_loss', '.4f')}")
     if summary.get("target_val_loss") is not None:
         hit = summary.get("target_val_loss_step")
         parts.append(f"target {summary['target_val_loss']:g} " + (
@@ -236,9 +242,9 @@ def summary_extras(summary: dict, tracker: ValTracker) -> dict:
 
 
 class MetricsLogger:
-    def __init__(self, sinks: list[Sink], target_val_loss: float | None = None):
+    def __init__(self, sinks: list[Sink], target_val_loss: float | None = None, metric: str = "val_loss"):
         self.sinks = sinks
-        self.tracker = ValTracker(target_val_loss)
+        self.tracker = ValTracker(target_val_loss, metric)
 
     def log(self, event: dict) -> None:
         self.tracker.update(event)

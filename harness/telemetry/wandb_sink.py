@@ -55,6 +55,8 @@ class WandbSink:
         run.define_metric("tokens")
         run.define_metric("val/loss", step_metric="train_time_ms", summary="min")
         run.define_metric("val_vs_tokens/loss", step_metric="tokens", summary="min")
+        run.define_metric("val/ema_loss", step_metric="train_time_ms", summary="min")  # train.tail_ema
+        run.define_metric("val_vs_tokens/ema_loss", step_metric="tokens", summary="min")
 
     def log(self, event: dict) -> None:
         if self.run is None or event["event"] not in ("val", "train", "diag"):
@@ -63,6 +65,8 @@ class WandbSink:
         fields = {k: v for k, v in event.items() if k not in EVENT_FIELDS}
         if event["event"] == "val":
             row.update({"val/loss": event["val_loss"], "val_vs_tokens/loss": event["val_loss"]})
+            if "val_ema_loss" in event:  # the tail-EMA readout (train.tail_ema)
+                row.update({"val/ema_loss": event["val_ema_loss"], "val_vs_tokens/ema_loss": event["val_ema_loss"]})
         elif event["event"] == "diag":  # the optimizer's flat name -> float diagnostics
             row.update({f"diag/{k}": v for k, v in fields.items()})
         else:  # lr/<role> keep their names; train_loss -> train/loss, window_tokens -> train/window_tokens

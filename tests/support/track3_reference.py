@@ -7,10 +7,17 @@ are executed (`torch.compile` decorators dropped: eager on CPU). `setup(...)` th
 script's own hyperparameter section (from `train_steps = N` through `def set_hparams`: its init
 loop, its optimizers, their groups and its schedule) against a model we hand it, with a
 single-process stand-in for torch.distributed. Nothing here runs when ../shared is absent.
+
+Result #46's script (BEST46, no experiment file yet) reads module constants at def time (e.g. a
+default argument `beta2=SOAP_BETA2`) and in its setup section (SEED, FINAL_TRAIN_STEPS, ...):
+`script_definitions(file, seed)` also runs the top-level assignments of UPPER_CASE names before the setup
+section, with `args.seed`
+= seed in place of the command line; `script_setup(file, ...)` is `setup` for such a file.
 """
 from __future__ import annotations
 
 import ast
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -20,6 +27,8 @@ from tests.conftest import SHARED
 
 REF_DIR = SHARED / "reference" / "modded-nanogpt"
 SCRIPTS = {e: reference_of(e).script for e in experiments_with_reference(track=3)}  # experiment -> file name
+BEST46 = "track3_best46_cwd_rowfloor_tailema.py"  # track-3 result #46 (2690 steps)
+needs_best46 = pytest.mark.skipif(not (REF_DIR / BEST46).is_file(), reason=f"../shared {BEST46} not present")
 needs_reference = pytest.mark.skipif(not all((REF_DIR / f).is_file() for f in SCRIPTS.values()),
                                      reason="../shared track-3 reference scripts not present")
 
@@ -56,24 +65,44 @@ def _is_compile(decorator: ast.expr) -> bool:
 
 
 def _tree(experiment: str) -> ast.Module:
-    path = REF_DIR / SCRIPTS[experiment]
+    return _file_tree(SCRIPTS[experiment])
+
+
+def _file_tree(file: str) -> ast.Module:
+    path = REF_DIR / file
     return ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
 
 
-def definitions(experiment: str) -> dict:
-    """Namespace holding the script's imports, functions and classes (GPT, Muon, ...)."""
-    tree = _tree(experiment)
-    keep = []
+def _is_constant(node: ast.stmt) -> bool:
+    """A top-level `NAME = ...` with every target an UPPER_CASE name (the script's settings)."""
+    return isinstance(node, ast.Assign) and all(isinstance(t, ast.Name) and t.id.isupper() for t in node.targets)
+
+
+def _definitions(tree: ast.Module, file: str, constants: bool, ns: dict) -> dict:
+    keep, setup_started = [], False
     for node in tree.body:
-        if isinstance(node, (ast.Import, ast.ImportFrom)):
+        # The setup section (from `train_steps = N`) has its own UPPER_CASE names, run by `setup`.
+        setup_started = setup_started or (isinstance(node, ast.Assign) and any(
+            getattr(t, "id", None) == "train_steps" for t in node.targets))
+        if isinstance(node, (ast.Import, ast.ImportFrom)) or (constants and not setup_started and _is_constant(node)):
             keep.append(node)
         elif isinstance(node, (ast.FunctionDef, ast.ClassDef)):
             node.decorator_list = [d for d in node.decorator_list if not _is_compile(d)]
             keep.append(node)
-    ns: dict = {"__name__": f"reference_{experiment}"}
-    exec(compile(ast.Module(body=keep, type_ignores=[]), SCRIPTS[experiment], "exec"), ns)
+    exec(compile(ast.Module(body=keep, type_ignores=[]), file, "exec"), ns)
     ns["dist"] = World1
     return ns
+
+
+def definitions(experiment: str) -> dict:
+    """Namespace holding the script's imports, functions and classes (GPT, Muon, ...)."""
+    return _definitions(_tree(experiment), SCRIPTS[experiment], False, {"__name__": f"reference_{experiment}"})
+
+
+def script_definitions(file: str, seed: int = 0) -> dict:
+    """`definitions` for a script named by file (e.g. BEST46), with its UPPER_CASE constants (SEED = seed)."""
+    return _definitions(_file_tree(file), file, True, {"__name__": "reference_" + file.removesuffix(".py"),
+                                                        "args": SimpleNamespace(seed=seed)})
 
 
 def _setup_statements(tree: ast.Module) -> list[ast.stmt]:
@@ -94,11 +123,20 @@ def setup(experiment: str, ns: dict, model: torch.nn.Module, fused: bool = True)
 
     Returns the namespace: train_steps, optimizers, set_hparams(step), and the initialized model.
     fused=False swaps the script's fused AdamW for the plain one (meta-device models)."""
+    return _setup(_tree(experiment), SCRIPTS[experiment], ns, model, fused)
+
+
+def script_setup(file: str, ns: dict, model: torch.nn.Module, fused: bool = False) -> dict:
+    """`setup` for a script named by file (its namespace from script_definitions)."""
+    return _setup(_file_tree(file), file, ns, model, fused)
+
+
+def _setup(tree: ast.Module, file: str, ns: dict, model: torch.nn.Module, fused: bool) -> dict:
     scope = dict(ns, model=model)
     if not fused:
         scope["AdamW"] = lambda params, **kw: torch.optim.AdamW(params, **{**kw, "fused": False})
-    body = _setup_statements(_tree(experiment))
-    exec(compile(ast.Module(body=body, type_ignores=[]), SCRIPTS[experiment], "exec"), scope)
+    body = _setup_statements(tree)
+    exec(compile(ast.Module(body=body, type_ignores=[]), file, "exec"), scope)
     return scope
 
 
