@@ -13,7 +13,16 @@ from dataclasses import field, make_dataclass
 from functools import partial
 from typing import Any
 
-from optim.stages import cautious, cautious_post, lanton, normuon, radial, radius_pin, soap, uw_floor
+from optim.stages import (
+    cautious,
+    cautious_post,
+    lanton,
+    normuon,
+    radial,
+    radius_pin,
+    soap,
+    uw_floor,
+)
 from optim.stages.base import HOOKS, Stage
 
 # The registry, in application order within a hook point (after_ns: NorMuon, then #46's radial brake, then

@@ -3,7 +3,10 @@ reference: block names) for comparison.
 
 The scripts train at import (they start torch.distributed and read data/ at the top level), so
 nothing is imported: the file is parsed with `ast`, and only its imports, functions and classes
-are executed (`torch.compile` decorators dropped: eager on CPU). `setup(...)` then runs the
+are executed (`torch.compile` decorators dropped: eager on CPU), after the script's own constants: the
+top-level UPPER_CASE assignments before its first function or class, and those of a plain number or
+string anywhere at the top level (result #46's defaults and helpers read them, some at def time; its
+momentum schedule's _MU_* sit in its setup section; `--seed` is given as `seed`). `setup(...)` then runs the
 script's own hyperparameter section (from `train_steps = N` through `def set_hparams`: its init
 loop, its optimizers, their groups and its schedule) against a model we hand it, with a
 single-process stand-in for torch.distributed. Nothing here runs when ../shared is absent.
@@ -11,6 +14,7 @@ single-process stand-in for torch.distributed. Nothing here runs when ../shared 
 from __future__ import annotations
 
 import ast
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -56,22 +60,41 @@ def _is_compile(decorator: ast.expr) -> bool:
 
 
 def _tree(experiment: str) -> ast.Module:
-    path = REF_DIR / SCRIPTS[experiment]
+    return _parse(SCRIPTS[experiment])
+
+
+def _parse(script: str) -> ast.Module:
+    path = REF_DIR / script
     return ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
 
 
+def _is_constant(node: ast.stmt, literal: bool = False) -> bool:
+    """An assignment to UPPER_CASE names only (the scripts' hyperparameter constants); with `literal`, of a
+    number or string."""
+    return (isinstance(node, ast.Assign) and all(isinstance(t, ast.Name) and t.id.isupper() for t in node.targets)
+            and (not literal or isinstance(node.value, ast.Constant)))
+
+
 def definitions(experiment: str) -> dict:
-    """Namespace holding the script's imports, functions and classes (GPT, Muon, ...)."""
-    tree = _tree(experiment)
-    keep = []
-    for node in tree.body:
+    """Namespace holding the script's imports, constants, functions and classes (GPT, Muon, ...)."""
+    return script_definitions(SCRIPTS[experiment], name=experiment)
+
+
+def script_definitions(script: str, seed: int = 0, name: str | None = None) -> dict:
+    """`definitions` of a script by its file name in REF_DIR (a script no experiment names yet, e.g.
+    result #46's); `seed` stands for its --seed argument."""
+    keep, defined = [], False
+    for node in _parse(script).body:
         if isinstance(node, (ast.Import, ast.ImportFrom)):
             keep.append(node)
         elif isinstance(node, (ast.FunctionDef, ast.ClassDef)):
             node.decorator_list = [d for d in node.decorator_list if not _is_compile(d)]
             keep.append(node)
-    ns: dict = {"__name__": f"reference_{experiment}"}
-    exec(compile(ast.Module(body=keep, type_ignores=[]), SCRIPTS[experiment], "exec"), ns)
+            defined = True
+        elif _is_constant(node, literal=defined):
+            keep.append(node)
+    ns: dict = {"__name__": f"reference_{name or script}", "args": SimpleNamespace(seed=seed)}
+    exec(compile(ast.Module(body=keep, type_ignores=[]), script, "exec"), ns)
     ns["dist"] = World1
     return ns
 
