@@ -6,12 +6,13 @@ routing table (optim/roles.py: e.g. attn_q -> optim.hidden_map -> "linear"), the
 switches that act on it, top to bottom. This class only does what spans parameters:
 
 - builds one param group per role from the routing table, with its rate, decay and Adam betas;
-- steps the momentum warmup (`beta`), the same for every map;
+- steps the momentum schedule (`beta`: warm-up and cool-down, optim/momentum_schedule.py), the same for every map;
 - schedules the linear map's Newton-Schulz work: the matrices are dealt round-robin by size over the
   ranks (optim/distributed.py), each rank orthogonalizes its share with one batched call per shape
   (Q/K/V blocks included) and one all_gather brings every U V^T to every rank;
 - runs the stages that span parameters (optim/stages/, registry order): the layer_rates stages (per-layer
-  rate factors, e.g. LANTON) once every direction is known, and the decay stage (e.g. cautious decay);
+  rate factors, e.g. LANTON) once every direction is known, the around_step stages of the linear-map
+  weights (e.g. the radius pin) and the decay stage (e.g. cautious decay);
 - applies p <- p (1 - lr wd) - lr d, at each layer's rate;
 - keeps diagnostics (optim.diag_every), computed off the training clock by `diagnostics()`.
 
@@ -31,6 +32,7 @@ from optim.distributed import gather_updates, rank_and_world, shard_round_robin
 from optim.hybrid_config import rates_from_config, validate
 from optim.maps import MAPS, AdamMap, EmbedMap, LinearMap
 from optim.maps.linear import block_shape
+from optim.momentum_schedule import momentum_at
 from optim.roles import HIDDEN_ROLES, check_roles, route
 from optim.stages import active
 from optim.stages.base import StepContext, plain_decay_
@@ -74,8 +76,10 @@ class HybridOptimizer(torch.optim.Optimizer):
         super().__init__(groups, dict(lr=0.0, weight_decay=0.0))
         self.linear, self.embed, self.adam = LinearMap(cfg), EmbedMap(cfg), AdamMap(cfg)
         self.momentum, self.warmup = cfg.momentum, (cfg.momentum_warmup_start, cfg.momentum_warmup_steps)
+        self.cooldown = (cfg.momentum_cooldown_end, cfg.momentum_cooldown_steps, cfg.momentum_horizon, cfg.momentum_ramp)
         # the stages that span parameters (the per-matrix ones run inside the linear map): optim/stages/
         self.layer_rates = active(cfg, "layer_rates")
+        self.around_step = active(cfg, "around_step")  # linear-map weights only
         self.decay = next(iter(active(cfg, "decay")), plain_decay_)
         self.diag_every = cfg.diag_every
         self._diag: dict[str, float] = {}
@@ -89,12 +93,11 @@ class HybridOptimizer(torch.optim.Optimizer):
 
     def beta(self, step: int) -> float:
         """Momentum for 1-based optimizer step `step`: linear ramp from the warmup start over
-        momentum_warmup_steps (as record 9: 0.85 -> 0.95 over 500 steps), then constant."""
+        momentum_warmup_steps (as record 9: 0.85 -> 0.95 over 500 steps), then constant, then (with
+        momentum_cooldown_steps) the cool-down over the horizon's last steps (optim/momentum_schedule.py)."""
         start, n = self.warmup
-        if n <= 0:
-            return self.momentum
-        frac = min(1.0, (step - 1) / n)
-        return (1 - frac) * start + frac * self.momentum
+        end, cooldown, horizon, form = self.cooldown
+        return momentum_at(step - 1, self.momentum, start, n, end, cooldown, horizon, form)
 
     def has_diagnostics(self) -> bool:
         """True when the latest step() was a diagnostics step (every diag_every steps, rank 0 only)
@@ -182,7 +185,7 @@ class HybridOptimizer(torch.optim.Optimizer):
             if diag_on:
                 pending.append((f"update_norm/{group['role']}", EmbedMap.norm, d, _rate(group, factors.get(p))))
         for (p, group), d in zip(linear, updates):
-            self._apply(p, group, d, factors.get(p))
+            self._apply(p, group, d, factors.get(p), self.around_step)
             if diag_on:
                 pending.append((f"update_norm/{group['role']}", LinearMap.norm, d.view(block_shape(d.shape, group["role"])),
                                 _rate(group, factors.get(p))))
@@ -198,23 +201,46 @@ class HybridOptimizer(torch.optim.Optimizer):
         share of the inputs, batched per shape; one all_gather brings every U V^T to every rank, and each
         rule finishes with its own. Also returns the indices into `items` this rank orthogonalized (its share)
         and, on a diagnostics step, one Newton-Schulz input to check (or None)."""
-        rules = [self.linear.direction(p, self.state[p], beta, group["role"]) for p, group in items]
+        rules = [self.linear.direction(p, self.state[p], beta, group["role"], t - 1) for p, group in items]
         make_inputs = [next(rule) for rule in rules]
         deal = shard_round_robin([p.numel() for p, _ in items], world)
-        mine = [make_inputs[i]() for i in deal[rank]]
+        if self.linear.before_ns:  # every rank runs the before_ns stages, so their state is complete everywhere
+            share = set(deal[rank])
+            kept = {}
+            for i, make in enumerate(make_inputs):
+                u = make()
+                if i in share:  # another rank's input is dropped at once: one transient matrix at a time
+                    kept[i] = u
+            mine = [kept[i] for i in deal[rank]]
+        else:
+            mine = [make_inputs[i]() for i in deal[rank]]
         # the input may be the momentum buffer itself (nesterov=false), which the next step changes
         sample = mine[(t // self.diag_every) % len(mine)].clone() if diag_on and mine else None
         shapes = [block_shape(p.shape, group["role"]) for p, group in items]
         polars = gather_updates(self.linear.orthogonalize(mine), deal, shapes, rank, world)
         return [_finish(rule, polar) for rule, polar in zip(rules, polars)], deal[rank], sample
 
-    def _apply(self, p: torch.Tensor, group: dict, d: torch.Tensor, factor: torch.Tensor | None = None) -> None:
+    def _apply(self, p: torch.Tensor, group: dict, d: torch.Tensor, factor: torch.Tensor | None = None,
+               around: list | tuple = ()) -> None:
         """p <- p (1 - lr wd) - lr d, at the layer's rate lr * factor when a layer_rates stage gives one (0-dim
-        tensor); the decay by the decay stage when one is on (optim/stages/), else p <- p (1 - lr wd)."""
+        tensor); the decay by the decay stage when one is on (optim/stages/), else p <- p (1 - lr wd).
+        around: the around_step stages (linear-map weights): each sees p before the step, and what it
+        returns runs after it."""
         lr, wd = group["lr"], group["weight_decay"]
         if factor is not None:
             d = d * factor
         decay = lr * wd if factor is None else lr * wd * factor
+        if around:
+            w = p if p.dtype in (torch.float32, torch.float64) else p.float()
+            afters = [stage(w, d, lr) for stage in around]
+            if wd:
+                self.decay(w, d, decay)
+            w.add_(d.to(w.dtype), alpha=-lr)
+            for after in afters:
+                after()
+            if w is not p:
+                p.copy_(w)
+            return
         if p.dtype != torch.float32 and p.dtype != torch.float64:
             # Low-precision storage (a bf16 table): decay and step in fp32, rounded once, as fused AdamW does.
             # A separate bf16 decay would be rounded away every step (1 - lr wd is within half an ulp of 1).

@@ -35,7 +35,8 @@ from optim.maps import MAPS, SCALES
 from optim.maps.momentum import FORMS
 from optim.lookahead import LookaheadKeys, check_lookahead
 from optim.mass import mass_rule_fractions
-from optim.newton_schulz import METHODS
+from optim.momentum_schedule import RAMPS
+from optim.newton_schulz import METHODS, NORMS
 from optim.roles import ALL_ROLES, EMBED_ROLES, HIDDEN_ROLES, VECTOR_ROLES
 from optim.stages import StageKeys, check_stages
 
@@ -68,11 +69,17 @@ class DualConfig(StageKeys, LookaheadKeys):
     scale: str = "spectral"           # spectral sqrt(d_out/d_in) | muon sqrt(max(1,rows/cols)) | rms_match
     ns_method: str = "polar_express"  # cubic | quintic | polar_express | six_step | track3
     ns_steps: Optional[int] = None    # None: the method's default (12 / 5 / 5 / 6 / 12)
+    ns_norm: str = "fro"              # NS input scale: fro ||X||_F | gram sqrt(||X X^T||_F) (#46; newton_schulz.py)
+    update_bf16: bool = False         # round the update to bf16 after NS and after each after_ns stage (#46's Muon)
     # momentum for the linear and embed maps (optim/maps/momentum.py)
     momentum: float = 0.95
     nesterov: bool = True
     momentum_warmup_start: float = 0.85  # beta ramps linearly from this to `momentum` ...
     momentum_warmup_steps: int = 300     # ... over this many steps (0 = no warmup)
+    momentum_cooldown_steps: int = 0     # beta ramps from `momentum` to momentum_cooldown_end over the last
+    momentum_cooldown_end: float = 0.85  # this many steps of momentum_horizon (0 = none; optim/momentum_schedule.py)
+    momentum_horizon: int = 0            # the run's optimizer steps, for the cool-down (#46: 2900)
+    momentum_ramp: str = "blend"         # blend (1-f) a + f b | offset a + f (b - a) (#46's rounding)
     momentum_form: str = "ema"        # ema: buf <- b buf + (1 - b) g (records 20+) | sum: buf <- b buf + g (4-12)
     weight_decay: float = 0.0         # decoupled, p <- p (1 - lr wd), linear and embed maps
     embed_eps: float = 0.01           # embed map: relative row-RMS floor damping rare-token rows
@@ -134,9 +141,14 @@ def validate(cfg: Any) -> None:
     _choice(cfg, "scale", SCALES)
     _choice(cfg, "ns_method", tuple(METHODS))
     _choice(cfg, "momentum_form", FORMS)
+    _choice(cfg, "ns_norm", NORMS)
+    _choice(cfg, "momentum_ramp", RAMPS)
+    if cfg.momentum_cooldown_steps > 0 and cfg.momentum_horizon < cfg.momentum_cooldown_steps:
+        raise ValueError(f"optim.momentum_cooldown_steps={cfg.momentum_cooldown_steps} needs optim.momentum_horizon "
+                         f"(the run's optimizer steps) >= it; got {cfg.momentum_horizon}: set momentum_horizon")
     if cfg.ns_steps is not None and cfg.ns_steps < 1:
         raise ValueError(f"optim.ns_steps={cfg.ns_steps} must be >= 1 (or null for the method's default)")
-    for key in ("momentum", "momentum_warmup_start"):
+    for key in ("momentum", "momentum_warmup_start", "momentum_cooldown_end"):
         if not 0.0 <= getattr(cfg, key) < 1.0:
             raise ValueError(f"optim.{key}={getattr(cfg, key)} must be in [0, 1)")
     for key in ("adam_betas", "hidden_adam_betas"):
@@ -144,7 +156,8 @@ def validate(cfg: Any) -> None:
         if betas is not None and (len(betas) != 2 or not all(0.0 <= b < 1.0 for b in betas)):
             raise ValueError(f"optim.{key}={list(betas)} must be two numbers in [0, 1)")
     for key in ("lr", "embed_lr", "head_lr", "scalar_lr", "weight_decay", "adam_weight_decay", "embed_eps",
-                "adam_eps", "momentum_warmup_steps", "diag_every", "tied_embed_lr_times_width"):
+                "adam_eps", "momentum_warmup_steps", "diag_every", "tied_embed_lr_times_width",
+                "momentum_cooldown_steps", "momentum_horizon"):
         if getattr(cfg, key) < 0:
             raise ValueError(f"optim.{key}={getattr(cfg, key)} must be >= 0")
     for key in ("embed_mass", "blocks_mass", "head_mass"):

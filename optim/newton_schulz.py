@@ -20,6 +20,13 @@ Methods (coefficients (a, b, c) per step; docs/optimizer.md has their measured a
                  and p'(1) = 0 (converges to 1 from any s in (0, 1]; doubles small s each step).
 A schedule longer than its coefficient list repeats its last set (that set is the one
 tuned for singular values already near 1); a shorter one uses its first sets.
+
+Input normalization (`norm`, config key optim.ns_norm), with the method's (scale s, eps):
+- fro:  X / (s ||X||_F + eps)                                 (default; every method's own)
+- gram: X / max(s sqrt(||X X^T||_F), eps), the Schatten-4 norm (sum sigma^4)^(1/4) of X, computed
+        in fp32 from the working-dtype X (track-3 result #46, track3_best46_cwd_rowfloor_tailema.py,
+        its NS input scaling). Schatten-4 <= Frobenius and >= spectral, so every s stays <= 1 but the
+        small singular values start larger: fewer iterations are spent lifting them.
 """
 from __future__ import annotations
 
@@ -52,6 +59,19 @@ METHODS: dict[str, tuple[list[Coeffs], int, tuple[float, float]]] = {
 }
 
 
+NORMS = ("fro", "gram")
+
+
+def schatten4(X: torch.Tensor, eps: float, keepdim: bool = False) -> torch.Tensor:
+    """max(sqrt(||G||_F), eps) per matrix of X [..., rows, cols], G the smaller Gram matrix (X^T X if
+    rows > cols, else X X^T): the Schatten-4 norm (sum_i sigma_i^4)^(1/4), fp32 whatever X's dtype.
+    Shape [...] (or [..., 1, 1] with keepdim). Track-3 result #46 uses it to scale the Newton-Schulz input
+    and to keep SOAP's preconditioned momentum at the raw momentum's size (optim/stages/soap.py)."""
+    x = X.float()
+    gram = x.mT @ x if x.size(-2) > x.size(-1) else x @ x.mT
+    return torch.linalg.vector_norm(gram, dim=(-2, -1), keepdim=keepdim).sqrt().clamp_min(eps)
+
+
 def schedule(method: str, steps: int | None = None) -> list[Coeffs]:
     """The (a, b, c) coefficients of each of `steps` iterations (default: the method's own count)."""
     if method not in METHODS:
@@ -70,14 +90,16 @@ def default_dtype(device: torch.device) -> torch.dtype:
 
 @torch.no_grad()
 def orthogonalize(G: torch.Tensor, method: str = "quintic", steps: int | None = None,
-                  dtype: torch.dtype | None = None) -> torch.Tensor:
+                  dtype: torch.dtype | None = None, norm: str = "fro") -> torch.Tensor:
     """Approximate polar factor U V^T of G (or of each matrix in a batch).
 
     G: [..., rows, cols] (any leading batch dims); returns the same shape and dtype as G.
     The iteration runs in `dtype` (default: bf16 on CUDA, fp32 otherwise). Each matrix is
-    normalized by its own Frobenius norm, so the result is invariant to positive scaling of
-    G and the zero matrix maps to zero (no NaN).
+    normalized by its own norm (`norm`: fro or gram, the module docstring), so the result is invariant
+    to positive scaling of G and the zero matrix maps to zero (no NaN).
     """
+    if norm not in NORMS:
+        raise ValueError(f"unknown Newton-Schulz input norm {norm!r}; choose one of {list(NORMS)}")
     if G.ndim < 2:
         raise ValueError(f"orthogonalize needs a matrix or a batch of matrices, got shape {tuple(G.shape)}")
     coeffs = schedule(method, steps)
@@ -87,8 +109,12 @@ def orthogonalize(G: torch.Tensor, method: str = "quintic", steps: int | None = 
     if tall:  # contiguous: the same matmul kernels as a wide input (and orthogonalize_batched's stacks)
         X = X.mT.contiguous()
     # Norm in fp32 whatever the working dtype: a bf16 sum over ~1e6 squares loses digits.
-    fro = torch.linalg.vector_norm(X.float(), dim=(-2, -1), keepdim=True)
-    X = X / (fro * norm_scale + norm_eps).to(X.dtype)
+    if norm == "gram":  # X is wide here, so its Gram is X X^T; clamped, not offset, by eps (#46's form)
+        gram = torch.linalg.vector_norm(X.float() @ X.float().mT, dim=(-2, -1), keepdim=True).sqrt()
+        X = X / (gram * norm_scale).clamp_min(norm_eps).to(X.dtype)
+    else:
+        fro = torch.linalg.vector_norm(X.float(), dim=(-2, -1), keepdim=True)
+        X = X / (fro * norm_scale + norm_eps).to(X.dtype)
     for a, b, c in coeffs:
         A = X @ X.mT
         B = b * A + c * (A @ A) if c != 0.0 else b * A
@@ -100,7 +126,7 @@ def orthogonalize(G: torch.Tensor, method: str = "quintic", steps: int | None = 
 
 @torch.no_grad()
 def orthogonalize_batched(mats: list[torch.Tensor], method: str = "quintic", steps: int | None = None,
-                          dtype: torch.dtype | None = None) -> list[torch.Tensor]:
+                          dtype: torch.dtype | None = None, norm: str = "fro") -> list[torch.Tensor]:
     """`orthogonalize` of every tensor in `mats`, with one batched call per matrix shape.
 
     mats: tensors [..., rows, cols] of any shapes (leading dims: independent matrices, e.g. the
@@ -123,7 +149,7 @@ def orthogonalize_batched(mats: list[torch.Tensor], method: str = "quintic", ste
     out: list[torch.Tensor | None] = [None] * len(mats)
     for members in groups.values():
         stacked = torch.cat([wide[i].to(work) for i in members]) if len(members) > 1 else wide[members[0]]
-        polar = orthogonalize(stacked, method, steps, dtype=work)
+        polar = orthogonalize(stacked, method, steps, dtype=work, norm=norm)
         for i, piece in zip(members, polar.split([wide[i].size(0) for i in members])):
             m = mats[i]
             piece = piece.mT if m.size(-2) > m.size(-1) else piece

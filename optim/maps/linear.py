@@ -2,12 +2,14 @@
 the head too with optim.head_map=linear). What a weight such as W_q [d_out, d_in] gets, in order:
 
     buf <- beta buf + (1 - beta) g,  u = (1 - beta) g + beta buf    momentum -> Nesterov (maps/momentum.py)
-    u <- stage(u)                      the before_ns stages that are on (optim/stages/; none today)
+    u <- stage(u)                      the before_ns stages that are on (optim.soap: optim/stages/soap.py)
     U V^T = NS(u)                      Newton-Schulz (optim/newton_schulz.py), per Q/K/V block of a fused weight
-    d = scale(d_out, d_in) * U V^T     the duality map of the RMS->RMS operator norm
-    d <- stage(d)                      the after_ns stages that are on (optim.normuon: optim/stages/normuon.py)
-    p <- p (1 - lr wd) - lr d          applied by HybridOptimizer, with its layer_rates and decay stages
-                                       (optim.lanton, optim.cautious_wd: optim/stages/lanton.py, cautious.py)
+    d = scale(d_out, d_in) * U V^T     the duality map of the RMS->RMS operator norm (bf16 with optim.update_bf16)
+    d <- stage(d)                      the after_ns stages that are on (optim.normuon, optim.radial_brake,
+                                       optim.uw_floor: optim/stages/normuon.py, radial.py, uw_floor.py)
+    p <- p (1 - lr wd) - lr d          applied by HybridOptimizer, with its layer_rates, around_step and decay
+                                       stages (optim.lanton, optim.radius_pin, optim.cautious_wd_post,
+                                       optim.cautious_wd: optim/stages/)
 
 The norm and its dual, for W, G [d_out, d_in]:
 
@@ -71,6 +73,7 @@ class LinearMap:
 
     def __init__(self, cfg: Any):
         self.scale, self.ns_method, self.ns_steps = cfg.scale, cfg.ns_method, cfg.ns_steps
+        self.ns_norm, self.update_bf16 = cfg.ns_norm, cfg.update_bf16
         self.momentum_form, self.nesterov = cfg.momentum_form, cfg.nesterov
         self.before_ns, self.after_ns = active(cfg, "before_ns"), active(cfg, "after_ns")  # optim/stages/
 
@@ -89,7 +92,7 @@ class LinearMap:
     def dual_norm_estimate(self, R: torch.Tensor) -> torch.Tensor:
         """The dual norm without an SVD, summed over the matrices of R [..., d_out, d_in] (fp32): nuclear(R) =
         <R, U V^T>, with U V^T from this map's Newton-Schulz (LANTON's noise sample). 0-dim, R's device."""
-        polar = orthogonalize(R, self.ns_method, self.ns_steps).float()
+        polar = orthogonalize(R, self.ns_method, self.ns_steps, norm=self.ns_norm).float()
         return (R.float() * polar).sum() * math.sqrt(R.size(-2) / R.size(-1))
 
     # ---- the duality map ----------------------------------------------------------------------
@@ -97,7 +100,8 @@ class LinearMap:
     def dualize(self, G: torch.Tensor, exact: bool = False) -> torch.Tensor:
         """scale(d_out, d_in) * U V^T for each matrix of G = U S V^T [..., d_out, d_in], U V^T by this map's
         Newton-Schulz, or by an exact SVD with `exact` (tests, references). G's shape and dtype."""
-        return self.scaled(exact_polar(G) if exact else orthogonalize(G, self.ns_method, self.ns_steps))
+        return self.scaled(exact_polar(G) if exact else orthogonalize(G, self.ns_method, self.ns_steps,
+                                                                      norm=self.ns_norm))
 
     def scaled(self, polar: torch.Tensor) -> torch.Tensor:
         """The duality map's last step: scale(d_out, d_in) * U V^T, for each matrix of polar [..., d_out, d_in]."""
@@ -105,7 +109,7 @@ class LinearMap:
 
     def orthogonalize(self, mats: list[torch.Tensor]) -> list[torch.Tensor]:
         """U V^T of every tensor in `mats` ([..., rows, cols] each), one batched Newton-Schulz call per shape."""
-        return orthogonalize_batched(mats, self.ns_method, self.ns_steps)
+        return orthogonalize_batched(mats, self.ns_method, self.ns_steps, norm=self.ns_norm)
 
     # ---- state and the update -----------------------------------------------------------------
 
@@ -123,15 +127,17 @@ class LinearMap:
         if "momentum_buffer" not in state:
             state["momentum_buffer"] = torch.zeros_like(p, dtype=torch.float32)
 
-    def direction(self, p: torch.Tensor, state: dict, beta: float, role: str
+    def direction(self, p: torch.Tensor, state: dict, beta: float, role: str, step: int = 0
                   ) -> Generator[Callable[[], torch.Tensor], torch.Tensor, torch.Tensor]:
-        """The direction d (fp32, p's shape) that p steps along, p <- p - lr d, as a generator: it runs to the
-        Newton-Schulz input and yields a function making it (called on the one rank that orthogonalizes
-        this weight), is sent back U V^T ([blocks, rows, cols] or [rows, cols]) and returns d."""
+        """The direction d (fp32, or bf16 with optim.update_bf16; p's shape) that p steps along, p <- p - lr d,
+        as a generator: it runs to the Newton-Schulz input and yields a function making it (called on the rank
+        that orthogonalizes this weight, or on every rank when a before_ns stage is on), is sent back U V^T
+        ([blocks, rows, cols] or [rows, cols]) and returns d. step: the 0-based optimizer step (stages' schedules)."""
         self.init_state(state, p)
         buf, shape = state["momentum_buffer"], block_shape(p.shape, role)
         update_momentum_(buf, p.grad, beta, self.momentum_form)  # every rank: the state stays complete
-        ctx = MatrixContext(state, role, linear_scale(shape[-2], shape[-1], self.scale))
+        ctx = MatrixContext(state, role, linear_scale(shape[-2], shape[-1], self.scale), param=p, grad=p.grad,
+                            step=step)
 
         def ns_input() -> torch.Tensor:  # the Nesterov direction, per block, through the before_ns stages
             u = nesterov(buf, p.grad, beta, self.momentum_form, self.nesterov).view(shape)
@@ -141,7 +147,8 @@ class LinearMap:
 
         # Newton-Schulz, per block: HybridOptimizer batches it with the other weights'
         polar = yield ns_input
-        d = self.scaled(polar)  # the duality map: scale * U V^T
+        # #46 keeps Muon's update in bf16 from Newton-Schulz on: scaled in bf16, re-rounded by each stage
+        d = self.scaled(polar.to(torch.bfloat16) if self.update_bf16 else polar)  # the duality map: scale * U V^T
         for stage in self.after_ns:
             d = stage(d, ctx)
         return d.reshape(p.shape)
@@ -156,7 +163,7 @@ class LinearMap:
         """Diagnostics on the first matrix of u [..., rows, cols]: Newton-Schulz's relative error against
         the exact polar factor (fp64) and the range of the singular values it produced (ideal: all 1)."""
         x = u.reshape(-1, *u.shape[-2:])[0]
-        ns = orthogonalize(x, self.ns_method, self.ns_steps).double()
+        ns = orthogonalize(x, self.ns_method, self.ns_steps, norm=self.ns_norm).double()
         ref = exact_polar(x.double())
         s = torch.linalg.svdvals(ns)
         k = min(x.shape)

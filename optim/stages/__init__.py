@@ -10,13 +10,25 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import field, make_dataclass
+from functools import partial
 from typing import Any
 
-from optim.stages import cautious, lanton, normuon
+from optim.stages import (
+    cautious,
+    cautious_post,
+    lanton,
+    normuon,
+    radial,
+    radius_pin,
+    soap,
+    uw_floor,
+)
 from optim.stages.base import HOOKS, Stage
 
-# The registry, in application order within a hook point.
-STAGES: tuple[Stage, ...] = (normuon.STAGE, lanton.STAGE, cautious.STAGE)
+# The registry, in application order within a hook point (after_ns: NorMuon, then #46's radial brake, then
+# its floor; around_step: the radius pin, then #46's cautious decay, which acts on the pinned weight).
+STAGES: tuple[Stage, ...] = (soap.STAGE, normuon.STAGE, radial.STAGE, uw_floor.STAGE, lanton.STAGE,
+                             radius_pin.STAGE, cautious_post.STAGE, cautious.STAGE)
 
 
 def _stage_keys(stages: tuple[Stage, ...]) -> type:
@@ -24,7 +36,9 @@ def _stage_keys(stages: tuple[Stage, ...]) -> type:
     fields: list[tuple[str, type, Any]] = []
     for stage in stages:
         fields.append((stage.name, bool, field(default=False)))
-        fields.extend((key.name, key.type, field(default=key.default)) for key in stage.keys)
+        # a list default (e.g. a stage's roles) must be a factory: each config gets its own copy
+        fields.extend((key.name, key.type, field(default_factory=partial(list, key.default)) if isinstance(
+            key.default, list) else field(default=key.default)) for key in stage.keys)
     names = [name for name, _, _ in fields]
     clash = sorted({n for n in names if names.count(n) > 1})
     if clash:

@@ -11,17 +11,27 @@ Hook points, in the order one step meets them, with the signature of the functio
 
     before_ns    fn(u, ctx: MatrixContext) -> u'    per linear-map weight: the Newton-Schulz input
                                                     [..., rows, cols] (leading dim: a fused weight's
-                                                    blocks). Runs where the input is made, on the one
-                                                    rank that orthogonalizes this weight (under
-                                                    torch.distributed: state kept here would be that
-                                                    rank's alone). u may be the momentum buffer itself
-                                                    (optim.nesterov=false): return a new tensor.
+                                                    blocks), fp32. Runs on EVERY rank for every weight
+                                                    when a before_ns stage is on (each rank then keeps
+                                                    only its share's inputs), so a stage's state is
+                                                    complete everywhere, as the maps' is. u may be the
+                                                    momentum buffer itself (optim.nesterov=false):
+                                                    return a new tensor.
     after_ns     fn(d, ctx: MatrixContext) -> d'    per linear-map weight, every rank: d = scale * U V^T
-                                                    [..., rows, cols], fp32 (the duality map's output).
+                                                    [..., rows, cols], fp32 (the duality map's output),
+                                                    or bf16 with optim.update_bf16: a stage returns d's
+                                                    dtype to keep that rounding (#46's bf16 update).
     layer_rates  fn(ctx: StepContext) -> {param: m} every rank, once per step, after every direction is
                                                     known: a 0-dim factor m per layer (linear and embed
                                                     maps) multiplying its rate and decay; the factors of
                                                     several stages multiply.
+    around_step  fn(p, d, lr) -> after()            per linear-map weight, every rank, at the step: called
+                                                    before p <- p (1 - lr wd) - lr d (p: the pre-step
+                                                    weight, d: the final direction, p's shape; lr: the
+                                                    layer's rate), it returns a function run after that
+                                                    step, in place on p. The befores run in registry
+                                                    order, then the step, then the afters in registry
+                                                    order (e.g. the radius pin, then #46's cautious decay).
     decay        fn(p, d, decay) -> None            replaces the decoupled decay p <- p (1 - decay) (decay =
                                                     lr wd, a float or a 0-dim tensor; d: the direction,
                                                     p's shape) for every decayed parameter; in place. At
@@ -35,7 +45,7 @@ from typing import Any
 
 import torch
 
-HOOKS = ("before_ns", "after_ns", "layer_rates", "decay")
+HOOKS = ("before_ns", "after_ns", "layer_rates", "around_step", "decay")
 
 
 @dataclass(frozen=True)
@@ -69,10 +79,15 @@ class MatrixContext:
 
     state: the weight's optimizer state (a stage adds its own entries, e.g. "normuon_v"; they travel in
     state_dict()); role: the weight's role (optim/roles.py); scale: the linear map's factor for these
-    matrices, so an exact scale * U V^T has Frobenius norm scale * sqrt(min(rows, cols)) per matrix."""
+    matrices, so an exact scale * U V^T has Frobenius norm scale * sqrt(min(rows, cols)) per matrix;
+    param: the weight W before this step ([d_out, d_in], not to be modified); grad: its raw gradient g
+    (p.grad, p's shape); step: the 0-based optimizer step (steps taken before this one)."""
     state: dict
     role: str
     scale: float
+    param: torch.Tensor | None = None
+    grad: torch.Tensor | None = None
+    step: int = 0
 
 
 @dataclass

@@ -99,10 +99,15 @@ def test_two_process_gloo_equals_one_process(tmp_path, schema_name):
 
 
 # Each switch alone and all together (cautious decay needs a decay to mask). LANTON's sharded noise
-# norms travel in their own all_reduce; NorMuon runs on every rank after the gather.
+# norms travel in their own all_reduce; NorMuon runs on every rank after the gather; #46's stages
+# (SOAP before Newton-Schulz on every rank, fused Q/K/V blocks included, then the after-NS and
+# around-step stages) keep their state complete on every rank. (Not optim.update_bf16: a batch-size
+# rounding difference of the sharded Newton-Schulz, ~3e-8, can flip a bf16 rounding: one bf16 ulp.)
 SWITCHES = {"lanton": dict(lanton=True), "normuon": dict(normuon=True),
             "cautious_wd": dict(cautious_wd=True, weight_decay=0.5, adam_weight_decay=0.5),
-            "all": dict(lanton=True, normuon=True, cautious_wd=True, weight_decay=0.5, adam_weight_decay=0.5)}
+            "all": dict(lanton=True, normuon=True, cautious_wd=True, weight_decay=0.5, adam_weight_decay=0.5),
+            "muon46": dict(soap=True, radial_brake=True, uw_floor=True, uw_floor_per_row=True, radius_pin=True,
+                           cautious_wd_post=True, ns_norm="gram")}
 
 
 def _switch_worker(rank: int, world: int, port: int, out_path: str) -> None:

@@ -3,7 +3,10 @@ reference: block names) for comparison.
 
 The scripts train at import (they start torch.distributed and read data/ at the top level), so
 nothing is imported: the file is parsed with `ast`, and only its imports, functions and classes
-are executed (`torch.compile` decorators dropped: eager on CPU). `setup(...)` then runs the
+are executed (`torch.compile` decorators dropped: eager on CPU), after the script's own constants: the
+top-level UPPER_CASE assignments before its first function or class, and those of a plain number or
+string anywhere at the top level (result #46's defaults and helpers read them, some at def time; its
+momentum schedule's _MU_* sit in its setup section; `--seed` is given as `seed`). `setup(...)` then runs the
 script's own hyperparameter section (from `train_steps = N` through `def set_hparams`: its init
 loop, its optimizers, their groups and its schedule) against a model we hand it, with a
 single-process stand-in for torch.distributed. Nothing here runs when ../shared is absent.
@@ -73,9 +76,11 @@ def _file_tree(file: str) -> ast.Module:
     return ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
 
 
-def _is_constant(node: ast.stmt) -> bool:
-    """A top-level `NAME = ...` with every target an UPPER_CASE name (the script's settings)."""
-    return isinstance(node, ast.Assign) and all(isinstance(t, ast.Name) and t.id.isupper() for t in node.targets)
+def _is_constant(node: ast.stmt, literal: bool = False) -> bool:
+    """A top-level `NAME = ...` with every target an UPPER_CASE name (the script's settings); with
+    `literal`, of a plain number or string."""
+    return (isinstance(node, ast.Assign) and all(isinstance(t, ast.Name) and t.id.isupper() for t in node.targets)
+            and (not literal or isinstance(node.value, ast.Constant)))
 
 
 def _definitions(tree: ast.Module, file: str, constants: bool, ns: dict) -> dict:
@@ -84,7 +89,10 @@ def _definitions(tree: ast.Module, file: str, constants: bool, ns: dict) -> dict
         # The setup section (from `train_steps = N`) has its own UPPER_CASE names, run by `setup`.
         setup_started = setup_started or (isinstance(node, ast.Assign) and any(
             getattr(t, "id", None) == "train_steps" for t in node.targets))
-        if isinstance(node, (ast.Import, ast.ImportFrom)) or (constants and not setup_started and _is_constant(node)):
+        # Constants: every one before the setup section; past it only plain literals (helpers such as
+        # #46's momentum-schedule constants sit between its defs and read them at call time).
+        if isinstance(node, (ast.Import, ast.ImportFrom)) or (
+                constants and _is_constant(node, literal=setup_started)):
             keep.append(node)
         elif isinstance(node, (ast.FunctionDef, ast.ClassDef)):
             node.decorator_list = [d for d in node.decorator_list if not _is_compile(d)]
