@@ -2,8 +2,9 @@
 reference: block names) for comparison.
 
 The scripts train at import (they start torch.distributed and read data/ at the top level), so
-nothing is imported: the file is parsed with `ast`, and only its imports, functions and classes
-are executed (`torch.compile` decorators dropped: eager on CPU). `setup(...)` then runs the
+nothing is imported: the file is parsed with `ast`, and only its imports, module-level constants
+(UPPER_CASE assignments: #46's defaults read them at def time, and its `SEED = args.seed` gets the
+seed asked for), functions and classes are executed (`torch.compile` decorators dropped: eager on CPU). `setup(...)` then runs the
 script's own hyperparameter section (from `train_steps = N` through `def set_hparams`: its init
 loop, its optimizers, their groups and its schedule) against a model we hand it, with a
 single-process stand-in for torch.distributed. Nothing here runs when ../shared is absent.
@@ -11,6 +12,7 @@ single-process stand-in for torch.distributed. Nothing here runs when ../shared 
 from __future__ import annotations
 
 import ast
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -20,6 +22,8 @@ from tests.conftest import SHARED
 
 REF_DIR = SHARED / "reference" / "modded-nanogpt"
 SCRIPTS = {e: reference_of(e).script for e in experiments_with_reference(track=3)}  # experiment -> file name
+# Result #46's pieces are tested before its experiment file exists; that file's reference: block names the same script.
+SCRIPTS.setdefault("track3_best46", "track3_best46_cwd_rowfloor_tailema.py")
 needs_reference = pytest.mark.skipif(not all((REF_DIR / f).is_file() for f in SCRIPTS.values()),
                                      reason="../shared track-3 reference scripts not present")
 
@@ -60,17 +64,26 @@ def _tree(experiment: str) -> ast.Module:
     return ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
 
 
-def definitions(experiment: str) -> dict:
-    """Namespace holding the script's imports, functions and classes (GPT, Muon, ...)."""
+def _is_constant(node: ast.stmt) -> bool:
+    """`NAME = ...` with an UPPER_CASE name: the scripts' hyperparameter constants (only those above the first
+    function or class count: the setup section's own, which read the model, run with setup())."""
+    return isinstance(node, ast.Assign) and all(isinstance(t, ast.Name) and t.id.isupper() for t in node.targets)
+
+
+def definitions(experiment: str, seed: int = 0) -> dict:
+    """Namespace holding the script's imports, constants, functions and classes (GPT, Muon, ...).
+    seed: the script's --seed (#46 reads it into SEED)."""
     tree = _tree(experiment)
     keep = []
+    defs_seen = False
     for node in tree.body:
-        if isinstance(node, (ast.Import, ast.ImportFrom)):
+        if isinstance(node, (ast.Import, ast.ImportFrom)) or (_is_constant(node) and not defs_seen):
             keep.append(node)
         elif isinstance(node, (ast.FunctionDef, ast.ClassDef)):
+            defs_seen = True
             node.decorator_list = [d for d in node.decorator_list if not _is_compile(d)]
             keep.append(node)
-    ns: dict = {"__name__": f"reference_{experiment}"}
+    ns: dict = {"__name__": f"reference_{experiment}", "args": SimpleNamespace(seed=seed)}
     exec(compile(ast.Module(body=keep, type_ignores=[]), SCRIPTS[experiment], "exec"), ns)
     ns["dist"] = World1
     return ns
