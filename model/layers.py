@@ -14,9 +14,11 @@ import torch.nn.functional as F
 from model.config import MlpAct, ModelConfig, Norm
 
 
-def tagged(module: nn.Module, role: str) -> nn.Module:
-    """Mark a module's weight with its optimizer role (biases are always role 'bias')."""
+def tagged(module: nn.Module, role: str, bias_role: str | None = None) -> nn.Module:
+    """Mark a module's weight with its optimizer role, and its bias with `bias_role` (default 'bias')."""
     module.weight_role = role
+    if bias_role is not None:
+        module.bias_role = bias_role
     return module
 
 
@@ -38,7 +40,7 @@ def role_of(module: nn.Module, name: str) -> str | None:
     if name == "weight":
         return getattr(module, "weight_role", None)
     if name == "bias":
-        return "bias"
+        return getattr(module, "bias_role", "bias")
     return None
 
 

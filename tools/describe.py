@@ -52,7 +52,8 @@ def group_rule(opt: torch.optim.Optimizer, group: dict) -> tuple[str, str]:
         betas = group.get("betas")
         return type(opt).__name__, f"betas {_num(betas)} eps {_num(group.get('eps'))}" if betas else ""
     if rule == "adam":
-        return "adam", f"betas {_num(group.get('betas'))} eps {_num(opt.adam.eps)}"
+        uncorrected = "" if group.get("bias_correction", True) else " no bias correction"
+        return "adam", f"betas {_num(group.get('betas'))} eps {_num(opt.adam.eps)}{uncorrected}"
     start, warm = opt.warmup
     mom = f"momentum {_num(opt.momentum)}" + (" nesterov" if opt.linear.nesterov else "")
     if warm:
