@@ -75,13 +75,13 @@ def describe(cfg: Config, overrides: list[str]) -> list[str]:
         elems[roles[name]] += p.numel()
         tensors[roles[name]] += 1
     for role, n in sorted(elems.items(), key=lambda kv: -kv[1]):
-        lines.append(f"  {role:<12} {tensors[role]:>4} tensors {n:>14,}")
+        lines.append(f"  {role:<13} {tensors[role]:>4} tensors {n:>14,}")
     lines.append(f"optimizer: {cfg.optim.name} ({type(opt).__name__}); lr below = initial_lr, scaled by the schedule")
-    lines.append(f"  {'group':<12} {'rule':<38} {'tensors':>7} {'elements':>13} {'lr':>9} {'wd':>6}  momentum / betas")
+    lines.append(f"  {'group':<13} {'rule':<38} {'tensors':>7} {'elements':>13} {'lr':>9} {'wd':>6}  momentum / betas")
     for i, g in enumerate(opt.param_groups):
         rule, mom = group_rule(opt, g)
         n = sum(p.numel() for p in g["params"])
-        lines.append(f"  {str(g.get('role', i)):<12} {rule:<38} {len(g['params']):>7} {n:>13,} "
+        lines.append(f"  {str(g.get('role', i)):<13} {rule:<38} {len(g['params']):>7} {n:>13,} "
                      f"{_num(g.get('initial_lr', g['lr'])):>9} {_num(g.get('weight_decay', 0.0)):>6}  {mom}")
     tc = cfg.train
     warmup, warmdown = round(tc.warmup_frac * tc.max_steps), tc.warmdown_frac * tc.max_steps  # as harness/loop/schedule.py
