@@ -107,6 +107,8 @@ def train(cfg: Config, rank_info: D.RankInfo, run_dir: Path, stop: StopRequest |
 
     # Model and optimizer: the optimizer sees raw parameters and their roles, never the wrappers.
     model = GPT(cfg.model).to(device)
+    if device.type != "cpu":  # CGI gains (model.init_cgi_alpha) come from the training device's generators
+        model.draw_cgi_gains(cfg.seed)
     if tc.seq_len > cfg.model.block_size:
         raise ConfigError(f"train.seq_len={tc.seq_len} exceeds model.block_size={cfg.model.block_size}")
     n_params = sum(p.numel() for p in model.parameters())

@@ -38,7 +38,7 @@ class CausalSelfAttention(nn.Module):
             self.q = tagged(nn.Linear(C, C, bias=cfg.bias), "attn_q")
             self.k = tagged(nn.Linear(C, C, bias=cfg.bias), "attn_k")
             self.v = tagged(nn.Linear(C, C, bias=cfg.bias), "attn_v")
-        self.proj = tagged(nn.Linear(C, C, bias=cfg.bias), "attn_out")
+        self.proj = tagged(nn.Linear(C, C, bias=cfg.bias), "attn_out", bias_role="attn_out_bias")
         self.proj.residual_out = True
         if cfg.value_residual:
             tag_param(self, "lamb", torch.tensor(0.5), "scalar")

@@ -48,6 +48,8 @@ class Init(Enum):
     pytorch = "pytorch"                # torch defaults: Linear U(+-1/sqrt(fan_in)), Embedding N(0, 1) (records 2-12)
     scaled_uniform = "scaled_uniform"  # Linear U(+-sqrt(3) * 0.5 / sqrt(fan_in)), Embedding N(0, 1) (record 20)
     scaled_normal = "scaled_normal"    # Linear N(0, init_fan_in_var / fan_in), biases 0, Embedding N(0, 1) (track 3)
+    constructor = "constructor"        # what each module's PyTorch constructor drew, kept: torch's exact bounds,
+                                       # one draw per tensor in construction order (track-3 result #46)
 
 
 class AttnImpl(Enum):
@@ -70,6 +72,8 @@ class ModelConfig:
     mlp_ratio: int = 4           # hidden width of the MLP = mlp_ratio * n_embd
     norm: Norm = Norm.layernorm
     norm_affine: bool = True     # learnable norm gain (and bias, for LayerNorm with bias=true)
+    norm_fp32_gain: bool = False  # rmsnorm: normalize in fp32, times the fp32 gain, rounded once to the input's
+                                 # dtype (track-3 result #46); false: the gain is cast to the input's dtype
     norm_eps: Optional[float] = None  # epsilon of every norm (block, embedding, final, QK); null = the library's
                                  # default: rms_norm uses the input dtype's eps (1.19e-7 in fp32), LayerNorm 1e-5.
                                  # Records 2 and 4: 1e-6.
@@ -82,6 +86,13 @@ class ModelConfig:
     init_std: float = 0.02       # init=gpt2 only
     scale_proj_init: bool = True  # init=gpt2: residual projections init std / sqrt(2 * n_layer)
     init_fan_in_var: float = 0.33  # init=scaled_normal: a Linear weight's variance times its fan-in (track 3)
+    # after any init (model/init.py; track-3 result #46 sets 0.30, 0.125, 6, 0.5):
+    init_fc_depth_scale: float = 0.0  # block l's mlp.fc weight times 1 - a l / (L - 1) (bias unscaled; 0 = off)
+    init_cgi_alpha: float = 0.0       # CGI: block l's norm gains 1 -+ a s_l, s_l random signs (model/cgi.py; 0 = off)
+    init_cgi_pair_from_layer: Optional[int] = None  # CGI: blocks from this one on come in antithetic pairs
+                                      # (l, l + 1) with head-balanced signs (null = every block independent)
+    init_cgi_head_shrink: float = 1.0  # CGI pairs: a head's count of + signs is pulled to head_dim / 2 by this
+                                      # factor (1 = kept as drawn, 0 = exactly balanced)
 
     # --- speedrun switches (all off by default) ---
     rope_base: float = 10000.0     # rotary: frequency of pair i is rope_base^(-2i/head_dim)
@@ -146,6 +157,7 @@ class ModelConfig:
         if self.init_std <= 0 or self.init_fan_in_var <= 0:
             raise ValueError(f"model.init_std and model.init_fan_in_var must be > 0 "
                              f"(got {self.init_std}, {self.init_fan_in_var})")
+        self._check_init()
         if (self.head_bias or self.embed_bf16) and self.tie_embeddings:
             raise ValueError("model.head_bias / model.embed_bf16 need model.tie_embeddings=false (they describe "
                              "an untied head and a separate token table)")
@@ -191,3 +203,21 @@ class ModelConfig:
         if self.window_block and self.window_size and self.window_size % self.window_block and not self.window_grow:
             raise ValueError(f"model.window_size={self.window_size} must be a multiple of "
                              f"model.window_block={self.window_block}")
+
+    def _check_init(self) -> None:
+        if not 0.0 <= self.init_fc_depth_scale <= 1.0:
+            raise ValueError(f"model.init_fc_depth_scale must be in [0, 1] (got {self.init_fc_depth_scale})")
+        if self.norm_fp32_gain and self.norm is not Norm.rmsnorm:
+            raise ValueError("model.norm_fp32_gain=true needs model.norm=rmsnorm")
+        if self.init_cgi_alpha == 0.0:
+            return
+        if not 0.0 < self.init_cgi_alpha < 1.0:
+            raise ValueError(f"model.init_cgi_alpha must be in [0, 1) (got {self.init_cgi_alpha}; 0 = off)")
+        if not self.norm_affine or self.no_attn_layers:
+            raise ValueError("model.init_cgi_alpha > 0 sets both norm gains of every block: it needs "
+                             "model.norm_affine=true and no model.no_attn_layers")
+        if self.init_cgi_pair_from_layer is not None and self.init_cgi_pair_from_layer < 0:
+            raise ValueError(f"model.init_cgi_pair_from_layer must be >= 0 or null "
+                             f"(got {self.init_cgi_pair_from_layer})")
+        if not 0.0 <= self.init_cgi_head_shrink <= 1.0:
+            raise ValueError(f"model.init_cgi_head_shrink must be in [0, 1] (got {self.init_cgi_head_shrink})")

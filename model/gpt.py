@@ -22,6 +22,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from model.block import Block
+from model.cgi import set_cgi_gains
 from model.config import ModelConfig, PosEmb, SoftCap
 from model.init import init_weights
 from model.layers import algebraic_softcap, make_norm, role_of, tag_param, tagged
@@ -52,16 +53,28 @@ class GPT(nn.Module):
             self.lm_head = tagged(nn.Linear(C, V, bias=cfg.head_bias), "head")
         # (long, short) sliding-window size in window units; see set_train_progress.
         self.register_buffer("windows", torch.tensor(window_units(cfg, 0, 1), dtype=torch.int32), persistent=False)
-        self.reset_parameters()
+        init_weights(self, cfg, fresh=True)
+        self._reset_skip_weights()
         if cfg.embed_bf16:  # after init: the table is drawn in fp32, then rounded once
             self.wte.to(torch.bfloat16)
 
     def reset_parameters(self) -> None:
         """Initialize every parameter per model.init and the zero-init switches (model/init.py)."""
         init_weights(self, self.cfg)
+        self._reset_skip_weights()
+
+    def _reset_skip_weights(self) -> None:
         if hasattr(self, "skip_weights"):
             with torch.no_grad():
                 self.skip_weights.fill_(1.0)
+
+    def draw_cgi_gains(self, seed: int) -> None:
+        """Redraw the blocks' CGI norm gains (model.init_cgi_alpha; nothing when 0) with the generators of the
+        device the model now lives on. The script draws them on its training GPU, whose streams differ from
+        the CPU's that the constructor used: train.py calls this once the model is on a GPU, before training."""
+        if self.cfg.init_cgi_alpha:
+            set_cgi_gains(self.blocks, self.cfg.init_cgi_alpha, self.cfg.head_dim, self.cfg.init_cgi_pair_from_layer,
+                          self.cfg.init_cgi_head_shrink, seed)
 
     def set_train_progress(self, step: int, max_steps: int) -> None:
         """Called by the trainer before each step (and validation): grows the sliding window."""

@@ -14,9 +14,11 @@ import torch.nn.functional as F
 from model.config import MlpAct, ModelConfig, Norm
 
 
-def tagged(module: nn.Module, role: str) -> nn.Module:
-    """Mark a module's weight with its optimizer role (biases are always role 'bias')."""
+def tagged(module: nn.Module, role: str, bias_role: str | None = None) -> nn.Module:
+    """Mark a module's weight with its optimizer role, and its bias with `bias_role` (default 'bias')."""
     module.weight_role = role
+    if bias_role is not None:
+        module.bias_role = bias_role
     return module
 
 
@@ -38,7 +40,7 @@ def role_of(module: nn.Module, name: str) -> str | None:
     if name == "weight":
         return getattr(module, "weight_role", None)
     if name == "bias":
-        return "bias"
+        return getattr(module, "bias_role", "bias")
     return None
 
 
@@ -71,15 +73,22 @@ def algebraic_softcap(z: torch.Tensor, scale: float, div: float) -> torch.Tensor
 
 class RMSNorm(nn.Module):
     """x / sqrt(mean(x^2) + eps) over the last dim, with an optional learnable gain.
-    eps None: torch's default, the eps of x's dtype."""
+    eps None: torch's default, the eps of x's dtype. fp32_gain (model.norm_fp32_gain, track-3 result #46):
+    normalize fp32(x) (eps None: fp32's), multiply by the gain in its own (fp32) dtype, round once to x's
+    dtype; without it a bf16 stream takes the gain rounded to bf16. In fp32 the two are the same."""
 
-    def __init__(self, dim: int, affine: bool, eps: float | None = None):
+    def __init__(self, dim: int, affine: bool, eps: float | None = None, fp32_gain: bool = False):
         super().__init__()
         self.weight = nn.Parameter(torch.ones(dim)) if affine else None
         self.eps = eps
+        self.fp32_gain = fp32_gain
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        w = self.weight  # a bf16 stream (model.embed_bf16) takes the gain in its dtype: the fused kernel needs one
+        w = self.weight
+        if self.fp32_gain:
+            y = F.rms_norm(x.float(), (x.size(-1),), eps=self.eps)
+            return (y if w is None else y * w).to(x.dtype)
+        # a bf16 stream (model.embed_bf16) takes the gain in its dtype: the fused kernel needs one
         return F.rms_norm(x, (x.size(-1),), w if w is None or w.dtype == x.dtype else w.to(x.dtype), self.eps)
 
 
@@ -87,7 +96,7 @@ def make_norm(cfg: ModelConfig, dim: int | None = None) -> nn.Module:
     """The configured norm over `dim` features (default n_embd); its gain has role 'gain'."""
     dim = dim or cfg.n_embd
     if cfg.norm is Norm.rmsnorm:
-        return tagged(RMSNorm(dim, cfg.norm_affine, cfg.norm_eps), "gain")
+        return tagged(RMSNorm(dim, cfg.norm_affine, cfg.norm_eps, cfg.norm_fp32_gain), "gain")
     eps = 1e-5 if cfg.norm_eps is None else cfg.norm_eps  # nn.LayerNorm's own default
     return tagged(nn.LayerNorm(dim, eps=eps, elementwise_affine=cfg.norm_affine, bias=cfg.bias and cfg.norm_affine),
                   "gain")

@@ -17,7 +17,8 @@ switches that act on it, top to bottom. This class only does what spans paramete
 - keeps diagnostics (optim.diag_every), computed off the training clock by `diagnostics()`.
 
 Param groups: one per role, each with "role", "map", "lr", "initial_lr" (the trainer sets lr = initial_lr *
-schedule factor), "weight_decay", "betas" (Adam groups), "names" and "step" (optimizer steps taken, which
+schedule factor), "weight_decay", "betas" (Adam groups; "bias_correction": False on the roles of
+optim.adam_no_bias_correction_roles), "names" and "step" (optimizer steps taken, which
 drives the momentum warmup and Adam's bias correction and travels in state_dict()). Under
 torch.distributed (gradients already averaged by DDP) everything but Newton-Schulz runs on every rank,
 which keeps the optimizer state complete and identical everywhere (any rank's state_dict() is a checkpoint).
@@ -29,7 +30,7 @@ from typing import Any, Callable, Iterable
 import torch
 
 from optim.distributed import gather_updates, rank_and_world, shard_round_robin
-from optim.hybrid_config import rates_from_config, validate
+from optim.hybrid_config import adam_settings, rates_from_config, validate
 from optim.maps import MAPS, AdamMap, EmbedMap, LinearMap
 from optim.maps.linear import block_shape
 from optim.momentum_schedule import momentum_at
@@ -56,6 +57,7 @@ class HybridOptimizer(torch.optim.Optimizer):
         if not by_role:
             raise ValueError("HybridOptimizer got no trainable parameters")
         groups = []
+        adam = adam_settings(cfg, routes)
         for role, items in by_role.items():
             route_ = routes.get(role)
             if route_ not in MAPS:
@@ -71,7 +73,9 @@ class HybridOptimizer(torch.optim.Optimizer):
                          weight_decay=cfg.adam_weight_decay if route_ == "adam" and not hidden else cfg.weight_decay,
                          step=0)
             if route_ == "adam":
-                group["betas"] = tuple(cfg.hidden_adam_betas if hidden and cfg.hidden_adam_betas else cfg.adam_betas)
+                group["betas"], correct = adam[role]
+                if not correct:  # the key only where it is off: every other group (and checkpoint) stays as it was
+                    group["bias_correction"] = False
             groups.append(group)
         super().__init__(groups, dict(lr=0.0, weight_decay=0.0))
         self.linear, self.embed, self.adam = LinearMap(cfg), EmbedMap(cfg), AdamMap(cfg)
@@ -163,7 +167,7 @@ class HybridOptimizer(torch.optim.Optimizer):
                 if p.grad is None:
                     continue
                 if group["map"] == "adam":
-                    d = self.adam.direction(p, self.state[p], t, group["betas"])
+                    d = self.adam.direction(p, self.state[p], t, group["betas"], group.get("bias_correction", True))
                     self._apply(p, group, d)
                     if diag_on:  # elementwise step: its RMS is the meaningful size
                         pending.append((f"update_rms/{group['role']}", _rms, d, group["lr"]))

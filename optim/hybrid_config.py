@@ -93,6 +93,10 @@ class DualConfig(StageKeys, LookaheadKeys):
     adam_eps: float = 1e-10
     adam_weight_decay: float = 0.0    # decoupled, the Adam-routed roles except hidden matrices (hidden_map=adam)
     hidden_adam_betas: Optional[list[float]] = None  # hidden matrices on Adam; null = adam_betas
+    role_adam_betas: dict[str, list[float]] = field(default_factory=dict)  # per Adam-routed role, over the two
+                                      # above, e.g. role_adam_betas.attn_out_bias=[0.8,0.9965] (track-3 #46)
+    adam_no_bias_correction_roles: list[str] = field(default_factory=list)  # Adam-routed roles stepping along
+                                      # m / (sqrt(v) + eps) without (1 - b^t) (track-3 #46: gain, bias, attn_out_bias)
     # mass rule (rate_mode=mass; optim/mass.py: a principled split, not a depth-independence guarantee here)
     embed_mass: float = 1.0
     blocks_mass: float = 5.0
@@ -163,6 +167,16 @@ def validate(cfg: Any) -> None:
     for key in ("embed_mass", "blocks_mass", "head_mass"):
         if not getattr(cfg, key) > 0:
             raise ValueError(f"optim.{key}={getattr(cfg, key)} must be > 0")
+    for role, betas in dict(cfg.role_adam_betas or {}).items():
+        if role not in ALL_ROLES:
+            raise ValueError(f"optim.role_adam_betas.{role}: unknown role; known roles: {sorted(ALL_ROLES)}")
+        if len(betas) != 2 or not all(0.0 <= b < 1.0 for b in betas):
+            raise ValueError(f"optim.role_adam_betas.{role}={list(betas)} must be two numbers in [0, 1)")
+    uncorrected = list(cfg.adam_no_bias_correction_roles or [])
+    unknown = [r for r in uncorrected if r not in ALL_ROLES]
+    if unknown or len(set(uncorrected)) != len(uncorrected):
+        raise ValueError(f"optim.adam_no_bias_correction_roles={uncorrected} must list distinct known roles "
+                         f"(unknown: {unknown}); known roles: {sorted(ALL_ROLES)}")
     check_stages(cfg)  # each stage's own keys and rules (optim/stages/)
     check_lookahead(cfg)
     for role, rate in dict(cfg.role_lr or {}).items():
@@ -170,6 +184,25 @@ def validate(cfg: Any) -> None:
             raise ValueError(f"optim.role_lr.{role}: unknown role; known roles: {sorted(ALL_ROLES)}")
         if rate < 0:
             raise ValueError(f"optim.role_lr.{role}={rate} must be >= 0")
+
+
+def adam_settings(cfg: Any, routes: dict[str, str]) -> dict[str, tuple[tuple[float, float], bool]]:
+    """Adam-routed role -> (betas, bias_correction): role_adam_betas, else hidden_adam_betas for hidden matrices,
+    else adam_betas. A per-role Adam key naming a role the model has that is not on Adam is refused."""
+    per_role = {**{r: "role_adam_betas" for r in dict(cfg.role_adam_betas or {})},
+                **{r: "adam_no_bias_correction_roles" for r in cfg.adam_no_bias_correction_roles or []}}
+    for role, key in per_role.items():
+        if role in routes and routes[role] != "adam":
+            raise ValueError(f"optim.{key} names role {role!r}, which is on the {routes[role]!r} map, not Adam")
+    out = {}
+    for role, m in routes.items():
+        if m != "adam":
+            continue
+        betas = (cfg.role_adam_betas or {}).get(role)
+        if betas is None:
+            betas = cfg.hidden_adam_betas if role in HIDDEN_ROLES and cfg.hidden_adam_betas else cfg.adam_betas
+        out[role] = (tuple(betas), role not in (cfg.adam_no_bias_correction_roles or []))
+    return out
 
 
 def rates_from_config(cfg: Any, routes: dict[str, str], n_layer: int = 1, width: int | None = None) -> dict[str, float]:

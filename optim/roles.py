@@ -19,7 +19,8 @@ module: e.g. W_q (role attn_q) -> optim.hidden_map, "linear" by default -> optim
 | mlp_in      | [hidden, d]             | MLP up projection                       | optim.hidden_map                      |
 | mlp_out     | [d, hidden]             | MLP down projection                     | optim.hidden_map                      |
 | gain        | [d]                     | norm weights                            | adam, always                          |
-| bias        | [n]                     | biases                                  | adam, always                          |
+| bias        | [n]                     | biases (the head's too)                 | adam, always                          |
+| attn_out_bias | [d]                   | the attention output projection's bias  | adam, always                          |
 | scalar      | [] or [k]               | learnable mixing scalars (lambdas, skip weights) | adam, always                 |
 
 The defaults are the schemas' (optim/hybrid_config.py); each map's allowed values are checked there.
@@ -30,7 +31,8 @@ from typing import Any
 
 EMBED_ROLES = frozenset({"embed", "pos_embed", "value_embed"})
 HIDDEN_ROLES = frozenset({"attn_q", "attn_k", "attn_v", "attn_qkv", "attn_out", "mlp_in", "mlp_out"})
-VECTOR_ROLES = frozenset({"gain", "bias", "scalar"})
+# attn_out_bias has a role of its own so it can take its own Adam betas (track-3 result #46: beta2 0.9965).
+VECTOR_ROLES = frozenset({"gain", "bias", "attn_out_bias", "scalar"})
 ALL_ROLES = EMBED_ROLES | HIDDEN_ROLES | VECTOR_ROLES | {"head", "embed_head"}
 
 # Roles whose matrix is several independent blocks stacked along dim 0 (Q, K, V of a fused weight).

@@ -20,10 +20,12 @@ from omegaconf.errors import OmegaConfBaseException
 
 from common.paths import REPO
 from harness.config.schema import Config, ConfigError, load_config, register_configs
+from harness.loop.schedule import powercool_constants, powercool_lr
 from model.gpt import GPT
 from model.masks import attention_path, window_units
 from optim import build_optimizer
 from optim.newton_schulz import schedule
+from optim.stages import STAGES
 
 
 def load(overrides: list[str]) -> Config:
@@ -52,7 +54,8 @@ def group_rule(opt: torch.optim.Optimizer, group: dict) -> tuple[str, str]:
         betas = group.get("betas")
         return type(opt).__name__, f"betas {_num(betas)} eps {_num(group.get('eps'))}" if betas else ""
     if rule == "adam":
-        return "adam", f"betas {_num(group.get('betas'))} eps {_num(opt.adam.eps)}"
+        uncorrected = "" if group.get("bias_correction", True) else " no bias correction"
+        return "adam", f"betas {_num(group.get('betas'))} eps {_num(opt.adam.eps)}{uncorrected}"
     start, warm = opt.warmup
     mom = f"momentum {_num(opt.momentum)}" + (" nesterov" if opt.linear.nesterov else "")
     if warm:
@@ -74,13 +77,13 @@ def describe(cfg: Config, overrides: list[str]) -> list[str]:
         elems[roles[name]] += p.numel()
         tensors[roles[name]] += 1
     for role, n in sorted(elems.items(), key=lambda kv: -kv[1]):
-        lines.append(f"  {role:<12} {tensors[role]:>4} tensors {n:>14,}")
+        lines.append(f"  {role:<13} {tensors[role]:>4} tensors {n:>14,}")
     lines.append(f"optimizer: {cfg.optim.name} ({type(opt).__name__}); lr below = initial_lr, scaled by the schedule")
-    lines.append(f"  {'group':<12} {'rule':<38} {'tensors':>7} {'elements':>13} {'lr':>9} {'wd':>6}  momentum / betas")
+    lines.append(f"  {'group':<13} {'rule':<38} {'tensors':>7} {'elements':>13} {'lr':>9} {'wd':>6}  momentum / betas")
     for i, g in enumerate(opt.param_groups):
         rule, mom = group_rule(opt, g)
         n = sum(p.numel() for p in g["params"])
-        lines.append(f"  {str(g.get('role', i)):<12} {rule:<38} {len(g['params']):>7} {n:>13,} "
+        lines.append(f"  {str(g.get('role', i)):<13} {rule:<38} {len(g['params']):>7} {n:>13,} "
                      f"{_num(g.get('initial_lr', g['lr'])):>9} {_num(g.get('weight_decay', 0.0)):>6}  {mom}")
     tc = cfg.train
     warmup, warmdown = round(tc.warmup_frac * tc.max_steps), tc.warmdown_frac * tc.max_steps  # as harness/loop/schedule.py
@@ -108,6 +111,45 @@ def describe(cfg: Config, overrides: list[str]) -> list[str]:
         short = f"; layers {list(m.short_window_layers)}: half ({s0 * unit} -> {s1 * unit})" if m.short_window_layers else ""
         lines.append(f"attention: {'document-causal, ' if m.doc_causal else ''}sliding window {grow}" +
                      (f" in blocks of {unit}" if unit > 1 else "") + short)
+    return lines + policy_lines(cfg, opt)
+
+
+def policy_lines(cfg: Config, opt: torch.optim.Optimizer) -> list[str]:
+    """The optimizer's stages with their settings (registry order), the momentum and lr schedules, the
+    lookahead, the tail-EMA readout and the validation cadence, where they differ from plain training."""
+    o, tc, lines = cfg.optim, cfg.train, []
+    if hasattr(o, "ns_norm"):  # the role-routed optimizers (muon, dual): their stages and Newton-Schulz input
+        on = [s for s in STAGES if getattr(o, s.name)]
+        ns = [f"NS input / {o.ns_norm} norm"] if o.ns_norm != "fro" else []
+        ns += ["update kept in bf16"] if o.update_bf16 else []
+        if on or ns:
+            lines.append("stages: " + "; ".join(ns + [s.name + (" (" + ", ".join(
+                f"{k.name}={_num(getattr(o, k.name))}" for k in s.keys) + ")" if s.keys else "") for s in on]))
+        if o.momentum_cooldown_steps:
+            lines.append(f"momentum: {_num(o.momentum_warmup_start)} -> {_num(o.momentum)} over "
+                         f"{o.momentum_warmup_steps} steps, -> {_num(o.momentum_cooldown_end)} over the last "
+                         f"{o.momentum_cooldown_steps} of {o.momentum_horizon} ({o.momentum_ramp})")
+        if o.lookahead:
+            ratio = f" x the {o.lookahead_lr_role} group's lr ratio" if o.lookahead_lr_role else ""
+            lines.append(f"lookahead (EMA-Nesterov): w += {_num(o.lookahead)}{ratio} x EMA_{_num(o.lookahead_ema)}"
+                         f"(displacement) before steps {o.lookahead_start}..{o.lookahead_end - 1}")
+    if tc.lr_schedule.value == "powercool":
+        end = tc.max_steps if tc.powercool_end is None else tc.powercool_end
+        for g, c in zip(opt.param_groups, powercool_constants(opt.param_groups, tc)):
+            lr0 = g["initial_lr"]
+            first = next((s for s in range(end + 1) if powercool_lr(s, lr0, c, end, tc.powercool_power) < lr0), end)
+            lines.append(f"lr {str(g.get('role')):<13} min({_num(lr0)}, {c:.10g} ({end} - t)^"
+                         f"{_num(tc.powercool_power)}): below lr0 from step {first}")
+    if tc.tail_ema:
+        lines.append(f"readout: val_ema_loss on {_num(1 - tc.tail_ema_lambda)} w + {_num(tc.tail_ema_lambda)} ema, "
+                     f"ema of every weight but the token table, 1/{_num(tc.tail_ema_tau)} per step over "
+                     f"[{tc.tail_ema_start}, {tc.tail_ema_end}); the score")
+    if not tc.val_at_start or tc.val_extra_steps or tc.stop_after_step is not None:
+        extra = ", ".join(f"{r.first}..{r.last}" + (f" every {r.every}" if r.every != 1 and r.first != r.last else "")
+                          for r in tc.val_extra_steps)
+        lines.append("validation: " + ("no step 0; " if not tc.val_at_start else "") + (f"also {extra}; " if extra else "")
+                     + (f"the run stops after step {tc.stop_after_step} of the {tc.max_steps}-step schedule"
+                        if tc.stop_after_step is not None else ""))
     return lines
 
 

@@ -5,10 +5,15 @@ vector's coordinates are independent), so they take Adam's elementwise, sign-lik
 
     m <- b1 m + (1 - b1) g,   v <- b2 v + (1 - b2) g^2           (t: the group's optimizer step, from 1)
     d = (m / (1 - b1^t)) / (sqrt(v / (1 - b2^t)) + eps)
+    without bias correction (the roles in optim.adam_no_bias_correction_roles; track-3 result #46's aux Adam,
+    track3_best46_cwd_rowfloor_tailema.py): m <- lerp(m, g, 1 - b1), v <- lerp(v, g^2, 1 - b2) (lerp, as the
+    script: its roundings), d = m / (sqrt(v) + eps); the first step moves each coordinate by lr (1 - b1) /
+    sqrt(1 - b2) (2 lr at (0.8, 0.99)) instead of lr
     p <- p (1 - lr wd) - lr d          applied by HybridOptimizer (the decay by the decay stage when one is
                                        on, optim/stages/: optim.cautious_wd)
 
-betas: optim.adam_betas (optim.hidden_adam_betas for hidden matrices), eps: optim.adam_eps, wd:
+betas: optim.adam_betas (optim.hidden_adam_betas for hidden matrices; optim.role_adam_betas.ROLE for one
+role), eps: optim.adam_eps, wd:
 optim.adam_weight_decay (optim.weight_decay for hidden matrices), each group's own ("betas",
 "weight_decay"). State: "exp_avg", "exp_avg_sq" (fp32), on every rank.
 """
@@ -33,6 +38,16 @@ def adam_direction(grad: torch.Tensor, exp_avg: torch.Tensor, exp_avg_sq: torch.
     return torch.div(exp_avg, denom).div_(bias1)
 
 
+@torch.no_grad()
+def adam_direction_uncorrected(grad: torch.Tensor, exp_avg: torch.Tensor, exp_avg_sq: torch.Tensor,
+                               betas: tuple[float, float], eps: float) -> torch.Tensor:
+    """Update the moment buffers in place and return m / (sqrt(v) + eps), no bias correction (above)."""
+    beta1, beta2 = betas
+    exp_avg.lerp_(grad, 1 - beta1)
+    exp_avg_sq.lerp_(grad.square(), 1 - beta2)
+    return exp_avg / (exp_avg_sq.sqrt() + eps)
+
+
 class AdamMap:
     """Adam's update rule; cfg: the optim config (optim/hybrid_config.py's fields)."""
 
@@ -51,7 +66,10 @@ class AdamMap:
             state["exp_avg"] = torch.zeros_like(p, dtype=torch.float32)
             state["exp_avg_sq"] = torch.zeros_like(p, dtype=torch.float32)
 
-    def direction(self, p: torch.Tensor, state: dict, step: int, betas: tuple[float, float]) -> torch.Tensor:
+    def direction(self, p: torch.Tensor, state: dict, step: int, betas: tuple[float, float],
+                  bias_correction: bool = True) -> torch.Tensor:
         """The direction d (fp32, p's shape) that p steps along, p <- p - lr d; step: the group's step (from 1)."""
         self.init_state(state, p)
+        if not bias_correction:
+            return adam_direction_uncorrected(p.grad.float(), state["exp_avg"], state["exp_avg_sq"], betas, self.eps)
         return adam_direction(p.grad.float(), state["exp_avg"], state["exp_avg_sq"], step, betas, self.eps)

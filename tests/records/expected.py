@@ -223,6 +223,7 @@ EXPECTED: dict[str, Track1 | Track3] = {
         params=162_354_816,  # 2 x 50304 x 768 + 50304 (head bias) + 12 x 7,086,336 (block) + 2 x 768 (norms)
         groups={"embed": ("adam", 0.3, 0.0, (0.8, 0.95)), "head": ("adam", 1 / 320, 0.0, (0.8, 0.95)),
                 "gain": ("adam", 0.01, 0.0, (0.8, 0.95)), "bias": ("adam", 0.01, 0.0, (0.8, 0.95)),
+                "attn_out_bias": ("adam", 0.01, 0.0, (0.8, 0.95)),
                 **{r: ("adam", 0.0015, 0.1, (0.9, 0.95)) for r in TRACK3_BLOCK}},
         adam_eps=1e-10,
         optimizer_check_steps=(100, 2000, 5000),
@@ -231,9 +232,20 @@ EXPECTED: dict[str, Track1 | Track3] = {
         params=162_354_816,
         groups={"embed": ("adam", 0.7, 0.001, (0.8, 0.95)), "head": ("adam", 0.004, 0.001, (0.8, 0.95)),
                 "gain": ("adam", 0.015, 0.001, (0.8, 0.95)), "bias": ("adam", 0.015, 0.001, (0.8, 0.95)),
+                "attn_out_bias": ("adam", 0.015, 0.001, (0.8, 0.95)),
                 **{r: ("linear", 0.025, 0.05, ()) for r in TRACK3_BLOCK}},
         adam_eps=1e-10,
         linear=Linear(momentum=0.95, nesterov=True, warmup_steps=0, ns_method="track3", ns_steps=12, scale="muon"),
         optimizer_check_steps=(0, 1500, 3000),
+    ),
+    "track3_best46": Track3(
+        params=162_354_816,
+        groups={"embed": ("adam", 0.3, 0.0, (0.8, 0.99)), "head": ("adam", 0.003125, 0.0, (0.8, 0.99)),
+                "gain": ("adam", 0.01, 0.0, (0.8, 0.99)), "bias": ("adam", 0.01, 0.0, (0.8, 0.997)),
+                "attn_out_bias": ("adam", 0.01, 0.0, (0.8, 0.9965)),
+                **{r: ("linear", 0.0375, 0.0, ()) for r in TRACK3_BLOCK}},
+        adam_eps=1e-10,
+        linear=Linear(momentum=0.95, nesterov=True, warmup_steps=300, ns_method="track3", ns_steps=12, scale="muon"),
+        optimizer_check_steps=(0, 1500, 2800),
     ),
 }

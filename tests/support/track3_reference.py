@@ -4,18 +4,14 @@ reference: block names) for comparison.
 The scripts train at import (they start torch.distributed and read data/ at the top level), so
 nothing is imported: the file is parsed with `ast`, and only its imports, functions and classes
 are executed (`torch.compile` decorators dropped: eager on CPU), after the script's own constants: the
-top-level UPPER_CASE assignments before its first function or class, and those of a plain number or
-string anywhere at the top level (result #46's defaults and helpers read them, some at def time; its
-momentum schedule's _MU_* sit in its setup section; `--seed` is given as `seed`). `setup(...)` then runs the
+top-level UPPER_CASE assignments before its setup section (which starts at `train_steps = N`), and past it
+those of a plain number or string (#46's defaults read them at def time, e.g. `beta2=SOAP_BETA2`, and its
+momentum schedule's _MU_* sit in its setup section); `args.seed` stands for `--seed`. `setup(...)` then runs the
 script's own hyperparameter section (from `train_steps = N` through `def set_hparams`: its init
 loop, its optimizers, their groups and its schedule) against a model we hand it, with a
 single-process stand-in for torch.distributed. Nothing here runs when ../shared is absent.
 
-Result #46's script (BEST46, no experiment file yet) reads module constants at def time (e.g. a
-default argument `beta2=SOAP_BETA2`) and in its setup section (SEED, FINAL_TRAIN_STEPS, ...):
-`script_definitions(file, seed)` also runs the top-level assignments of UPPER_CASE names before the setup
-section, with `args.seed`
-= seed in place of the command line; `script_setup(file, ...)` is `setup` for such a file.
+`script_definitions(file, seed)` / `script_setup(file, ...)` do the same for a script named by file.
 """
 from __future__ import annotations
 
@@ -102,9 +98,11 @@ def _definitions(tree: ast.Module, file: str, constants: bool, ns: dict) -> dict
     return ns
 
 
-def definitions(experiment: str) -> dict:
-    """Namespace holding the script's imports, functions and classes (GPT, Muon, ...)."""
-    return _definitions(_tree(experiment), SCRIPTS[experiment], False, {"__name__": f"reference_{experiment}"})
+def definitions(experiment: str, seed: int = 0) -> dict:
+    """Namespace holding the script's imports, constants, functions and classes (GPT, Muon, ...).
+    seed: the script's --seed (#46 reads it into SEED)."""
+    return _definitions(_tree(experiment), SCRIPTS[experiment], True,
+                        {"__name__": f"reference_{experiment}", "args": SimpleNamespace(seed=seed)})
 
 
 def script_definitions(file: str, seed: int = 0) -> dict:

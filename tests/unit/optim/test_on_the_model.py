@@ -33,7 +33,8 @@ def test_routing_on_the_real_untied_model():
     by_name = groups_by_name(opt)
     assert by_name.keys() == dict(model.named_parameters()).keys()
     expected = {"embed": "embed", "pos_embed": "embed", "attn_qkv": "linear", "attn_out": "linear",
-                "mlp_in": "linear", "mlp_out": "linear", "head": "adam", "gain": "adam", "bias": "adam"}
+                "mlp_in": "linear", "mlp_out": "linear", "head": "adam", "gain": "adam", "bias": "adam",
+                "attn_out_bias": "adam"}
     for name, role in roles.items():
         assert by_name[name]["map"] == expected[role], (name, role)
     # mass rule with token + position tables at the input: they share the embed mass
