@@ -281,7 +281,7 @@ def name_runs(sources: list[str], curves: list[Curve]) -> None:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m analysis.compare", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("runs", nargs="+", help="run folders, metrics.jsonl files, speedrun logs or CSVs")
+    ap.add_argument("runs", nargs="+", help="run or sweep folders, metrics.jsonl files, speedrun logs or CSVs")
     ap.add_argument("--record", required=True, help="reference name (configs/records/<name>.csv) or a CSV path")
     ap.add_argument("--target", type=float,
                     help=f"the loss to reach (default {DEFAULT_TARGET}: FineWeb, GPT-2 vocabulary)")

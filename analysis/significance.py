@@ -162,7 +162,7 @@ def pairwise(new: tuple[float, int, float], old: tuple[float, int, float]) -> in
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m analysis.significance", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("runs", nargs="*", help="run folders, metrics.jsonl files, speedrun logs or CSVs")
+    ap.add_argument("runs", nargs="*", help="run or sweep folders, metrics.jsonl files, speedrun logs or CSVs")
     ap.add_argument("--values", type=float, nargs="+", default=[], help="final val losses given directly")
     ap.add_argument("--rule", choices=("ttest", "track3", "pairwise"), default="ttest")
     ap.add_argument("--record", help="a published result's runs (experiment name or multi-run CSV) as the group")

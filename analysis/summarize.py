@@ -207,7 +207,8 @@ def write_csvs(runs: list[Run], names: list[str], out: Path, include_unfinished:
 
 
 def plot(runs: list[Run], names: list[str], out: Path):
-    """val_loss_vs_time.png (one line per run, a dashed target line) and the series as CSV; returns the figure."""
+    """val_loss_vs_time.png (one line per run: a color per group, a line style per seed; a dashed target line)
+    and the series as CSV; returns the figure."""
     import matplotlib
 
     matplotlib.use("Agg")
