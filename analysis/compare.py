@@ -6,9 +6,17 @@
     python -m analysis.compare outputs/runs/T3 --record track3_best46    # #46's 8 runs, tail-EMA readout
     python -m analysis.compare track3_muon --record track3_best46        # #36's mean against #46
 
-RUN may be a run folder of this harness (metrics.jsonl), a metrics.jsonl, a speedrun log
-(`step:N/M val_loss:X train_time:Tms` lines), a step,val_loss,train_time_ms CSV, or a published
-result (an experiment with a reference: block, or a multi-run CSV), drawn as its runs' mean.
+RUN may be a run folder of this harness (metrics.jsonl), a sweep folder (its job folders), a
+metrics.jsonl, a speedrun log (`step:N/M val_loss:X train_time:Tms` lines), a step,val_loss,train_time_ms
+CSV, or a published result (an experiment with a reference: block, or a multi-run CSV), drawn as its
+runs' mean. A file that holds no run (Hydra's multirun.yaml) is skipped with a note. A run folder is
+named by its command-line overrides (.hydra/overrides.yaml, run-specific keys such as the seed left out
+unless they tell two runs apart), else by its folder.
+
+A run whose data, vocabulary, model, sequence or batch size or track differ from the reference's (read
+from its experiment file; analysis/comparable.py) is refused, exit 2: its ratios would mean nothing;
+--force compares it anyway under warnings. So is a run off FineWeb or GPT-2's vocabulary against a
+reference CSV at the default target (--target sets your own).
 
 --metric picks the loss compared (default: the one the reference is scored on): val_loss, or
 val_ema_loss, track 3's tail-EMA readout (#46 is scored on it). A run or result that logs no
@@ -38,10 +46,13 @@ import argparse
 import sys
 from pathlib import Path
 
+from analysis.comparable import NotComparable, differences, refuse_or_warn, target_problems, target_refusal
 from analysis.crossing import DEFAULT_TARGET, Crossing, Curve, first_crossing
 from analysis.curves import (RECORD_TOKENS_PER_STEP, BandPoint, CurveError, band, lacks_metric, mean_curve, read_curve,
                              record_curves, record_metric, record_path)
+from analysis.pooling import run_specific
 from analysis.records import METRICS
+from analysis.runs import METRICS_FILE, NoRuns, expand_runs, read_config, read_overrides, skipped_note
 from analysis.stats import TRACK3_MARGIN, track3_first_pass
 from common.paths import REPO
 
@@ -88,7 +99,9 @@ def report(runs: list[Curve], record: Curve, target: float, interpolate: bool,
         if own:
             lines.append(f"  the runs' own first validations <= {target}: mean step {sum(own) / len(own):g} "
                          f"({len(own)} of {len(references)} runs; {min(own)} to {max(own)})")
-    lines.append(f"{'run':<40} {'step':>8} {'tokens':>8} {'time_s':>9} {'final':>7} {'time_ratio':>10} {'token_ratio':>11}")
+    w = max([40] + [len(r.name) for r in runs])
+    lines.append(f"{'run':<{w}} {'step':>8} {'tokens':>8} {'time_s':>9} {'final':>7} {'time_ratio':>10} "
+                 f"{'token_ratio':>11}")
     for run in runs:
         c = first_crossing(run, target, interpolate)
         s, t, tm = fmt_crossing(c)
@@ -96,7 +109,7 @@ def report(runs: list[Curve], record: Curve, target: float, interpolate: bool,
         kr = ratio(c.tokens if c else None, rec.tokens if rec else None)
         if c is None:
             tr = kr = "not reached"
-        lines.append(f"{run.name[-40:]:<40} {s:>8} {t:>8} {tm:>9} {run.final.val_loss:>7.4f} {tr:>10} {kr:>11}")
+        lines.append(f"{run.name:<{w}} {s:>8} {t:>8} {tm:>9} {run.final.val_loss:>7.4f} {tr:>10} {kr:>11}")
     if spread:
         by_step = {b.step: b for b in spread}
         for run in runs:
@@ -104,7 +117,7 @@ def report(runs: list[Curve], record: Curve, target: float, interpolate: bool,
             if shared:
                 p, b = shared[-1], by_step[shared[-1].step]
                 sd = f" = {(p.val_loss - b.mean) / b.std:+.1f} std" if b.std > 0 else ""
-                lines.append(f"{run.name[-40:]}: at step {p.step} {p.val_loss:.5f} vs the reference's "
+                lines.append(f"{run.name}: at step {p.step} {p.val_loss:.5f} vs the reference's "
                              f"{b.mean:.5f} ± {b.std:.5f}: {p.val_loss - b.mean:+.5f}{sd}")
     return lines
 
@@ -238,37 +251,75 @@ def run_curve(source: str, tokens_per_step: int, metric: str) -> Curve:
     return read_curve(source, tokens_per_step, metric)
 
 
+def _folder(source: str) -> Path | None:
+    path = Path(source)
+    return path if path.is_dir() else path.parent if path.name == METRICS_FILE else None
+
+
+def _overrides_name(source: str) -> str | None:
+    """A run folder's command-line overrides without run-specific keys (seed, logging, hydra.*); None without."""
+    folder = _folder(source)
+    items = (read_overrides(folder) if folder else None) or []
+    kept = [i for i in items if not run_specific(k := i.lstrip("+~").partition("=")[0]) and not k.startswith("hydra.")]
+    return " ".join(kept) or None
+
+
+def name_runs(sources: list[str], curves: list[Curve]) -> None:
+    """Name each curve for the report and the legend: a run folder by its overrides (_overrides_name), anything
+    else (or a folder without overrides) as read; where two would share a name, each adds its seed, then its
+    folder's name."""
+    for source, curve in zip(sources, curves):
+        curve.name = _overrides_name(source) or curve.name
+    for add in (lambda s: f"seed={read_config(_folder(s)).get('seed')}" if _folder(s) else None,
+                lambda s: f"({Path(s).name})"):
+        names = [c.name for c in curves]
+        for source, curve in zip(sources, curves):
+            if names.count(curve.name) > 1 and (extra := add(source)):
+                curve.name = f"{curve.name} {extra}"
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m analysis.compare", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("runs", nargs="+", help="run folders, metrics.jsonl files, speedrun logs or CSVs")
+    ap.add_argument("runs", nargs="+", help="run or sweep folders, metrics.jsonl files, speedrun logs or CSVs")
     ap.add_argument("--record", required=True, help="reference name (configs/records/<name>.csv) or a CSV path")
-    ap.add_argument("--target", type=float, default=DEFAULT_TARGET)
+    ap.add_argument("--target", type=float,
+                    help=f"the loss to reach (default {DEFAULT_TARGET}: FineWeb, GPT-2 vocabulary)")
     ap.add_argument("--interpolate", action="store_true", help="interpolate the crossing between validations")
     ap.add_argument("--tokens-per-step", type=int, default=RECORD_TOKENS_PER_STEP,
                     help="for speedrun logs and CSVs, which carry no token counts")
     ap.add_argument("--metric", choices=METRICS, help="the loss compared (default: the reference's)")
     ap.add_argument("--out", type=Path, help="PNG path (default: see above)")
+    ap.add_argument("--force", action="store_true", help="compare runs unlike the reference (warns; see above)")
     args = ap.parse_args(argv)
+    target = DEFAULT_TARGET if args.target is None else args.target
     try:
         metric = args.metric or record_metric(args.record)
         references = record_curves(args.record, args.tokens_per_step, metric)
+        args.runs, skipped = expand_runs(args.runs)
+        notes = [skipped_note(skipped)] if skipped else []
         runs = [run_curve(r, args.tokens_per_step, metric) for r in args.runs]
-        notes = [f"note: {r} logs no {metric}: compared on its val_loss" for r in [args.record, *args.runs]
-                 if lacks_metric(_source(r), metric)]
-    except CurveError as e:
+        notes += [f"note: {r} logs no {metric}: compared on its val_loss" for r in [args.record, *args.runs]
+                  if lacks_metric(_source(r), metric)]
+        print("\n".join([f"metric: {metric}", *notes]))
+        if not Path(args.record).exists():  # an experiment: its file says what it was run on
+            refuse_or_warn(differences(args.runs, args.record), args.force, f"refusing to compare these runs with "
+                           f"{args.record}, which they are not like (theirs vs its)")
+        elif args.target is None:
+            refuse_or_warn(target_problems(args.runs), args.force, target_refusal(target))
+    except (CurveError, NoRuns, NotComparable) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    name_runs(args.runs, runs)
     record = mean_curve(references, every_run=False)
     spread = band(references, every_run=False) if len(references) > 1 else None
-    print("\n".join([f"metric: {metric}", *notes, *report(runs, record, args.target, args.interpolate, spread,
-                                                            references)]))
+    print("\n".join(report(runs, record, target, args.interpolate, spread, references)))
     out = args.out
     name = Path(args.record).stem
     if out is None:
         single = len(args.runs) == 1 and Path(args.runs[0]).is_dir()
         out = (Path(args.runs[0]) if single else REPO / "results" / "plots") / f"compare_{name}.png"
-    for warning in plot(runs, record, args.target, out, spread, metric):
+    for warning in plot(runs, record, target, out, spread, metric):
         print(f"WARNING: {warning}", file=sys.stderr)
     print(f"plot: {out}")
     return 0

@@ -29,7 +29,8 @@ class RunFacts:
     final_val_loss: Optional[float]
 
 
-def _run_specific(key: str) -> bool:
+def run_specific(key: str) -> bool:
+    """A config key that may differ between runs of one configuration (RUN_SPECIFIC)."""
     return key in RUN_SPECIFIC or key.startswith(RUN_SPECIFIC_PREFIXES)
 
 
@@ -44,7 +45,7 @@ def pooling_problems(runs: list[RunFacts]) -> list[str]:
     if missing:
         problems.append(f"no config.yaml, so their configuration cannot be checked: {', '.join(missing)}")
     configs = [r for r in runs if r.config]
-    keys = sorted({k for r in configs for k in r.config if not _run_specific(k)})
+    keys = sorted({k for r in configs for k in r.config if not run_specific(k)})
     for key in keys:
         values = {repr(r.config.get(key)) for r in configs}
         if len(values) > 1:

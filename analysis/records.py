@@ -71,7 +71,8 @@ class ReferenceInfo:
         return RECORD_CURVES / self.curve
 
 
-def _experiment_file(experiment: str) -> Path:
+def experiment_file(experiment: str) -> Path:
+    """configs/experiment/<experiment>.yaml; ReferenceBlockError naming the known ones when there is none."""
     path = EXPERIMENTS_DIR / f"{experiment}.yaml"
     if not path.is_file():
         known = sorted(p.stem for p in EXPERIMENTS_DIR.glob("*.yaml"))
@@ -81,7 +82,7 @@ def _experiment_file(experiment: str) -> Path:
 
 def reference_of(experiment: str) -> Optional[ReferenceInfo]:
     """The `reference:` block of configs/experiment/<experiment>.yaml, validated; None without one."""
-    path = _experiment_file(experiment)
+    path = experiment_file(experiment)
     try:
         node = OmegaConf.load(path).get("reference")
         if node is None:

@@ -5,11 +5,14 @@ A run folder (train.py's hydra.run.dir) holds
   harness/telemetry/metrics.py); a crash can leave the last line torn (half written);
 - config.yaml: the run's fully resolved config (every default filled in);
 - .hydra/overrides.yaml: the command-line overrides, as Hydra recorded them.
+A sweep folder (train.py -m's hydra.sweep.dir) holds one run folder per job (0/, 1/, ...) beside
+Hydra's multirun.yaml; `expand_runs` turns command-line arguments into run sources.
 Every reader of run folders (analysis/, benchmarks/, tools/, tests) goes through this module.
 """
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
@@ -17,6 +20,54 @@ from typing import Optional
 METRICS_FILE = "metrics.jsonl"
 CONFIG_FILE = "config.yaml"
 OVERRIDES_FILE = Path(".hydra") / "overrides.yaml"
+# Files that may hold a run: metrics.jsonl, curve CSVs, speedrun logs (modded-nanogpt's logs/<id>.txt).
+# Any other file (Hydra's multirun.yaml, a plot, a checkpoint) is not a run.
+RUN_FILE_SUFFIXES = (".jsonl", ".csv", ".txt", ".log")
+
+
+class NoRuns(ValueError):
+    """A folder given as runs holds no run folder; the message names it."""
+
+
+def natural_key(path: str | Path) -> list:
+    """Sort key putting sweep job 2 before job 10."""
+    return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", str(path))]
+
+
+def run_folders(folder: str | Path) -> list[Path]:
+    """The run folders at or under `folder`: itself when it holds a metrics.jsonl, else every folder below
+    that does (a sweep's jobs; wandb's own folders left out), in natural order. NoRuns when there is none."""
+    folder = Path(folder)
+    if (folder / METRICS_FILE).is_file():
+        return [folder]
+    found = {p.parent for p in folder.rglob(METRICS_FILE) if "wandb" not in p.relative_to(folder).parts}
+    if not found:
+        raise NoRuns(f"no metrics.jsonl under {folder} (nor in it): pass run folders or sweep folders")
+    return sorted(found, key=natural_key)
+
+
+def expand_runs(args: list[str]) -> tuple[list[str], list[str]]:
+    """Run arguments as typed (a shell glob such as outputs/multirun/X/* included) -> (run sources, skipped).
+
+    A folder stands for its run folders (run_folders: a sweep folder for its jobs); a file whose suffix
+    is not in RUN_FILE_SUFFIXES is skipped (it is returned second, for the caller to say so); anything
+    else, a missing path included (an experiment name, or an error for the reader), is kept as given."""
+    sources, skipped = [], []
+    for arg in args:
+        path = Path(arg)
+        if path.is_dir():
+            sources += [str(p) for p in run_folders(path)]
+        elif path.is_file() and path.suffix not in RUN_FILE_SUFFIXES:
+            skipped.append(arg)
+        else:
+            sources.append(arg)
+    return sources, skipped
+
+
+def skipped_note(skipped: list[str]) -> str:
+    """The one line saying which arguments were not runs."""
+    return (f"note: skipped {len(skipped)} file(s) that hold no run (a run is a folder, or a "
+            f"{'/'.join(RUN_FILE_SUFFIXES)} file): {', '.join(skipped)}")
 
 
 def metrics_path(path: str | Path) -> Path:

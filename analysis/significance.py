@@ -22,8 +22,12 @@ stopping rule is reported too: the first step, among those every run validated, 
 
 Runs are pooled only when that means something: finished runs (an end-of-run summary) of one
 configuration, differing in their seed alone (logging and checkpoint keys aside), each seed once,
-all validated last at the same step, and not all identical. Otherwise the script names every
-problem and refuses (exit 2); --force pools them anyway under loud warnings.
+all validated last at the same step, and not all identical. Runs are judged only against what applies
+to them (analysis/comparable.py): the default target 3.28 only on FineWeb with GPT-2's vocabulary
+(--target sets your own), a published result only on its data, vocabulary, model, sequence and batch
+sizes and track. Otherwise the script names every problem and refuses (exit 2); --force goes on anyway
+under loud warnings. A sweep folder stands for its job folders; a file that holds no run (Hydra's
+multirun.yaml, from outputs/multirun/X/*) is skipped with a note.
 Exit status: 0 significant, 1 not significant, 2 bad input or refused.
 """
 from __future__ import annotations
@@ -33,17 +37,14 @@ import math
 import sys
 from pathlib import Path
 
+from analysis.comparable import differences, refuse_or_warn, target_problems, target_refusal
 from analysis.crossing import DEFAULT_TARGET, Curve
 from analysis.curves import CurveError, band, lacks_metric, read_curve, record_curves, record_metric
 from analysis.pooling import RunFacts, pooling_problems, run_facts, spread_problem
 from analysis.records import METRICS, reference_of
-from analysis.runs import METRICS_FILE
+from analysis.runs import METRICS_FILE, expand_runs, skipped_note
 from analysis.stats import (TRACK3_LOSS_PER_100_STEPS, TRACK3_MARGIN, one_sided_ttest, track3_first_pass,
                             track3_pairwise, track3_ztest)
-
-
-class Refused(ValueError):
-    """The inputs should not be pooled (the message lists why)."""
 
 
 def collect(label: str, paths: list[str], values: list[float], force: bool,
@@ -67,11 +68,7 @@ def collect(label: str, paths: list[str], values: list[float], force: bool,
     problems = pooling_problems(facts) if len(facts) > 1 or any(not f.complete for f in facts) else []
     if (spread := spread_problem(losses)) is not None:
         problems.append(spread)
-    if problems and not force:
-        raise Refused("refusing to pool these runs:\n  - " + "\n  - ".join(problems) +
-                      "\n  (pass --force to pool them anyway)")
-    for problem in problems:
-        print(f"WARNING (--force): {problem}")
+    refuse_or_warn(problems, force, "refusing to pool these runs")
     return losses, facts
 
 
@@ -165,7 +162,7 @@ def pairwise(new: tuple[float, int, float], old: tuple[float, int, float]) -> in
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m analysis.significance", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("runs", nargs="*", help="run folders, metrics.jsonl files, speedrun logs or CSVs")
+    ap.add_argument("runs", nargs="*", help="run or sweep folders, metrics.jsonl files, speedrun logs or CSVs")
     ap.add_argument("--values", type=float, nargs="+", default=[], help="final val losses given directly")
     ap.add_argument("--rule", choices=("ttest", "track3", "pairwise"), default="ttest")
     ap.add_argument("--record", help="a published result's runs (experiment name or multi-run CSV) as the group")
@@ -179,11 +176,21 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--old-record", help="pairwise: the old result as a published result's runs (e.g. track3_best46)")
     ap.add_argument("--new-steps", type=float, help="pairwise: the new result's step count (default: its runs')")
     ap.add_argument("--old-steps", type=float, help="pairwise: the old result's step count (default: its runs')")
-    ap.add_argument("--target", type=float, default=DEFAULT_TARGET)
+    ap.add_argument("--target", type=float,
+                    help=f"the loss to beat (default {DEFAULT_TARGET}: FineWeb, GPT-2 vocabulary)")
     ap.add_argument("--alpha", type=float, default=0.01, help="t-test significance level")
-    ap.add_argument("--force", action="store_true", help="pool runs that should not be pooled (warns)")
+    ap.add_argument("--force", action="store_true",
+                    help="pool runs that should not be pooled, judge runs against what does not apply (warns)")
     args = ap.parse_args(argv)
+    target = DEFAULT_TARGET if args.target is None else args.target
     try:
+        skipped = []
+        for key in ("runs", "new", "old"):
+            sources, skipped_here = expand_runs(getattr(args, key))
+            setattr(args, key, sources)
+            skipped += skipped_here
+        if skipped:
+            print(skipped_note(skipped))
         named = [r for r in (args.record, args.new_record, args.old_record) if r]
         # the readout outranks val_loss: a result without it is scored on val_loss, which its readout equals
         metric = args.metric or max((record_metric(r) for r in named), key=METRICS.index, default="val_loss")
@@ -201,12 +208,14 @@ def main(argv: list[str] | None = None) -> int:
                     raise ValueError("--step belongs to --record (a run's loss is its last validation's)")
                 losses, _ = collect("", args.runs, args.values, args.force, metric)
                 curves = None
+                if args.target is None:  # your own --target is yours to choose
+                    refuse_or_warn(target_problems(args.runs), args.force, target_refusal(target))
             if args.rule == "ttest":
-                return ttest(losses, args.target, args.alpha)
+                return ttest(losses, target, args.alpha)
             curves = curves if curves is not None else [read_curve(r, metric=metric) for r in args.runs]
             if curves:
-                stopping_rule(curves, args.target)
-            return ztest(losses, args.target)
+                stopping_rule(curves, target)
+            return ztest(losses, target)
         if args.runs or args.values or args.record:
             raise ValueError("--rule pairwise takes --new ... --old ... (or --new-summary / --old-summary, "
                              "--new-record / --old-record), not positional runs, --values or --record")
@@ -225,8 +234,12 @@ def main(argv: list[str] | None = None) -> int:
             else:
                 losses, facts = collect(f"{label}: ", paths, [], args.force, metric)
                 sides[label] = (sum(losses) / len(losses), len(losses), group_steps(label, facts, steps))
+        for runs, record in ((args.new, args.old_record), (args.old, args.new_record)):
+            if runs and record and not Path(record).exists():  # runs against a published result
+                refuse_or_warn(differences(runs, record), args.force, f"refusing to judge these runs against "
+                               f"{record}, which they are not like (theirs vs its)")
         return pairwise(sides["new"], sides["old"])
-    except (CurveError, ValueError) as e:  # Refused included
+    except (CurveError, ValueError) as e:  # NotComparable and NoRuns included
         print(f"error: {e}", file=sys.stderr)
         return 2
 

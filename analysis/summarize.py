@@ -22,7 +22,6 @@ import argparse
 import csv
 import math
 import os
-import re
 import statistics
 import sys
 from dataclasses import dataclass, field
@@ -30,7 +29,7 @@ from pathlib import Path
 
 from analysis.crossing import DEFAULT_TARGET, ValTracker
 from analysis.pooling import RunFacts, pooling_problems, spread_problem
-from analysis.runs import METRICS_FILE, read_config, read_overrides, read_run
+from analysis.runs import NoRuns, natural_key, read_config, read_overrides, read_run, run_folders
 from common.atomic_io import write_text_atomic
 
 METRICS = ("final_val_loss", "best_val_loss", "steps_to_target", "time_to_target_s", "tokens_per_s")
@@ -48,20 +47,16 @@ class Run:
     params: dict = field(default_factory=dict)  # the differing parameters, filled by vary()
 
 
-def natural_key(path: Path) -> list:
-    return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", str(path))]
-
-
 def find_runs(dirs: list[Path]) -> list[Path]:
+    """The run folders at or under `dirs` (analysis.runs.run_folders), each once, in natural order."""
     found = set()
     for d in dirs:
         if not d.exists():
             raise SystemExit(f"error: {d} does not exist")
-        if (d / METRICS_FILE).is_file():
-            found.add(d.resolve())
-        found.update(p.parent.resolve() for p in d.rglob(METRICS_FILE) if "wandb" not in p.parts)
-    if not found:
-        raise SystemExit(f"error: no metrics.jsonl under {', '.join(map(str, dirs))}: pass run or sweep folders")
+        try:
+            found.update(p.resolve() for p in run_folders(d))
+        except NoRuns as e:
+            raise SystemExit(f"error: {e}") from None
     return sorted(found, key=natural_key)
 
 
@@ -212,7 +207,8 @@ def write_csvs(runs: list[Run], names: list[str], out: Path, include_unfinished:
 
 
 def plot(runs: list[Run], names: list[str], out: Path):
-    """val_loss_vs_time.png (one line per run, a dashed target line) and the series as CSV; returns the figure."""
+    """val_loss_vs_time.png (one line per run: a color per group, a line style per seed; a dashed target line)
+    and the series as CSV; returns the figure."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -223,11 +219,14 @@ def plot(runs: list[Run], names: list[str], out: Path):
     with open(out / "val_loss_vs_time.csv", "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(["run", "label", "train_time_s", "val_loss"])
+        # seed 0 solid, seed 1 dashed, ... in every group
+        seeds = sorted({repr(r.config.get("seed")) for r in runs}, key=natural_key)
         for color, (_, members) in enumerate(group_runs(runs, names)):  # a color per group, a style per seed
-            for i, r in enumerate(members):
+            for r in members:
                 label = " ".join(f"{k}={r.params[k]}" for k in names) or r.name
                 xs, ys = [t / 1000 for t, _ in r.curve], [v for _, v in r.curve]
-                ax.plot(xs, ys, marker=".", color=f"C{color % 10}", linestyle=styles[i % len(styles)],
+                style = styles[seeds.index(repr(r.config.get("seed"))) % len(styles)]
+                ax.plot(xs, ys, marker=".", color=f"C{color % 10}", linestyle=style,
                         label=label, gid="run")
                 w.writerows([r.name, label, x, y] for x, y in zip(xs, ys))
     targets = {r.stats["target"] for r in runs}

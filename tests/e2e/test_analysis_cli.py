@@ -1,9 +1,13 @@
 """`python -m analysis.compare` and `python -m analysis.significance` as processes, on synthetic run folders."""
 import math
+import shlex
+import subprocess
+import sys
 
 import pytest
 
-from tests.conftest import run_script
+from tests.conftest import REPO, run_script
+from tests.unit.analysis.test_comparable import smoke_sweep
 from tests.unit.analysis.test_compare import write_run
 
 
@@ -40,3 +44,23 @@ def test_python_m_analysis_from_the_command_line():
     assert proc.returncode == 0 and "significance" in proc.stdout
     proc = run_script("analysis", "nope")
     assert proc.returncode == 2 and proc.stdout == "" and len(proc.stderr.splitlines()) == 1
+
+
+@pytest.mark.e2e
+def test_a_sweeps_shell_glob_as_the_readme_prints_it(tmp_path):
+    """`python -m analysis significance --rule track3 outputs/multirun/<sweep>/*` through a shell: Hydra's
+    multirun.yaml is skipped with a note; a synthetic-data sweep is refused against 3.28 (exit 2), judged
+    against a target of its own (exit 0), and refused against a record (exit 2)."""
+    sweep = smoke_sweep(tmp_path / "sweep")
+
+    def shell(args: str) -> subprocess.CompletedProcess:
+        return subprocess.run(f"{shlex.quote(sys.executable)} -m analysis {args}", shell=True, cwd=REPO,
+                              capture_output=True, text=True, timeout=120)
+
+    proc = shell(f"significance --rule track3 {shlex.quote(str(sweep))}/*")
+    assert proc.returncode == 2 and "refusing to judge these runs against 3.28" in proc.stderr
+    assert "note: skipped 1 file(s) that hold no run" in proc.stdout and "holds no validation points" not in proc.stderr
+    proc = shell(f"significance --rule track3 --target 1.3 {shlex.quote(str(sweep))}/*")
+    assert proc.returncode == 0 and "verdict: SIGNIFICANT" in proc.stdout, proc.stderr
+    proc = shell(f"compare {shlex.quote(str(sweep))} --record record20_sub3min")
+    assert proc.returncode == 2 and "which they are not like" in proc.stderr and "time_ratio" not in proc.stdout
