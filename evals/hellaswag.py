@@ -100,16 +100,24 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--data", default=None, help="a local hellaswag_val.jsonl (no download)")
     ap.add_argument("--cache-dir", default=None, help=f"where the download is kept (default {default_cache_dir()})")
     ap.add_argument("--url", default=URL, help="where to download the val set from")
-    ap.add_argument("--limit", type=int, default=0, help="evaluate the first N examples only (0 = all)")
-    ap.add_argument("--batch-size", type=int, default=8, help="examples per forward pass (4 rows each)")
+    ap.add_argument("--limit", type=_count(0), default=0, help="evaluate the first N examples only (0 = all)")
+    ap.add_argument("--batch-size", type=_count(1), default=8, help="examples per forward pass (4 rows each)")
     ap.add_argument("--device", default="auto", help="auto (CUDA when available) | cpu | cuda | cuda:N")
     ap.add_argument("--bpe", default=None, help="GPT-2 BPE file (.tiktoken or encoder.json), as inference.sample")
     ap.add_argument("--out", default=None, help="also write the result as JSON to this file (atomically)")
     ap.add_argument("--no-progress", action="store_true", help="no progress bars")
-    args = ap.parse_args(argv)
-    if args.limit < 0 or args.batch_size <= 0:
-        ap.error("--limit must be >= 0 and --batch-size > 0")
-    return args
+    return ap.parse_args(argv)
+
+
+def _count(low: int):
+    """An argparse type: an integer >= low (argparse names the option in its one-line error)."""
+    def parse(text: str) -> int:
+        value = int(text)
+        if value < low:
+            raise argparse.ArgumentTypeError(f"must be >= {low} (got {value})")
+        return value
+    parse.__name__ = f"integer >= {low}"
+    return parse
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -23,7 +23,7 @@ from optim.stages import (
     soap,
     uw_floor,
 )
-from optim.stages.base import HOOKS, Stage
+from optim.stages.base import HOOKS, RANGES, Stage
 
 # The registry, in application order within a hook point (after_ns: NorMuon, then #46's radial brake, then
 # its floor; around_step: the radius pin, then #46's cautious decay, which acts on the pinned weight).
@@ -54,6 +54,10 @@ StageKeys.__doc__ = "The switches and keys of every registered stage (optim/stag
 def check_stages(cfg: Any) -> None:
     """Every stage's own checks, then: at most one decay stage on (each replaces the same decay)."""
     for stage in STAGES:
+        for key in stage.keys:
+            value = getattr(cfg, key.name)
+            if key.range is not None and not RANGES[key.range](value):
+                raise ValueError(f"optim.{key.name}={value} must be {key.range}")
         if stage.check is not None:
             stage.check(cfg)
     decays = [s.name for s in STAGES if s.hook == "decay" and getattr(cfg, s.name)]

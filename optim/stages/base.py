@@ -41,7 +41,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Optional
 
 import torch
 
@@ -50,11 +50,22 @@ HOOKS = ("before_ns", "after_ns", "layer_rates", "around_step", "decay")
 
 @dataclass(frozen=True)
 class Key:
-    """A config key of a stage besides its switch: optim.<name>, its type and default (stated here only)."""
+    """A config key of a stage besides its switch: optim.<name>, its type and default (stated here only),
+    and the range its value must lie in (one of RANGES, checked by optim/stages/__init__.py's check_stages
+    whether or not the stage is on)."""
     name: str
     type: type
     default: Any
     doc: str
+    range: Optional[str] = None
+
+
+# Key.range -> its test; a value outside fails as `optim.<key>=<value> must be <range>`.
+RANGES: dict[str, Callable[[Any], bool]] = {
+    "in [0, 1)": lambda v: 0.0 <= v < 1.0,
+    "> 0": lambda v: v > 0,
+    ">= 0": lambda v: v >= 0,
+}
 
 
 @dataclass(frozen=True)

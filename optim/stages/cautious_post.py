@@ -28,14 +28,9 @@ def _around_step(w: torch.Tensor, u: torch.Tensor, lr: float, rate: float) -> Ca
     return lambda: w.mul_(1.0 - (lr * rate) * mask)
 
 
-def _check(cfg) -> None:
-    if cfg.cautious_wd_post_rate < 0:
-        raise ValueError(f"optim.cautious_wd_post_rate={cfg.cautious_wd_post_rate} must be >= 0")
-
-
 STAGE = Stage(
     name="cautious_wd_post", hook="around_step",
     doc="#46's cautious decay: W (1 - lr c 1[u W > 0]) after the step and the pin (optim/stages/cautious_post.py)",
-    keys=(Key("cautious_wd_post_rate", float, 0.025, "c: the decay per unit of lr on the agreeing coordinates"),),
-    check=_check,
+    keys=(Key("cautious_wd_post_rate", float, 0.025, "c: the decay per unit of lr on the agreeing coordinates",
+              range=">= 0"),),
     build=lambda cfg: lambda w, u, lr: _around_step(w, u, lr, cfg.cautious_wd_post_rate))

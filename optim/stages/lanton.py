@@ -158,8 +158,6 @@ def _layer_rates(ctx: StepContext, beta: float) -> dict:
 
 
 def _check(cfg) -> None:
-    if not 0.0 <= cfg.lanton_beta < 1.0:
-        raise ValueError(f"optim.lanton_beta={cfg.lanton_beta} must be in [0, 1)")
     if cfg.lanton and not cfg.momentum > 0:
         raise ValueError("optim.lanton=true measures each layer's noise against its momentum: it needs "
                          f"optim.momentum > 0 (got {cfg.momentum})")
@@ -171,6 +169,6 @@ def _check(cfg) -> None:
 STAGE = Stage(
     name="lanton", hook="layer_rates",
     doc="noise-adaptive layerwise rates within each role group (optim/stages/lanton.py)",
-    keys=(Key("lanton_beta", float, 0.95, "EMA of each layer's squared dual-norm noise"),),
+    keys=(Key("lanton_beta", float, 0.95, "EMA of each layer's squared dual-norm noise", range="in [0, 1)"),),
     check=_check,
     build=lambda cfg: partial(_layer_rates, beta=cfg.lanton_beta))

@@ -54,17 +54,9 @@ def _after_ns(d: torch.Tensor, ctx: MatrixContext, beta: float, eps: float) -> t
     return normuon_(d, ctx.state["normuon_v"], beta, eps, target)
 
 
-def _check(cfg) -> None:
-    if not 0.0 <= cfg.normuon_beta < 1.0:
-        raise ValueError(f"optim.normuon_beta={cfg.normuon_beta} must be in [0, 1)")
-    if not cfg.normuon_eps > 0:
-        raise ValueError(f"optim.normuon_eps={cfg.normuon_eps} must be > 0")
-
-
 STAGE = Stage(
     name="normuon", hook="after_ns",
     doc="per-row second-moment normalization of linear-map updates (optim/stages/normuon.py)",
-    keys=(Key("normuon_beta", float, 0.95, "EMA of each row's mean square"),
-          Key("normuon_eps", float, 1e-8, "added to each row's root mean square")),
-    check=_check,
+    keys=(Key("normuon_beta", float, 0.95, "EMA of each row's mean square", range="in [0, 1)"),
+          Key("normuon_eps", float, 1e-8, "added to each row's root mean square", range="> 0")),
     build=lambda cfg: partial(_after_ns, beta=cfg.normuon_beta, eps=cfg.normuon_eps))

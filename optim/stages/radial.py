@@ -33,16 +33,9 @@ def _after_ns(d: torch.Tensor, ctx: MatrixContext, outward: float, inward: float
     return radial_brake(d.reshape(ctx.param.shape), ctx.param, outward, inward).view(d.shape)
 
 
-def _check(cfg) -> None:
-    for key in ("radial_outward", "radial_inward"):
-        if getattr(cfg, key) < 0:
-            raise ValueError(f"optim.{key}={getattr(cfg, key)} must be >= 0")
-
-
 STAGE = Stage(
     name="radial_brake", hook="after_ns",
     doc="scale the update's radial component, outward 0.5 / inward 1 (optim/stages/radial.py)",
-    keys=(Key("radial_outward", float, 0.5, "factor on the radial part when the step grows ||W||"),
-          Key("radial_inward", float, 1.0, "factor on the radial part when the step shrinks ||W||")),
-    check=_check,
+    keys=(Key("radial_outward", float, 0.5, "factor on the radial part when the step grows ||W||", range=">= 0"),
+          Key("radial_inward", float, 1.0, "factor on the radial part when the step shrinks ||W||", range=">= 0")),
     build=lambda cfg: partial(_after_ns, outward=cfg.radial_outward, inward=cfg.radial_inward))

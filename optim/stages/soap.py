@@ -160,11 +160,6 @@ def _before_ns(u: torch.Tensor, ctx: MatrixContext, roles: frozenset, blend_role
 
 
 def _check(cfg) -> None:
-    if not 0.0 <= cfg.soap_beta < 1.0:
-        raise ValueError(f"optim.soap_beta={cfg.soap_beta} must be in [0, 1)")
-    for key in ("soap_eps", "soap_denom_power", "soap_trust_power"):
-        if not getattr(cfg, key) > 0:
-            raise ValueError(f"optim.{key}={getattr(cfg, key)} must be > 0")
     if cfg.soap_freq < 1:
         raise ValueError(f"optim.soap_freq={cfg.soap_freq} must be >= 1 (refresh the basis every that many steps)")
     if not 0.0 <= cfg.soap_trust_floor <= cfg.soap_trust_cap <= 1.0:
@@ -191,10 +186,10 @@ def _build(cfg):
 STAGE = Stage(
     name="soap", hook="before_ns",
     doc="SOAP preconditioning of the Newton-Schulz input, with #46's trust gate (optim/stages/soap.py)",
-    keys=(Key("soap_beta", float, 0.90, "EMA of the Grams L, R and of the rotated second moment V"),
+    keys=(Key("soap_beta", float, 0.90, "EMA of the Grams L, R and of the rotated second moment V", range="in [0, 1)"),
           Key("soap_freq", int, 1, "refresh the eigenbasis (one QR power step) every this many steps"),
-          Key("soap_denom_power", float, 0.5, "U~ divides by V^power (0.5: Adam's root)"),
-          Key("soap_eps", float, 1e-8, "V is clamped at eps^2; Schatten-4 norms and cosines at eps"),
+          Key("soap_denom_power", float, 0.5, "U~ divides by V^power (0.5: Adam's root)", range="> 0"),
+          Key("soap_eps", float, 1e-8, "V is clamped at eps^2; Schatten-4 norms and cosines at eps", range="> 0"),
           Key("soap_roles", list[str], sorted(HIDDEN_ROLES), "roles that are preconditioned"),
           Key("soap_blend_roles", list[str], sorted(ATTN_QKV + ["attn_out"]),
               "roles that take the norm-preserving blend U + (U~ - U) a instead of U~"),
@@ -205,6 +200,6 @@ STAGE = Stage(
           Key("soap_trust_fade_end", int, 1625, "0-based step where the floor reaches 0 and the cap lifts"),
           Key("soap_trust_min_agree", float, 0.2, "cos(U~, U) below which the gate closes"),
           Key("soap_trust_min_align", float, 0.0, "offset of the gradient-alignment ratio"),
-          Key("soap_trust_power", float, 1.0, "exponent on the raw gate")),
+          Key("soap_trust_power", float, 1.0, "exponent on the raw gate", range="> 0")),
     check=_check,
     build=_build)

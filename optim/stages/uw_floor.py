@@ -46,19 +46,11 @@ def _after_ns(d: torch.Tensor, ctx: MatrixContext, target: float, per_row: bool,
     return out.view(d.shape)
 
 
-def _check(cfg) -> None:
-    if not cfg.uw_floor_target > 0:
-        raise ValueError(f"optim.uw_floor_target={cfg.uw_floor_target} must be > 0")
-    if not cfg.uw_floor_rho > 0:
-        raise ValueError(f"optim.uw_floor_rho={cfg.uw_floor_rho} must be > 0")
-
-
 STAGE = Stage(
     name="uw_floor", hook="after_ns",
     doc="floor on ||u|| / ||W|| per matrix or per output row (RowFloor) (optim/stages/uw_floor.py)",
-    keys=(Key("uw_floor_target", float, 0.3825, "the floor on ||u|| / ||W|| (per unit of lr)"),
+    keys=(Key("uw_floor_target", float, 0.3825, "the floor on ||u|| / ||W|| (per unit of lr)", range="> 0"),
           Key("uw_floor_per_row", bool, False, "per output row (#46's RowFloor) instead of per matrix"),
-          Key("uw_floor_rho", float, 1.0, "exponent on the per-row boost factor")),
-    check=_check,
+          Key("uw_floor_rho", float, 1.0, "exponent on the per-row boost factor", range="> 0")),
     build=lambda cfg: partial(_after_ns, target=cfg.uw_floor_target, per_row=cfg.uw_floor_per_row,
                               rho=cfg.uw_floor_rho))
