@@ -16,6 +16,9 @@
 #                   of its 3250 steps (train.stop_after_step), 262,144 val tokens: its ms/step and MFU,
 #                   owed since track 3 landed (issue 12); the CPU proxy's figures are in
 #                   results/benchmarks/track3_proxy_cpu.md.
+#   6. track3_best46  experiment=track3_best46 the same way, right after step 5 on the same GPU (issue 24:
+#                   its ms/step against track3_muon's; SOAP's eigh at step 0 and its per-step QR are the
+#                   cost): the first 20 of its 2900 steps -> both in mfu.md.
 # The sample's 3.96M train tokens are repeated to 40M (tools/repeat_shards.py): record 20's loader
 # does not cycle. Its val shard holds 405,727 tokens, so validation uses 393,216 (6 x 65,536) in 2-3.
 #
@@ -90,13 +93,16 @@ step vs_record20 200 side_by_side record20_sub3min record20_sub3min 30
 step mfu_run 90 train "${GPT2[@]}" optim=adamw train.max_steps=20 train.log_every=1 "hydra.run.dir=$RUNS/gpt2_adamw_compile"
 step track3_muon 150 train experiment=track3_muon "data.dir=$DATA" device=cuda train.compile=true train.stop_after_step=20 \
     train.val_tokens=262144 train.log_every=5 "hydra.run.dir=$RUNS/track3_muon_compile"
+step track3_best46 170 train experiment=track3_best46 "data.dir=$DATA" device=cuda train.compile=true \
+    train.stop_after_step=20 train.val_tokens=262144 train.log_every=5 "hydra.run.dir=$RUNS/track3_best46_compile"
 if [ "$DRY" = 1 ]; then  # nothing above trained: time a short CPU run instead, to exercise mfu.py
     $PY train.py experiment=smoke train.max_steps=12 train.log_every=1 "hydra.run.dir=$RUNS/gpt2_adamw_compile" > /dev/null
     MFU_ARGS=(--peak-tflops 1)
 else
     MFU_ARGS=()
 fi
-MFU_RUNS=$(ls -d "$RUNS"/gpt2_adamw_compile "$RUNS"/gpt2_dual_compile "$RUNS"/track3_muon_compile "$OUT"/vs_reference/*/ours 2>/dev/null |
+MFU_RUNS=$(ls -d "$RUNS"/gpt2_adamw_compile "$RUNS"/gpt2_dual_compile "$RUNS"/track3_muon_compile "$RUNS"/track3_best46_compile \
+           "$OUT"/vs_reference/*/ours 2>/dev/null |
            while read -r d; do [ -s "$d/metrics.jsonl" ] && echo "$d"; done)
 # shellcheck disable=SC2086  # one run folder per word
 $PY -m analysis.mfu $MFU_RUNS "${MFU_ARGS[@]}" 2>&1 | tee "$OUT/mfu.md"
