@@ -12,7 +12,7 @@ from data.loader import ContiguousLoader, resolve_shards, validation_batches
 from data.replay import ReplayLoader
 from data.shards import ShardError
 from data.synthetic import ensure_synthetic_shards
-from data.vocab_remap import check_model_vocab
+from data.vocab_remap import check_model_vocab, read_remap
 
 
 def prepare_data(cfg: DataConfig) -> None:
@@ -20,6 +20,9 @@ def prepare_data(cfg: DataConfig) -> None:
     if cfg.synthetic is not None:
         if not cfg.dir:
             raise ValueError("data.dir must name the folder to generate synthetic shards into")
+        if read_remap(cfg.dir) is not None:  # e.g. experiment=track3_proxy_cpu data=synthetic: its data.dir is kept
+            raise ShardError(f"data.dir={cfg.dir} holds remapped FineWeb shards, not synthetic ones: give data=synthetic "
+                             "its own folder (data.dir=outputs/data/synthetic)")
         ensure_synthetic_shards(cfg.dir, cfg.synthetic)
 
 

@@ -14,7 +14,7 @@
 #                   the runs above (the tied-dual run is GPT-2 124M compiled too, its optimizer included).
 #   5. track3_muon  experiment=track3_muon as configured (one GPU: accumulation 8), compiled, the first 20
 #                   of its 3250 steps (train.stop_after_step), 262,144 val tokens: its ms/step and MFU,
-#                   owed since track 3 landed (issue 12); the CPU proxy's figures are in
+#                   owed since track 3 landed (issue 12); the first CPU proxy's (_v1) figures are in
 #                   results/benchmarks/track3_proxy_cpu.md.
 # The sample's 3.96M train tokens are repeated to 40M (tools/repeat_shards.py): record 20's loader
 # does not cycle. Its val shard holds 405,727 tokens, so validation uses 393,216 (6 x 65,536) in 2-3.

@@ -170,3 +170,15 @@ def test_a_corrupt_mapping_file_is_named(tmp_path):
     (out / REMAP_FILE).write_text("{}")
     with pytest.raises(ValueError, match=f"{out / REMAP_FILE} is not a readable vocabulary remap record"):
         read_remap(out)
+
+
+def test_synthetic_data_is_never_generated_into_a_remapped_folder(tmp_path):
+    from data.build import prepare_data
+    from data.config import SyntheticConfig
+
+    out = tmp_path / "out"
+    R.remap_shards(make_src(tmp_path / "src"), out, top_k=2, progress=False)
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    with pytest.raises(ValueError, match="holds remapped FineWeb shards, not synthetic ones"):
+        prepare_data(DataConfig(dir=str(out), synthetic=SyntheticConfig()))
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
