@@ -21,8 +21,8 @@ def prepare_data(cfg: DataConfig) -> None:
         if not cfg.dir:
             raise ValueError("data.dir must name the folder to generate synthetic shards into")
         if read_remap(cfg.dir) is not None:  # e.g. experiment=track3_proxy_cpu data=synthetic: its data.dir is kept
-            raise ShardError(f"data.dir={cfg.dir} holds remapped FineWeb shards, not synthetic ones: give data=synthetic "
-                             "its own folder (data.dir=outputs/data/synthetic)")
+            raise ShardError(f"data.dir={cfg.dir} holds remapped FineWeb shards, not synthetic ones: give "
+                             "data=synthetic its own folder (data.dir=outputs/data/synthetic)")
         ensure_synthetic_shards(cfg.dir, cfg.synthetic)
 
 

@@ -70,5 +70,6 @@ def check_model_vocab(directory: str | os.PathLike, vocab_size: int) -> RemapInf
     if info is not None and vocab_size and vocab_size != info.vocab_size:
         raise ShardError(f"data.dir={directory} holds shards remapped to a vocabulary of {info.vocab_size} ids "
                          f"({info.path}), but model.vocab_size is {vocab_size}: set model.vocab_size="
-                         f"{info.vocab_size} (experiment=track3_proxy_cpu does), or point data.dir at the source shards")
+                         f"{info.vocab_size} (experiment=track3_proxy_cpu does), or point data.dir at the source "
+                         "shards")
     return info

@@ -95,7 +95,7 @@ def remap_shards(src: str | os.PathLike, out: str | os.PathLike, top_k: int, ove
         raise RemapError(f"{src} is not a folder: give the folder of token shards to remap")
     train, val = (find_shards(src, p) for p in patterns)
     if not train or not val:
-        missing = " and ".join(p for p, f in zip(patterns, (train, val)) if not f)
+        missing = " and ".join(p for p, f in zip(patterns, (train, val), strict=True) if not f)
         raise RemapError(f"{src} has no shards matching {missing}: give a folder with both train and val shards "
                          f"(python -m data.prep.tokenize or data.prep.fineweb makes them)")
     source_remap = read_remap(src)  # a remapped folder can be remapped again, to a smaller K

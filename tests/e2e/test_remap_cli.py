@@ -25,5 +25,5 @@ def test_makes_the_track3_proxy_data_from_the_fineweb_sample(tmp_path):
         assert len(remapped) == len(open_shard(src)) and int(remapped.max()) == 8191
 
     again = run_script("data.prep.remap", str(FINEWEB_TOKENS), "--top-k", "8191", "--out", str(out), "--no-progress")
-    assert again.returncode == 2 and error_lines(again) == [f"error: {out} already exists and is not empty: pass "
-                                                            "--overwrite to replace it, or another --out"]
+    refusal = f"error: {out} already exists and is not empty: pass --overwrite to replace it, or another --out"
+    assert again.returncode == 2 and error_lines(again) == [refusal]

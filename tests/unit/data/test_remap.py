@@ -68,8 +68,8 @@ def test_bytes_do_not_depend_on_the_chunk_size(tmp_path):
     rng = np.random.default_rng(0)
     src = make_src(tmp_path / "src", train=rng.zipf(1.3, 5000) % 50257, val=rng.integers(0, 50257, 700), split=2345)
     outs = [tmp_path / f"out{c}" for c in (1, 7, 1 << 20)]
-    for c, out in zip((1, 7, 1 << 20), outs):
-        R.remap_shards(src, out, top_k=100, progress=False, chunk_tokens=c)
+    for c in (1, 7, 1 << 20):
+        R.remap_shards(src, tmp_path / f"out{c}", top_k=100, progress=False, chunk_tokens=c)
     for name in [p.name for p in outs[0].iterdir()]:
         assert len({(o / name).read_bytes() for o in outs}) == 1, name
 
