@@ -19,7 +19,7 @@ from typing import Optional
 
 from omegaconf import OmegaConf
 
-from analysis.records import experiment_file, reference_of
+from analysis.records import experiment_node, reference_of
 from analysis.runs import CONFIG_FILE, METRICS_FILE, flatten, read_config
 from common.paths import CONFIGS
 from common.tokens import VOCAB_SIZE
@@ -61,7 +61,7 @@ def _data_group(defaults: list) -> Optional[str]:
 def setup_of_record(experiment: str) -> Setup:
     """What a published result was run on, from configs/experiment/<experiment>.yaml (its data group: its
     own choice, else configs/config.yaml's default)."""
-    node = OmegaConf.to_container(OmegaConf.load(experiment_file(experiment)))
+    node = OmegaConf.to_container(experiment_node(experiment))
     stated = flatten({k: v for k, v in node.items() if k in ("model", "train")})
     base = OmegaConf.to_container(OmegaConf.load(CONFIGS / "config.yaml")).get("defaults")
     info = reference_of(experiment)

@@ -80,11 +80,23 @@ def experiment_file(experiment: str) -> Path:
     return path
 
 
+def experiment_node(experiment: str):
+    """configs/experiment/<experiment>.yaml merged over the experiments it names in its defaults list (a
+    plain entry such as `- track3_muon`, merged first, as Hydra composes them); the other groups it
+    chooses (`override /optim: ...`) are not followed. An OmegaConf DictConfig."""
+    own = OmegaConf.load(experiment_file(experiment))
+    parents = [entry for entry in own.get("defaults") or [] if isinstance(entry, str) and entry != "_self_"]
+    merged = OmegaConf.merge(*(experiment_node(parent) for parent in parents), own) if parents else own
+    return merged
+
+
 def reference_of(experiment: str) -> Optional[ReferenceInfo]:
-    """The `reference:` block of configs/experiment/<experiment>.yaml, validated; None without one."""
+    """The `reference:` block of configs/experiment/<experiment>.yaml (inherited blocks merged as Hydra
+    does: an experiment built on another states `reference: null` when it reproduces nothing), validated;
+    None without one."""
     path = experiment_file(experiment)
     try:
-        node = OmegaConf.load(path).get("reference")
+        node = experiment_node(experiment).get("reference")
         if node is None:
             return None
         info = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(ReferenceInfo), node))

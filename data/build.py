@@ -10,7 +10,9 @@ from data.bos import BOSAlignedLoader
 from data.config import DataConfig, LoaderMode, ShardTail
 from data.loader import ContiguousLoader, resolve_shards, validation_batches
 from data.replay import ReplayLoader
+from data.shards import ShardError
 from data.synthetic import ensure_synthetic_shards
+from data.vocab_remap import check_model_vocab, read_remap
 
 
 def prepare_data(cfg: DataConfig) -> None:
@@ -18,6 +20,9 @@ def prepare_data(cfg: DataConfig) -> None:
     if cfg.synthetic is not None:
         if not cfg.dir:
             raise ValueError("data.dir must name the folder to generate synthetic shards into")
+        if read_remap(cfg.dir) is not None:  # e.g. experiment=track3_proxy_cpu data=synthetic: its data.dir is kept
+            raise ShardError(f"data.dir={cfg.dir} holds remapped FineWeb shards, not synthetic ones: give "
+                             "data=synthetic its own folder (data.dir=outputs/data/synthetic)")
         ensure_synthetic_shards(cfg.dir, cfg.synthetic)
 
 
@@ -27,11 +32,18 @@ def build_train_loader(cfg: DataConfig, seq_len: int, micro_batch_seqs: int, ran
 
     step_tokens: tokens per optimizer step over all ranks (needed by data.shard_tail=skip_step).
     Every loader has `state_dict()` / `load_state_dict()` (a global position, the same on every rank).
+    Shards remapped to a smaller vocabulary (data/vocab_remap.py) need model.vocab_size = theirs, and
+    documents there start with <|endoftext|>'s new id.
     """
     files = resolve_shards(cfg.dir, cfg.train_pattern, "train")
+    remap = check_model_vocab(cfg.dir, cfg.vocab_check)
     if cfg.mode is LoaderMode.bos:
+        bos = cfg.bos_token if remap is None else remap.bos_token
+        if remap is not None and bos == remap.catch_all:
+            raise ShardError(f"data.mode=bos needs a document separator, but {remap.path} sent <|endoftext|> to "
+                             f"the catch-all id {bos}: use data.mode=contiguous, or remap with a larger --top-k")
         return BOSAlignedLoader(files, micro_batch_seqs, seq_len, rank, world, max_doc_len=cfg.bos_max_doc_len,
-                                vocab_size=cfg.vocab_check, prefetch=cfg.prefetch, bos=cfg.bos_token)
+                                vocab_size=cfg.vocab_check, prefetch=cfg.prefetch, bos=bos)
     if cfg.shard_tail is not ShardTail.read or cfg.repeat_first_batch:
         return ReplayLoader(files, micro_batch_seqs, seq_len, rank, world, shard_tail=cfg.shard_tail,
                             step_tokens=step_tokens, repeat_first_batch=cfg.repeat_first_batch,
@@ -45,6 +57,7 @@ class ValidationSet:
 
     def __init__(self, cfg: DataConfig, val_tokens: int, micro_batch_seqs: int, seq_len: int, rank: int, world: int):
         self.files: list[Path] = resolve_shards(cfg.dir, cfg.val_pattern, "validation")
+        check_model_vocab(cfg.dir, cfg.vocab_check)
         self.args = (val_tokens, micro_batch_seqs, seq_len, rank, world, cfg.vocab_check)
         next(iter(self), None)  # validate sizes and divisibility now, not at the first eval
 

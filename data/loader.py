@@ -28,7 +28,8 @@ from data.prefetch import ShardCache, check_vocab
 from data.prep.sources import SUFFIXES as CORPUS_SUFFIXES
 from data.shards import find_shards, open_shard
 
-FIX_GET_DATA = "get FineWeb shards with `python -m data.prep.fineweb download --out DIR`"
+FIX_GET_DATA = ("get FineWeb shards with `python -m data.prep.fineweb download --out DIR`; a remapped folder "
+                "(experiment=track3_proxy_cpu) is made by `python -m data.prep.remap`: the command is in its config")
 
 
 class DataError(ValueError):

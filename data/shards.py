@@ -73,6 +73,13 @@ def open_shard(path: str | os.PathLike) -> np.memmap:
     return np.memmap(info.path, dtype=TOKEN_DTYPE, mode="r", offset=HEADER_BYTES, shape=(info.num_tokens,))
 
 
+def shard_header(num_tokens: int) -> bytes:
+    """The 1024-byte header of a shard of `num_tokens` tokens (magic, version, count, zeros)."""
+    header = np.zeros(HEADER_INTS, dtype="<i4")
+    header[0], header[1], header[2] = MAGIC, VERSION, num_tokens
+    return header.tobytes()
+
+
 def write_shard(path: str | os.PathLike, tokens: np.ndarray) -> ShardInfo:
     """Write tokens (any integer array, values < 65536) as a shard, atomically.
 
@@ -85,11 +92,9 @@ def write_shard(path: str | os.PathLike, tokens: np.ndarray) -> ShardInfo:
         raise ValueError(f"tokens must be 1-D, got shape {tokens.shape}")
     if tokens.size and (tokens.min() < 0 or tokens.max() >= 2**16):
         raise ValueError("token ids must lie in [0, 65535] to fit the uint16 shard format")
-    header = np.zeros(HEADER_INTS, dtype="<i4")
-    header[0], header[1], header[2] = MAGIC, VERSION, tokens.size
     path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_open(path) as f:
-        f.write(header.tobytes())
+        f.write(shard_header(tokens.size))
         f.write(tokens.astype(TOKEN_DTYPE, copy=False).tobytes())
     return ShardInfo(path, int(tokens.size))
 

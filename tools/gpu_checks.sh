@@ -14,7 +14,7 @@
 #                   the runs above (the tied-dual run is GPT-2 124M compiled too, its optimizer included).
 #   5. track3_muon  experiment=track3_muon as configured (one GPU: accumulation 8), compiled, the first 20
 #                   of its 3250 steps (train.stop_after_step), 262,144 val tokens: its ms/step and MFU,
-#                   owed since track 3 landed (issue 12); the CPU proxy's figures are in
+#                   owed since track 3 landed (issue 12); the first CPU proxy's (_v1) figures are in
 #                   results/benchmarks/track3_proxy_cpu.md.
 #   6. track3_best46  experiment=track3_best46 the same way, right after step 5 on the same GPU (issue 24:
 #                   its ms/step against track3_muon's; SOAP's eigh at step 0 and its per-step QR are the

@@ -2,7 +2,7 @@
 
 glibc serves every allocation above 32 MiB (its largest mmap threshold) with a fresh mmap and
 unmaps it on free, so each step's big temporaries (a [tokens, 50304] logits tensor is 100 MiB at
-512 tokens) are zero-filled page by page again: on track3_proxy_cpu that is 208k page faults and
+512 tokens) are zero-filled page by page again: on track3_proxy_cpu_v1 that is 208k page faults and
 0.34 of 0.95 CPU-seconds per step. With mmap off and a high trim threshold the heap keeps those
 pages (8.6k faults, 0.013 s of system time per step; results/benchmarks/track3_proxy_cpu.md).
 The process then holds on to its peak heap, which a training process reaches every step anyway.
