@@ -191,3 +191,46 @@ def test_training_steps_through_our_optimizer_match_the_scripts_loop(monkeypatch
     assert worst["weights after the step"] < 1e-4 and worst["weights after the lookahead jump"] < 1e-4
     assert worst["gradient (our forward/backward)"] < 1e-4 and worst["loss of the last micro-batch"] < 1e-5
     assert worst["val_loss"] < 1e-5 and worst["val_ema_loss"] < 1e-5
+
+
+def test_every_groups_lr_and_momentum_at_every_step_from_the_config():
+    """Steps 0..2900: the script's set_hparams on its three optimizers against our LrSchedule (train.powercool_*)
+    and the hybrid optimizer's momentum (optim.momentum_*), per parameter, bit for bit."""
+    scope, ref, cfg, ours = _pair()
+    optimizer = build_optimizer(cfg.optim, list(ours.named_parameters()), ours.param_roles())
+    schedule = LrSchedule(cfg.train, optimizer.param_groups)
+    group_of = {n: g for g in optimizer.param_groups for n in g["names"]}
+    opt2 = scope["optimizer2"]
+    pairs = [(g, group_of[our_name(n)]) for opt in scope["optimizers"][0].inner_optimizer for g in opt.param_groups
+             for n, p in ref.named_parameters() if any(p is q for q in g["params"])]
+    assert len(pairs) == len(group_of)  # every parameter once
+    first: dict[str, int] = {}  # role -> first step with lr < lr0
+    for step in range(2901):
+        scope["set_hparams"](step)
+        schedule.apply(optimizer.param_groups, step)
+        for theirs, mine in pairs:
+            assert mine["lr"] == theirs["lr"], (step, mine["role"], mine["lr"], theirs["lr"])
+            if theirs["lr"] < theirs["initial_lr"]:
+                first.setdefault(mine["role"], step)
+        assert optimizer.beta(step + 1) == opt2.param_groups[0]["mu"], step
+    # what the comparison covers: Muon decays from step 514, Adam from 1488; momentum 0.85 -> 0.95 -> 0.85
+    assert first["attn_q"] == 514 and first["embed"] == first["gain"] == 1488, first
+    assert [optimizer.beta(s + 1) for s in (0, 300, 2700)] == [0.85, 0.95, 0.95]
+    assert optimizer.beta(2900) == pytest.approx(0.8505, abs=1e-12)
+    print(f"\nlr of {len(pairs)} parameters and the momentum at steps 0..2900: bit for bit")
+
+
+def test_validation_steps_from_the_config_are_the_scripts_plus_the_every_5_tail():
+    """Our cadence (train.val_* of the experiment) against the script's own rule: over the claim's run (stopped after
+    train.stop_after_step=2690, as the script with STOP_STEP=2690) and the whole 2900-step schedule; ours adds
+    the steps 2600..2695 by 5 that the published curves hold (the authors' trainer, per the script's README)."""
+    tc = compose_config(f"experiment={EXPERIMENT}").train
+    extra = extra_val_steps(tc.val_extra_steps)
+    tail = set(range(2600, 2700, 5))
+    for stop in (tc.stop_after_step, tc.max_steps):
+        ours = {s for s in range(stop + 1) if s == stop or val_due(s, tc.max_steps, tc.val_every, tc.val_tail_every,
+                                                                   tc.val_tail_frac, tc.val_at_start, extra)}
+        theirs = script_val_steps(BEST46, tc.max_steps, stop)
+        assert ours == theirs | {s for s in tail if s <= stop}, stop
+        assert 0 not in ours and stop in ours
+    assert tc.stop_after_step == 2690 and tc.max_steps == 2900
