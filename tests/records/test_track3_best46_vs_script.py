@@ -33,6 +33,7 @@ from harness.loop.tail_ema import TailEMA
 from model.gpt import GPT
 from optim import build_optimizer
 from optim.lookahead import EMANesterov
+from tests.records.expected import EXPECTED
 from tests.support.inprocess import compose_config
 from tests.support.track3_reference import (BEST46, definitions, load_reference_weights, needs_best46, our_name,
                                             script_loop, script_val_steps, setup)
@@ -234,3 +235,51 @@ def test_validation_steps_from_the_config_are_the_scripts_plus_the_every_5_tail(
         assert ours == theirs | {s for s in tail if s <= stop}, stop
         assert 0 not in ours and stop in ours
     assert tc.stop_after_step == 2690 and tc.max_steps == 2900
+
+
+def test_full_width_init_statistics_per_tensor():
+    """Our init at full width (12 x 768, CPU, seed 0) against the script's formulas, tensor by tensor (the values
+    themselves equal the script's at 8 x 256: test_track3_best46_pieces.py). Uniform U(+-b): mean 0, std b/sqrt(3),
+    |w| <= b; the table N(0, 1) in bf16; every `proj` zero; fc of block l scaled by 1 - 0.3 l / 11; gains
+    1 -+ 0.125 s, s = +-1, paired blocks 6-11 with opposite head sums, halved (sd sqrt(32) per head, not 8 sqrt(2)).
+    z: the sample statistic's distance from its expectation in standard errors."""
+    cfg = compose_config(f"experiment={EXPERIMENT}")
+    torch.manual_seed(0)
+    model = GPT(cfg.model)
+    params = {n: p.detach() for n, p in model.named_parameters()}
+    assert sum(p.numel() for p in params.values()) == EXPECTED[EXPERIMENT].params
+    worst, head_sums, b = Worst(), [], 1 / math.sqrt(768)  # fan_in 768 (mlp.proj, fan_in 3072, is zero)
+    for name, p in params.items():
+        w, n = p.double(), p.numel()
+        if name.startswith("lm_head.") or ".proj." in name:
+            assert torch.count_nonzero(w) == 0, name
+        elif name == "wte.weight":
+            assert p.dtype == torch.bfloat16
+            worst.note("|z| mean", abs(w.mean().item()) * math.sqrt(n), name)
+            worst.note("|z| std", abs(w.std().item() - 1) * math.sqrt(2 * n), name)
+        elif name.endswith("ln_1.weight") or name.endswith("ln_2.weight") or name in ("ln_e.weight", "ln_f.weight"):
+            continue  # below
+        else:  # q, k, v, fc weights and biases: U(+-b), fc's weight scaled with depth
+            layer = int(name.split(".")[1])
+            bound = b * (1 - 0.3 * layer / 11 if name.endswith("fc.weight") else 1.0)
+            assert bound * (1 - 10 / n) < w.abs().max().item() <= bound * (1 + 1e-6), name  # (fp32 rounding)
+            std = bound / math.sqrt(3)
+            worst.note("|z| mean", abs(w.mean().item()) / (std / math.sqrt(n)), name)
+            worst.note("|z| std", abs(w.std().item() / std - 1) / math.sqrt(0.2 / n), name)  # var(x^2) = 0.8 std^4
+    assert torch.equal(params["ln_e.weight"], torch.ones(768)) and torch.equal(params["ln_f.weight"], torch.ones(768))
+    for layer in range(12):
+        g1, g2 = params[f"blocks.{layer}.ln_1.weight"], params[f"blocks.{layer}.ln_2.weight"]
+        s = (1 - g1.double()) / 0.125
+        assert torch.equal(s.abs(), torch.ones(768, dtype=torch.float64)) and torch.equal(g1 + g2, torch.full((768,), 2.0))
+        if layer < 6:
+            worst.note("|z| CGI sign mean", abs(s.mean().item()) * math.sqrt(768), f"block {layer}")
+        elif layer % 2 == 0:
+            partner = (1 - params[f"blocks.{layer + 1}.ln_1.weight"].double()) / 0.125
+            sums = s.view(6, 128).sum(1)
+            assert torch.equal(partner.view(6, 128).sum(1), -sums), layer
+            head_sums += sums.tolist()
+    mean_square = sum(h * h for h in head_sums) / len(head_sums)  # E = 32 (halved), 128 without the shrink
+    worst.note("CGI head sum: mean square / 32", mean_square / 32, f"{len(head_sums)} heads")
+    worst.report("#46's init at full width, ours vs the script's formulas (largest |z| per statistic):")
+    assert worst["CGI head sum: mean square / 32"] < 2.5
+    assert max(worst["|z| mean"], worst["|z| std"], worst["|z| CGI sign mean"]) < 5
