@@ -152,7 +152,8 @@ def test_training_steps_through_our_optimizer_match_the_scripts_loop(monkeypatch
                 loss.backward()
             worst.note("loss of the last micro-batch", abs(loss.item() - scope["loss"].item()) / loss.item(), str(step))
             for n, p in ref_params:
-                worst.note("gradient (our forward/backward)", _rel(mine[our_name(n)].grad, p.grad), f"{our_name(n)} at {step}")
+                worst.note("gradient (our forward/backward)", _rel(mine[our_name(n)].grad, p.grad),
+                           f"{our_name(n)} at {step}")
                 mine[our_name(n)].grad = p.grad.clone()  # the optimizers step from identical gradients
             for opt in wrapper.inner_optimizer:  # per-group lr, set by set_hparams(step) and by our schedule
                 for g in opt.param_groups:
@@ -270,7 +271,8 @@ def test_full_width_init_statistics_per_tensor():
     for layer in range(12):
         g1, g2 = params[f"blocks.{layer}.ln_1.weight"], params[f"blocks.{layer}.ln_2.weight"]
         s = (1 - g1.double()) / 0.125
-        assert torch.equal(s.abs(), torch.ones(768, dtype=torch.float64)) and torch.equal(g1 + g2, torch.full((768,), 2.0))
+        assert torch.equal(s.abs(), torch.ones(768, dtype=torch.float64))
+        assert torch.equal(g1 + g2, torch.full((768,), 2.0))
         if layer < 6:
             worst.note("|z| CGI sign mean", abs(s.mean().item()) * math.sqrt(768), f"block {layer}")
         elif layer % 2 == 0:

@@ -158,7 +158,8 @@ def script_loop(file: str, scope: dict, steps: list[int], at_step) -> None:
     the optimizers' step counters to a pretend step)."""
     tree = _file_tree(file)
     end = next(i for i, s in enumerate(tree.body) if isinstance(s, ast.FunctionDef) and s.name == "set_hparams")
-    loop_at = next(i for i, s in enumerate(tree.body) if isinstance(s, ast.For) and getattr(s.target, "id", None) == "step")
+    loop_at = next(i for i, s in enumerate(tree.body)
+                   if isinstance(s, ast.For) and getattr(s.target, "id", None) == "step")
     loop = tree.body[loop_at]
     loop.iter = ast.Name("_steps", ast.Load())
     loop.body.insert(0, ast.Expr(ast.Call(ast.Name("_at_step", ast.Load()), [ast.Name("step", ast.Load())], [])))
