@@ -38,7 +38,7 @@ from tests.support.inprocess import compose_config
 from tests.support.track3_reference import (BEST46, definitions, load_reference_weights, needs_best46, our_name,
                                             script_loop, script_val_steps, setup)
 
-pytestmark = [needs_best46, pytest.mark.e2e]  # integration: the reference script's code at shrunk size
+pytestmark = pytest.mark.e2e  # integration: the reference script's code at shrunk size (needs_best46: the script)
 EXPERIMENT = "track3_best46"
 WIDTH, HEAD_DIM = 64, 32  # the script fixes heads of 128 (a default argument): narrowed here, Grams of 256 at most
 SHRUNK = ("model.n_layer=2", f"model.n_embd={WIDTH}", f"model.n_head={WIDTH // HEAD_DIM}", "model.vocab_size=512",
@@ -92,6 +92,7 @@ class Worst:
             print(f"  {check}: {value:.2e} ({where})")
 
 
+@needs_best46
 def test_training_steps_through_our_optimizer_match_the_scripts_loop(monkeypatch):
     # The script's Newton-Schulz is bf16 everywhere; ours is fp32 on CPU unless told (bf16 as on CUDA).
     monkeypatch.setattr(ns_module, "default_dtype", lambda device: torch.bfloat16)
@@ -195,6 +196,7 @@ def test_training_steps_through_our_optimizer_match_the_scripts_loop(monkeypatch
     assert worst["val_loss"] < 1e-5 and worst["val_ema_loss"] < 1e-5
 
 
+@needs_best46
 def test_every_groups_lr_and_momentum_at_every_step_from_the_config():
     """Steps 0..2900: the script's set_hparams on its three optimizers against our LrSchedule (train.powercool_*)
     and the hybrid optimizer's momentum (optim.momentum_*), per parameter, bit for bit."""
@@ -222,6 +224,7 @@ def test_every_groups_lr_and_momentum_at_every_step_from_the_config():
     print(f"\nlr of {len(pairs)} parameters and the momentum at steps 0..2900: bit for bit")
 
 
+@needs_best46
 def test_validation_steps_from_the_config_are_the_scripts_plus_the_every_5_tail():
     """Our cadence (train.val_* of the experiment) against the script's own rule: over the claim's run (stopped after
     train.stop_after_step=2690, as the script with STOP_STEP=2690) and the whole 2900-step schedule; ours adds
