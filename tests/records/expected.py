@@ -118,6 +118,15 @@ class Linear(NamedTuple):
 
 
 @dataclass(frozen=True)
+class Track3Run:
+    """20 steps through train.py at 1 x 128 (test_track3_runs.py): overrides beyond the shared shrink (the
+    schedule horizons shrunk with the run, so its windows fall inside it) and the steps it validates at."""
+
+    overrides: tuple[str, ...] = ()
+    val_steps: tuple[int, ...] = (0, 10, 18, 20)  # every 10, then every 2 in the last 10%
+
+
+@dataclass(frozen=True)
 class Track3:
     """A track-3 result: the script's optimizer groups (test_track3.py), the script (test_track3_vs_scripts.py)."""
 
@@ -126,9 +135,31 @@ class Track3:
     adam_eps: float
     optimizer_check_steps: tuple[int, int, int]  # schedule steps of the 3-step comparison (warmup, cooldown)
     linear: Optional[Linear] = None    # the Muon ("linear") settings, where the hidden matrices use it
+    run: Track3Run = field(default_factory=Track3Run)
+    skip_vs_scripts: dict[str, str] = field(default_factory=dict)  # test of test_track3_vs_scripts.py -> why and
+                                                                     # where the record is compared instead
 
 
 TRACK3_BLOCK = ("attn_q", "attn_k", "attn_v", "attn_out", "mlp_in", "mlp_out")
+# #46's PowerCool c (lr = min(lr0, c (2900 - t)^1.2)) per group of its script, as c / lr0
+C_OVER_LR_46 = {**{r: 8.845209253220434e-05 for r in TRACK3_BLOCK},
+                **{r: 1.6589351369335795e-4 for r in ("embed", "head", "gain", "bias", "attn_out_bias")}}
+LR_46 = {**{r: 0.0375 for r in TRACK3_BLOCK}, "embed": 0.3, "head": 1 / 320, "gain": 0.01, "bias": 0.01,
+         "attn_out_bias": 0.01}
+
+
+def shrunk_46(steps: int = 20) -> tuple[str, ...]:
+    """#46's 2900-step horizons scaled to `steps`: PowerCool's c by (2900 / steps)^1.2 (the same lr curve over
+    the fraction of the run: Muon decays from ~18% of it, Adam from ~51%), momentum ramps of 3 and 4 steps,
+    the lookahead over [3, 10), the trust gate's fade over [5, 9), the tail EMA from 6 (tau 3), a stop two
+    steps before the end, validations every 2 steps from 12 (the readout differs from the raw loss there)."""
+    k = (2900 / steps) ** 1.2
+    return (*(f"train.powercool_c.{r}={c * LR_46[r] * k!r}" for r, c in C_OVER_LR_46.items()),
+            f"train.powercool_end={steps}", f"optim.momentum_horizon={steps}", "optim.momentum_warmup_steps=3",
+            "optim.momentum_cooldown_steps=4", "optim.lookahead_start=3", "optim.lookahead_end=10",
+            "optim.soap_trust_floor_end=5", "optim.soap_trust_fade_end=9", "train.tail_ema_start=6",
+            f"train.tail_ema_end={steps}", "train.tail_ema_tau=3", f"train.stop_after_step={steps - 2}",
+            "train.val_tail_every=0", f"train.val_extra_steps=[{{first: 12, last: {steps - 4}, every: 2}}]")
 SPEEDRUN_MUON = dict(scale="muon", ns_method="quintic", ns_steps=5, momentum=0.95, nesterov=True)
 
 EXPECTED: dict[str, Track1 | Track3] = {
@@ -247,5 +278,16 @@ EXPECTED: dict[str, Track1 | Track3] = {
         adam_eps=1e-10,
         linear=Linear(momentum=0.95, nesterov=True, warmup_steps=300, ns_method="track3", ns_steps=12, scale="muon"),
         optimizer_check_steps=(0, 1500, 2800),
+        run=Track3Run(overrides=shrunk_46(20), val_steps=(10, 12, 14, 16, 18)),  # none at 0; stops after 18
+        skip_vs_scripts={  # #46's own comparison: tests/records/test_track3_best46_vs_script.py
+            "test_three_optimizer_steps_from_identical_gradients":
+                "its optimizers step inside its EMA_Nesterov wrapper (nesterov_step first) at pretend step counts: "
+                "test_track3_best46_vs_script.py runs its loop",
+            "test_every_groups_lr_at_every_step":
+                "four base rates, each its own PowerCool c (not one factor): per parameter in "
+                "test_track3_best46_vs_script.py",
+            "test_full_size_parameter_count_and_every_groups_hyperparameters":
+                "its CGI draws need a device generator (none on meta): the count and groups in test_track3.py, the "
+                "init at full width in test_track3_best46_vs_script.py"},
     ),
 }

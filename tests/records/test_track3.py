@@ -11,7 +11,7 @@ import torch
 
 from analysis.curves import record_curves
 from analysis.records import experiments_with_reference
-from harness.loop.schedule import lr_factor, val_due
+from harness.loop.schedule import extra_val_steps, lr_factor, val_due
 from model.config import ModelConfig
 from model.gpt import GPT
 from optim import build_optimizer
@@ -43,14 +43,19 @@ def test_groups_are_the_scripts(experiment):
 
 @pytest.mark.parametrize("experiment,published", [*((e, True) for e in TRACK3), *((e, False) for e in PROXIES)])
 def test_validation_steps_are_the_published_curves(experiment, published):
-    """The steps our trainer validates at = the steps the scripts printed (the reference: block's curve)."""
+    """The steps our trainer validates at = the steps the scripts printed (the reference: block's curve), up to
+    the run's last step: train.stop_after_step where set (#46 stops after 2690, and validates there); and the
+    whole schedule's, were it run to max_steps, against the whole curve."""
     tc = compose_config(f"experiment={experiment}").train
-    ours = [s for s in range(tc.max_steps + 1) if val_due(s, tc.max_steps, tc.val_every, tc.val_tail_every,
-                                                             tc.val_tail_frac)]
-    if not published:  # the proxies: same rule, scaled
-        assert ours[0] == 0 and ours[-1] == tc.max_steps and tc.val_tail_every > 0
-        return
-    assert ours == sorted({p.step for c in record_curves(experiment) for p in c.points})
+    extra = extra_val_steps(tc.val_extra_steps)
+    stop = tc.max_steps if tc.stop_after_step is None else tc.stop_after_step
+    for end in {stop, tc.max_steps}:
+        ours = [s for s in range(end + 1) if s == end or val_due(s, tc.max_steps, tc.val_every, tc.val_tail_every,
+                                                                  tc.val_tail_frac, tc.val_at_start, extra)]
+        if not published:  # the proxies: same rule, scaled
+            assert ours[0] == 0 and ours[-1] == tc.max_steps and tc.val_tail_every > 0
+            continue
+        assert ours == sorted({p.step for c in record_curves(experiment) for p in c.points if p.step <= end}), end
 
 
 def test_schedule_is_stable_then_linear_with_the_fractional_cooldown():

@@ -6,7 +6,6 @@ validation steps. The tail-EMA readout has no function in the script (it is inli
 test against an independent computation is tests/unit/harness/test_tail_ema.py."""
 from __future__ import annotations
 
-import ast
 import copy
 
 import pytest
@@ -15,7 +14,7 @@ import torch
 from harness.config.schema import LrScheduleKind, PowerCoolConstants, TrainConfig, ValSteps
 from harness.loop.schedule import LrSchedule, extra_val_steps, val_due
 from optim.lookahead import EMANesterov
-from tests.support.track3_reference import BEST46, REF_DIR, needs_best46, script_definitions, script_setup
+from tests.support.track3_reference import BEST46, needs_best46, script_definitions, script_setup, script_val_steps
 
 pytestmark = [needs_best46, pytest.mark.e2e]  # integration: the reference script's code
 
@@ -108,27 +107,12 @@ def test_ema_nesterov_equals_the_scripts_class_from_identical_updates(script):
         assert torch.equal(a, b)
 
 
-def _script_val_steps() -> set[int]:
-    """The script's validation steps over its 2900-step run: its own `should_validate` expression and
-    constants (extra_val_steps, val_regular_interval, STOP_STEP = train_steps), evaluated for every step."""
-    tree = ast.parse((REF_DIR / BEST46).read_text(encoding="utf-8"))
-    names = {}
-    for node in tree.body:
-        if isinstance(node, ast.Assign) and isinstance(node.targets[0], ast.Name) and \
-                node.targets[0].id in ("extra_val_steps", "val_regular_interval"):
-            names[node.targets[0].id] = ast.literal_eval(node.value)
-    loop = next(n for n in tree.body if isinstance(n, ast.For) and getattr(n.target, "id", None) == "step")
-    rule = next(s for s in loop.body if isinstance(s, ast.Assign) and s.targets[0].id == "should_validate")
-    expr = compile(ast.Expression(rule.value), BEST46, "eval")
-    return {s for s in range(2901) if eval(expr, {**names, "step": s, "train_steps": 2900, "STOP_STEP": 2900})}
-
-
 def test_validation_steps_are_the_scripts_plus_the_every_5_tail():
     """Our #46 cadence (every 125, none at 0, every 5 on [2600, 2810], every 10 on [2820, 2890], 2895): the
     script's 55 steps and the 20 steps 2600..2695 that the published curves also hold (its README's files)."""
     extra = extra_val_steps([ValSteps(first=2600, last=2810, every=5), ValSteps(first=2820, last=2890, every=10),
                              ValSteps(first=2895, last=2895)])
     ours = {s for s in range(2901) if val_due(s, 2900, 125, at_start=False, extra=extra)}
-    theirs = _script_val_steps()
+    theirs = script_val_steps(BEST46, 2900, 2900)
     assert len(theirs) == 55 and 0 not in theirs
     assert ours == theirs | set(range(2600, 2700, 5))

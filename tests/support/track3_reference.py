@@ -11,7 +11,8 @@ script's own hyperparameter section (from `train_steps = N` through `def set_hpa
 loop, its optimizers, their groups and its schedule) against a model we hand it, with a
 single-process stand-in for torch.distributed. Nothing here runs when ../shared is absent.
 
-`script_definitions(file, seed)` / `script_setup(file, ...)` do the same for a script named by file.
+`script_definitions(file, seed)` / `script_setup(file, ...)` do the same for a script named by file;
+`script_loop(file, scope, steps, at_step)` runs its training loop over chosen steps.
 """
 from __future__ import annotations
 
@@ -56,6 +57,10 @@ class World1:
 
     @staticmethod
     def all_reduce(tensor: torch.Tensor, op=None) -> None:
+        pass
+
+    @staticmethod
+    def barrier() -> None:
         pass
 
 
@@ -144,6 +149,39 @@ def _setup(tree: ast.Module, file: str, ns: dict, model: torch.nn.Module, fused:
     body = _setup_statements(tree)
     exec(compile(ast.Module(body=body, type_ignores=[]), file, "exec"), scope)
     return scope
+
+
+def script_loop(file: str, scope: dict, steps: list[int], at_step) -> None:
+    """Run the script's own training loop (and the statements between its setup section and it) in `scope` (from
+    script_setup, plus the loop's inputs: train_loader, val_inputs, val_targets, val_tokens, mbs, print0), over
+    `steps` instead of range(train_steps + 1); `at_step(step)` is called first in every iteration (e.g. to set
+    the optimizers' step counters to a pretend step)."""
+    tree = _file_tree(file)
+    end = next(i for i, s in enumerate(tree.body) if isinstance(s, ast.FunctionDef) and s.name == "set_hparams")
+    loop_at = next(i for i, s in enumerate(tree.body)
+                   if isinstance(s, ast.For) and getattr(s.target, "id", None) == "step")
+    loop = tree.body[loop_at]
+    loop.iter = ast.Name("_steps", ast.Load())
+    loop.body.insert(0, ast.Expr(ast.Call(ast.Name("_at_step", ast.Load()), [ast.Name("step", ast.Load())], [])))
+    body = ast.fix_missing_locations(ast.Module(body=tree.body[end + 1:loop_at + 1], type_ignores=[]))
+    scope.update(_steps=list(steps), _at_step=at_step)
+    exec(compile(body, file, "exec"), scope)
+
+
+def script_val_steps(file: str, train_steps: int, stop_step: int) -> set[int]:
+    """The steps the script validates at over a run of `train_steps` stopped after `stop_step`: its own
+    `should_validate` expression and constants (extra_val_steps, val_regular_interval), for every step."""
+    tree = _file_tree(file)
+    names = {}
+    for node in tree.body:
+        if isinstance(node, ast.Assign) and isinstance(node.targets[0], ast.Name) and \
+                node.targets[0].id in ("extra_val_steps", "val_regular_interval"):
+            names[node.targets[0].id] = ast.literal_eval(node.value)
+    loop = next(n for n in tree.body if isinstance(n, ast.For) and getattr(n.target, "id", None) == "step")
+    rule = next(s for s in loop.body if isinstance(s, ast.Assign) and s.targets[0].id == "should_validate")
+    expr = compile(ast.Expression(rule.value), file, "eval")
+    return {s for s in range(stop_step + 1)
+            if eval(expr, {**names, "step": s, "train_steps": train_steps, "STOP_STEP": stop_step})}
 
 
 def our_name(ref_name: str) -> str:
