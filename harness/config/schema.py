@@ -57,7 +57,10 @@ class ValSteps:
 
 # train.powercool_c: one optional constant per parameter role (optim/roles.py), so `train.powercool_c.embed=...`
 # is an ordinary key and a misspelt role fails at start.
+# `module=__name__`: pickled by reference like any other schema (a SLURM/submitit task unpickles the config;
+# a class pickled by value would be a second PowerCoolConstants that OmegaConf refuses as the field's type).
 PowerCoolConstants = make_dataclass("PowerCoolConstants", [(r, Optional[float], None) for r in sorted(ALL_ROLES)])
+PowerCoolConstants.__module__ = __name__
 PowerCoolConstants.__doc__ = "PowerCool's c per param-group role (lr = min(lr0, c (T - t)^p)); null: not given."
 
 

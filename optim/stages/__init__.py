@@ -43,7 +43,9 @@ def _stage_keys(stages: tuple[Stage, ...]) -> type:
     clash = sorted({n for n in names if names.count(n) > 1})
     if clash:
         raise ValueError(f"optim stages declare the same config key twice: {clash}")
-    return make_dataclass("StageKeys", fields)
+    keys = make_dataclass("StageKeys", fields)
+    keys.__module__ = __name__  # pickled by reference (found as optim.stages.StageKeys), as any schema
+    return keys
 
 
 StageKeys = _stage_keys(STAGES)

@@ -61,3 +61,15 @@ def test_stop_at_val_loss_must_be_positive():
     with pytest.raises(ValueError, match="train.stop_at_val_loss must be > 0"):
         TrainConfig(stop_at_val_loss=-1.0).check()
     TrainConfig(stop_at_val_loss=3.28).check()
+
+
+def test_generated_schemas_pickle_by_reference():
+    """SLURM/submitit tasks unpickle the config: a dataclass made at import (one field per role or per stage key)
+    must come back as the same class, or OmegaConf refuses it as its own field's type."""
+    import cloudpickle
+
+    from harness.config.schema import PowerCoolConstants
+    from optim.stages import StageKeys
+
+    for schema in (PowerCoolConstants, StageKeys):
+        assert cloudpickle.loads(cloudpickle.dumps(schema())).__class__ is schema
