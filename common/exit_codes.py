@@ -13,8 +13,24 @@ A sweep (`-m`) runs every job and then exits with the largest code of its jobs.
 """
 from __future__ import annotations
 
+import sys
+from collections.abc import Callable
+
 OK = 0
 CRASH = 1
 ERROR = 2
 DIVERGED = 3
 INTERRUPTED = 130
+
+
+def run_command(body: Callable[[], int], errors: tuple[type[BaseException], ...], interrupted: str) -> int:
+    """A data tool's main: `body()`'s code; one of `errors` is one `error:` line and ERROR; Ctrl-C prints
+    `interrupted: <interrupted>` (what was left where) and INTERRUPTED. Anything else is a bug: its traceback."""
+    try:
+        return body()
+    except errors as e:
+        print(f"error: {e}", file=sys.stderr)
+        return ERROR
+    except KeyboardInterrupt:
+        print(f"interrupted: {interrupted}", file=sys.stderr)
+        return INTERRUPTED

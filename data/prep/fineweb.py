@@ -201,20 +201,18 @@ def main(argv: list[str] | None = None) -> int:
             print(f"error: {line}", file=sys.stderr)
         print("all shards valid" if not problems else f"{len(problems)} problem(s)")
         return exit_codes.ERROR if problems else exit_codes.OK
-    try:
+
+    def run() -> int:
         r = download_shards(args.dataset, args.train_shards, args.out, revision=args.revision, prefix=args.prefix,
                             jobs=args.jobs, retries=args.retries, progress=not args.no_progress)
-    except DownloadError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return exit_codes.ERROR
-    except KeyboardInterrupt:
-        print(f"interrupted: partial files in {args.out}/.download resume on the next run", file=sys.stderr)
-        return exit_codes.INTERRUPTED
-    print(f"{len(r['present']) + len(r['downloaded'])} shards in {r['out']} ({len(r['downloaded'])} downloaded from "
-          f"{hub_endpoint()}, {len(r['present'])} already there): train with data.dir={r['out']}"
-          + ("" if r["prefix"] == "fineweb" else
-             f" data.train_pattern='{r['prefix']}_train_*.bin' data.val_pattern='{r['prefix']}_val_*.bin'"))
-    return 0
+        print(f"{len(r['present']) + len(r['downloaded'])} shards in {r['out']} ({len(r['downloaded'])} downloaded from "
+              f"{hub_endpoint()}, {len(r['present'])} already there): train with data.dir={r['out']}"
+              + ("" if r["prefix"] == "fineweb" else
+                 f" data.train_pattern='{r['prefix']}_train_*.bin' data.val_pattern='{r['prefix']}_val_*.bin'"))
+        return exit_codes.OK
+
+    return exit_codes.run_command(run, (DownloadError,),
+                                  f"partial files in {args.out}/.download resume on the next run")
 
 
 if __name__ == "__main__":

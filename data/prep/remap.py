@@ -195,20 +195,18 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--chunk-tokens", type=int, default=DEFAULT_CHUNK_TOKENS,
                    help=f"tokens per read (default {DEFAULT_CHUNK_TOKENS:,}); the output does not depend on it")
     args = p.parse_args(argv)
-    try:
+
+    def run() -> int:
         r = remap_shards(args.src, args.out, args.top_k, overwrite=args.overwrite, progress=not args.no_progress,
                          chunk_tokens=args.chunk_tokens)
-    except (RemapError, ShardError, OSError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return exit_codes.ERROR
-    except KeyboardInterrupt:
-        print(f"interrupted: {args.out} was left as it was", file=sys.stderr)
-        return exit_codes.INTERRUPTED
-    print(f"{r['train_tokens']:,} train + {r['val_tokens']:,} val tokens remapped to {r['vocab_size']} ids in "
-          f"{r['seconds']:.1f} s: catch-all id {r['catch_all']} holds {r['catch_all_fraction']:.1%} of train, "
-          f"{r['catch_all_fraction_val']:.1%} of val; <|endoftext|> {r['source_bos_token']} -> {r['bos_token']}")
-    print(f"mapping in {r['out']}/{REMAP_FILE}; train with data.dir={r['out']} model.vocab_size={r['vocab_size']}")
-    return exit_codes.OK
+        print(f"{r['train_tokens']:,} train + {r['val_tokens']:,} val tokens remapped to {r['vocab_size']} ids in "
+              f"{r['seconds']:.1f} s: catch-all id {r['catch_all']} holds {r['catch_all_fraction']:.1%} of train, "
+              f"{r['catch_all_fraction_val']:.1%} of val; <|endoftext|> {r['source_bos_token']} -> {r['bos_token']}")
+        print(f"mapping in {r['out']}/{REMAP_FILE}; train with data.dir={r['out']} model.vocab_size={r['vocab_size']}")
+        return exit_codes.OK
+
+    return exit_codes.run_command(run, (RemapError, ShardError, OSError),
+                                  f"{args.out} was left as it was")
 
 
 if __name__ == "__main__":

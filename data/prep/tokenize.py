@@ -285,24 +285,22 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--overwrite", action="store_true", help="replace shards already in --out")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     args = p.parse_args(argv)
-    try:
+
+    def run() -> int:
         summary = tokenize_corpus(args.source, args.out, args.val_docs, args.shard_tokens, val_frac=args.val_frac,
                                   bpe=args.bpe, workers=args.workers, prefix=args.prefix, text_field=args.text_field,
                                   txt_split=args.txt_split, split=args.split, max_docs=args.max_docs,
                                   overwrite=args.overwrite, progress=not args.no_progress)
-    except (TokenizeError, SourceError, TokenizerError, ShardError, OSError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return exit_codes.ERROR
-    except KeyboardInterrupt:
-        print(f"interrupted: nothing was written to {args.out or 'the output folder'}", file=sys.stderr)
-        return exit_codes.INTERRUPTED
-    s = summary["seconds"]
-    print(f"{summary['docs']:,} docs, {summary['tokens']:,} tokens in {s:.1f} s "
-          f"({summary['docs'] / s:,.0f} docs/s, {summary['tokens'] / s:,.0f} tokens/s, {args.workers} workers)")
-    for name, n in summary["shards"]:
-        print(f"  {summary['out']}/{name}: {n:,} tokens")
-    print(f"tokenizer recorded in {summary['out']}/{RECORD_FILE}; train with data.dir={summary['out']}")
-    return 0
+        s = summary["seconds"]
+        print(f"{summary['docs']:,} docs, {summary['tokens']:,} tokens in {s:.1f} s "
+              f"({summary['docs'] / s:,.0f} docs/s, {summary['tokens'] / s:,.0f} tokens/s, {args.workers} workers)")
+        for name, n in summary["shards"]:
+            print(f"  {summary['out']}/{name}: {n:,} tokens")
+        print(f"tokenizer recorded in {summary['out']}/{RECORD_FILE}; train with data.dir={summary['out']}")
+        return exit_codes.OK
+
+    return exit_codes.run_command(run, (TokenizeError, SourceError, TokenizerError, ShardError, OSError),
+                                  f"nothing was written to {args.out or 'the output folder'}")
 
 
 if __name__ == "__main__":
