@@ -3,21 +3,13 @@ files say: #44's base is #46 with three levers off; the proxy arms scale #46's s
 import pytest
 from omegaconf import OmegaConf
 
+from analysis.runs import flatten
 from harness.config.compose import compose_config
 
 
 def flat(cfg) -> dict:
     """Every key of a composed config, dotted, minus the experiment's name and its reference block."""
-    out = {}
-
-    def walk(node, prefix=""):
-        for key, value in node.items():
-            name = f"{prefix}{key}"
-            if isinstance(value, dict):
-                walk(value, name + ".")
-            else:
-                out[name] = value
-    walk(OmegaConf.to_container(OmegaConf.structured(cfg), resolve=True))
+    out = flatten(OmegaConf.to_container(OmegaConf.structured(cfg), resolve=True))
     return {k: v for k, v in out.items() if k != "experiment" and not k.startswith("reference")}
 
 
