@@ -82,8 +82,13 @@ def load_run(run_dir: Path) -> dict | None:
     if summary is None:
         return None
     vals = sorted({e["step"]: e for e in log.of("val")}.values(), key=lambda e: e["step"])
-    return {"curve": Curve(log.name, [Point(e["step"], 0, e["train_time_ms"], e["val_loss"]) for e in vals]),
-            "final": summary["final_val_loss"], "ms_per_step": summary["train_time_ms"] / max(1, summary["steps"])}
+    # A run with train.tail_ema is scored on its readout (track 3's #46), as the trainer scores it: the
+    # curve reads val_ema_loss where logged (it equals val_loss before the EMA starts).
+    ema = summary.get("scored_metric") == "val_ema_loss"
+    key = "val_ema_loss" if ema else "val_loss"
+    return {"curve": Curve(log.name, [Point(e["step"], 0, e["train_time_ms"], e.get(key, e["val_loss"])) for e in vals]),
+            "final": summary["final_val_ema_loss" if ema else "final_val_loss"], "metric": key,
+            "ms_per_step": summary["train_time_ms"] / max(1, summary["steps"])}
 
 
 def check_folders(out_runs: Path, plan: dict[str, list[str]]) -> None:
