@@ -24,6 +24,19 @@ call time):
 - `create_block_mask`: torch's, built eagerly on CPU (no `_compile`);
 - `lm_head_fp8`: the plain matmul x w^T it approximates in float8 (record 20's training head).
 
+Records 29 on (FlashAttention-3, Triton kernels, the FP8 head) need more, and get it only where the
+script has the name:
+- `import triton`, `triton.language` and `kernels` (none is importable on CPU) are not executed: the
+  names are bound to a permissive stand-in, so the Triton kernels' decorators and annotations evaluate
+  (the kernels themselves are never called: `XXT` / `ba_plus_cAA` (record 29: `ns_line_1` / `ns_line_2`),
+  the Newton-Schulz steps' launchers, are replaced by their torch formulas, `triton_ns_reference`);
+- `BOS_ID` and `polar_express_coeffs` (module-level constants the functions read) are kept;
+- FlashAttention-3's `flash_attn_varlen_func` (record 29 imports it, 43 and 46 get it through
+  `flash_attn_interface`) is `fa3_varlen_reference`: a per-document causal softmax with FA3's window
+  rule, looped in plain torch (checked against a hand-built dense mask in tests/records);
+- `DISABLE_FP8=1` in the stand-in environment: the scripts' head is then `F.linear`, the math their
+  float8 matmul approximates (tests of our FP8 head compare against the script's `mm_op` formulas).
+
 `top_level` and `loop_statements` run chosen statements of the script's main code (its
 optimizer construction, lr schedule, momentum warmup, window schedule) in that namespace.
 """
@@ -89,13 +102,16 @@ class _CpuFp32(ast.NodeTransformer):
 
 
 def _keep(node: ast.stmt) -> bool:
-    if isinstance(node, (ast.Import, ast.ImportFrom, ast.ClassDef)):
+    if isinstance(node, (ast.Import, ast.ImportFrom)):
+        names = [a.name for a in node.names] + ([node.module] if isinstance(node, ast.ImportFrom) else [])
+        return not any(n.split(".")[0] in _UNAVAILABLE for n in names)
+    if isinstance(node, ast.ClassDef):
         return True
     if isinstance(node, ast.FunctionDef):
         decorators = " ".join(ast.unparse(d) for d in node.decorator_list)
         return "custom_op" not in decorators and "register_fake" not in decorators
     if isinstance(node, ast.Assign):
-        return [ast.unparse(t) for t in node.targets] == ["zeropower_backends"]
+        return [ast.unparse(t) for t in node.targets] in (["zeropower_backends"], ["BOS_ID"], ["polar_express_coeffs"])
     return False
 
 
@@ -111,6 +127,19 @@ class _Dist:
 
     @staticmethod
     def all_reduce(tensor, op=None, async_op=False):
+        return _Dist._Done() if async_op else None
+
+    @staticmethod
+    def get_world_size():
+        return 1
+
+    @staticmethod
+    def get_rank():
+        return 0
+
+    @staticmethod
+    def reduce_scatter_tensor(out, tensor, op=None, async_op=False):
+        out.view(-1).copy_(tensor.reshape(-1)[:out.numel()])
         return _Dist._Done() if async_op else None
 
     @staticmethod
@@ -148,6 +177,61 @@ def create_block_mask_on_cpu(mask_mod, B, H, Q_LEN, KV_LEN, device="cpu", _compi
     return _torch_create_block_mask(mask_mod, B, H, Q_LEN, KV_LEN, device="cpu", **kw)
 
 
+_UNAVAILABLE = ("triton", "kernels", "flash_attn_interface")  # imports the CPU cannot satisfy
+
+
+class _Anything:
+    """Stands in for triton / triton.language / kernels: any attribute or call gives itself, and as a
+    decorator it returns the function unchanged."""
+
+    def __getattr__(self, name):
+        return self
+
+    def __call__(self, *args, **kwargs):
+        if len(args) == 1 and not kwargs and callable(args[0]) and not isinstance(args[0], _Anything):
+            return args[0]
+        return self
+
+
+def fa3_varlen_reference(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q=None, max_seqlen_k=None,
+                         causal=True, softmax_scale=None, window_size=(-1, -1), **_):
+    """FlashAttention-3's flash_attn_varlen_func on CPU, in plain torch. q, k, v: [total_tokens, H, D];
+    cu_seqlens: int32 [n_docs + 1] document starts (the last = total_tokens). Within each document, query
+    i sees key j iff j <= i (causal) and i - j <= window_size[0] (FA3's rule; -1 = no limit); the
+    softmax runs over those keys in fp32 with softmax_scale (default 1/sqrt(D)). Returns [total, H, D]."""
+    assert torch.equal(cu_seqlens_q, cu_seqlens_k) and causal
+    scale = softmax_scale if softmax_scale is not None else q.size(-1) ** -0.5
+    left = window_size[0]
+    out = torch.zeros_like(q)
+    bounds = cu_seqlens_q.tolist()
+    for a, b in zip(bounds[:-1], bounds[1:]):
+        if b <= a:
+            continue
+        i = torch.arange(b - a)[:, None]
+        j = torch.arange(b - a)[None, :]
+        allowed = (j <= i) & ((i - j <= left) if left >= 0 else True)
+        s = torch.einsum("ihd,jhd->hij", q[a:b].float(), k[a:b].float()) * scale
+        p = s.masked_fill(~allowed, float("-inf")).softmax(dim=-1)
+        out[a:b] = torch.einsum("hij,jhd->ihd", p, v[a:b].float()).to(q.dtype)
+    return out
+
+
+def triton_ns_reference(module: types.ModuleType) -> None:
+    """Replace the scripts' Triton kernels XXT(A, out) and ba_plus_cAA(A, alpha, beta, out) by their
+    formulas: out = A A^T and out = beta A + alpha A A^T (A symmetric), batched over leading dims."""
+    def xxt(A, out):
+        out.copy_(A @ A.mT)
+        return out
+
+    def ba_plus_caa(A, alpha, beta, out):
+        out.copy_(beta * A + alpha * (A @ A.mT))
+        return out
+
+    # record 29 names them ns_line_1 / ns_line_2, records 43 on XXT / ba_plus_cAA
+    module.XXT = module.ns_line_1 = xxt
+    module.ba_plus_cAA = module.ns_line_2 = ba_plus_caa
+
+
 def _parse(path: Path) -> ast.Module:
     with warnings.catch_warnings():  # the scripts' docstrings hold escapes like '\s' (theirs, verbatim)
         warnings.simplefilter("ignore", SyntaxWarning)
@@ -166,12 +250,19 @@ def load(script: str, constants: dict[int, int] | None = None, within: str | Non
     module.__dict__["_tree"] = _parse(path)  # the full script, for top_level / loop_statements
     module.__dict__["_edit"] = lambda node: ast.fix_missing_locations(_CpuFp32(constants or {}, within).visit(node))
     sys.modules[module.__name__] = module  # dataclasses look their module up
+    anything = _Anything()
+    module.__dict__.update(triton=anything, tl=anything, get_kernel=anything)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", SyntaxWarning)
         warnings.simplefilter("ignore", DeprecationWarning)
         exec(compile(tree, str(path), "exec"), module.__dict__)
     module.dist = _Dist
-    module.os = types.SimpleNamespace(environ={"WORLD_SIZE": "1", "RANK": "0"})
+    module.os = types.SimpleNamespace(environ={"WORLD_SIZE": "1", "RANK": "0", "DISABLE_FP8": "1"},
+                                      path=__import__("os").path)
+    module.flash_attn_varlen_func = fa3_varlen_reference
+    module.flash_attn_interface = types.SimpleNamespace(flash_attn_varlen_func=fa3_varlen_reference)
+    if "XXT" in module.__dict__ or "ns_line_1" in module.__dict__:
+        triton_ns_reference(module)
     module.flex_attention = flex_attention_via_sdpa
     module.create_block_mask = create_block_mask_on_cpu
     module.lm_head_fp8 = lambda x, w: F.linear(x, w)
