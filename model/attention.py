@@ -7,7 +7,13 @@ Shapes: B batch, T tokens, C = n_embd, H heads, D = C / H.
     v <- a v + b ve                          value embeddings (a, b init 0.5; ve absent -> a v)
     q, k <- rms_norm / rotary, in the order model.qk_norm says
     y = softmax(scale q k^T + mask) v        causal, or document-causal with a sliding window
+    y_h <- y_h sigmoid(W_g[h] . x[:k])       sparse attention gate, model.attn_gate_dim = k (records 29-46,
+                                             @classiclarryd): a head can output ~0 for a token; W_g zero at init
     out = W_proj y                           zero at init with model.zero_init_proj
+
+Records 43 and 46 rotate with YaRN's tables and scale by YaRN's current scale (model/rotary.py): GPT builds
+them once per forward and passes `rope` and `scale` in. The attention kernel itself is model/masks.py's
+`attend` (the seam where the FlashAttention-3 varlen backend plugs in).
 
 A merged [3, C, C] weight (record 20) equals the fused [3C, C] one row-block by row-block, and
 the optimizer orthogonalizes role attn_qkv per block either way; we keep the [3C, C] Linear.
@@ -22,8 +28,8 @@ import torch.nn.functional as F
 
 from model.config import ModelConfig, PosEmb, QKNorm
 from model.layers import tag_param, tagged
-from model.masks import AttentionMasks, attend
-from model.rotary import apply_rotary, rotary_frequencies
+from model.masks import AttentionMasks, attend, dense_mask, flex_block_mask, use_flex
+from model.rotary import apply_rotary, rotary_frequencies, rotate_with_tables
 
 
 class CausalSelfAttention(nn.Module):
@@ -45,6 +51,8 @@ class CausalSelfAttention(nn.Module):
         if cfg.value_embed_tables:
             tag_param(self, "v_lambdas", torch.tensor([0.5, 0.5]), "scalar")
         self.short_window = layer in cfg.short_window_layers
+        if cfg.attn_gate_dim:
+            tag_param(self, "gate_weight", torch.zeros(cfg.n_head, cfg.attn_gate_dim), "attn_gate")
 
     def reset_scalars(self) -> None:
         with torch.no_grad():
@@ -52,11 +60,16 @@ class CausalSelfAttention(nn.Module):
                 self.lamb.fill_(0.5)
             if hasattr(self, "v_lambdas"):
                 self.v_lambdas.fill_(0.5)
+            if hasattr(self, "gate_weight"):
+                self.gate_weight.zero_()
 
     def forward(self, x: torch.Tensor, masks: AttentionMasks, v1: Optional[torch.Tensor] = None,
-                ve: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, torch.Tensor]:
+                ve: Optional[torch.Tensor] = None, rope: Optional[tuple[torch.Tensor, torch.Tensor]] = None,
+                scale: Optional[float] = None) -> tuple[torch.Tensor, torch.Tensor]:
         """x: [B, T, C]; v1: the first attention layer's values [B, T, H, D] (value residual; None in
-        that layer); ve: value embedding [B, T, C] or None. Returns (out [B, T, C], v1)."""
+        that layer); ve: value embedding [B, T, C] or None; rope: (cos, sin) [>= T, D/2] tables (YaRN) or
+        None (frequencies from the config); scale: the softmax scale (YaRN's) or None (model.attn_scale).
+        Returns (out [B, T, C], v1)."""
         cfg = self.cfg
         B, T, C = x.shape
         H, D = self.n_head, self.head_dim
@@ -73,13 +86,42 @@ class CausalSelfAttention(nn.Module):
             v = self.v_lambdas[0] * v + (self.v_lambdas[1] * ve.view_as(v) if ve is not None else 0)
         if cfg.qk_norm is QKNorm.before_rope:
             q, k = F.rms_norm(q, (D,), eps=cfg.norm_eps), F.rms_norm(k, (D,), eps=cfg.norm_eps)
-        if cfg.pos_emb is PosEmb.rotary:
+        if rope is not None:
+            q, k = rotate_with_tables(q, *rope), rotate_with_tables(k, *rope)
+        elif cfg.pos_emb is PosEmb.rotary:
             freqs = rotary_frequencies(D, cfg.rope_base, cfg.rope_half_truncated, device=x.device)
             q, k = apply_rotary(q, freqs), apply_rotary(k, freqs)
         if cfg.qk_norm is QKNorm.after_rope:
             q, k = F.rms_norm(q, (D,), eps=cfg.norm_eps), F.rms_norm(k, (D,), eps=cfg.norm_eps)
         # FlexAttention needs one dtype; under autocast the norms may have returned fp32.
         q, k, v = (t.to(v.dtype).transpose(1, 2) for t in (q, k, v))  # [B, H, T, D]
-        y = attend(q, k, v, masks.for_layer(self.short_window), masks.use_flex, cfg.attn_scale)
-        return self.proj(y.transpose(1, 2).reshape(B, T, C)), v1
+        # SEAM (issue 25's attention backends): today's attend over a [B, H, T, D] layout and a prebuilt
+        # mask; the FlashAttention-3 varlen backend takes q, k, v [T, H, D], cu_seqlens and this layer's window.
+        y = attend(q, k, v, masks.for_layer(self.short_window), masks.use_flex,
+                   cfg.attn_scale if scale is None else scale).transpose(1, 2)  # [B, T, H, D]
+        if hasattr(self, "gate_weight"):
+            gate = torch.sigmoid(F.linear(x[..., :self.gate_weight.size(-1)], self.gate_weight.type_as(x)))
+            y = y * gate.view(B, T, H, 1)
+        return self.proj(y.reshape(B, T, C)), v1
 
+
+
+def documents_from_cu_seqlens(cu_seqlens: torch.Tensor, T: int) -> torch.Tensor:
+    """cu_seqlens: int [n + 1] sequence starts of one flat packed row (the last = T) -> [1, T] int32 ids:
+    position p belongs to sequence #{i >= 1: cu_seqlens[i] <= p}. Unlike document_ids, the starts need not
+    be bos tokens (the records' loader also cuts documents longer than its max sequence length)."""
+    pos = torch.arange(T, device=cu_seqlens.device, dtype=cu_seqlens.dtype)
+    return torch.searchsorted(cu_seqlens[1:].contiguous(), pos, right=True).to(torch.int32)[None]
+
+
+def varlen_masks(cfg: ModelConfig, cu_seqlens: torch.Tensor, T: int, windows: torch.Tensor) -> AttentionMasks:
+    """SEAM (until the attention backends take cu_seqlens): masks for one flat row [1, T] of sequences
+    `cu_seqlens`, causal within each, with the (long, short) windows `windows` = FA3 window + 1 tokens
+    (masks.allowed's q - k < w), so query i sees key j iff j <= i, same sequence, i - j <= window."""
+    docs = documents_from_cu_seqlens(cu_seqlens, T)
+    flex = use_flex(cfg, cu_seqlens.device)
+    build = (lambda w: flex_block_mask(docs, 1, T, w, 1, docs.device)) if flex else \
+        (lambda w: dense_mask(docs, T, w, 1, docs.device))
+    long = build(windows[0])
+    short = build(windows[1]) if cfg.short_window_layers else long
+    return AttentionMasks(long=long, short=short, use_flex=flex)

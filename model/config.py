@@ -127,6 +127,35 @@ class ModelConfig:
     short_window_layers: list[int] = field(default_factory=list)  # layers with half the window (record 20)
     attn_impl: AttnImpl = AttnImpl.auto
 
+    # --- records 29-46 (issue 25): off by default; see model/embeddings.py, model/residual.py, model/rotary.py ---
+    attn_gate_dim: int = 0         # sparse attention gate: head h's output times sigmoid(W_g[h] . x[:k]), x the
+                                   # attention input, W_g [H, k] zero at init (records 29-46: 12)
+    smear_gate_dim: int = 0        # smear: e_t += l sigmoid(w . e_t[:k]) e_{t-1} on the token embedding, w [1, k]
+                                   # and l zero at init (records 43, 46: 12)
+    value_embed_table_ids: list[int] = field(default_factory=list)  # the table of each value_embed_layers entry
+                                   # (empty: k % value_embed_tables; records 43, 46: layers [1,2,9,10,11] -> [1,2,0,1,2])
+    no_mlp_layers: list[int] = field(default_factory=list)  # blocks without MLP (records 43, 46: [0]); a block
+                                   # with neither attention nor MLP is skipped entirely (no x0 mix either)
+    x0_mix_init: list[float] = field(default_factory=lambda: [1.0, 0.0])  # x0_mix's (a, b) at init (record 46: 1.1, 0)
+    skip_pairs: list[list[int]] = field(default_factory=list)  # [in, out]: block `out` first adds g * (output of
+                                   # block `in`) (record 43: [5,6],[4,7],[3,8],[2,9],[1,10]; record 46: [4,7])
+    skip_sigmoid: bool = False     # skip_pairs' g = sigmoid(w) (records 43, 46), else g = w
+    skip_init: float = 1.0         # skip_pairs' w at init (records 43, 46: -1.5)
+    backout_layer: Optional[int] = None  # before the final norm, x -= l * (output of this block), l = backout_init
+    backout_init: float = 0.5      # (records 43, 46: layer 8, 0.5)
+    attn_windows_external: bool = False  # the trainer sets the (long, short) window each step with
+                                   # GPT.set_attention_windows(long, short), token-exact with FlashAttention-3's
+                                   # meaning (query i sees key j iff j <= i and i - j <= window); window_size is
+                                   # the window before the first call (records 29-46)
+    yarn: bool = False             # YaRN: when the long window grows, rescale the rotary frequencies and the
+                                   # attention scale (start: model.attn_scale) as records 43, 46's Yarn.apply
+    yarn_alpha: float = 1.0        # YaRN's ramp over each frequency's rotations within the old window
+    yarn_beta: float = 32.0
+    rope_bf16_tables: bool = False  # rotary cos/sin rounded to bf16 and the rotation done in q's dtype (43, 46)
+    packed_scalars: bool = False   # the record packs its scalars into one vector of 5 n_layer (+ smear, backout)
+                                   # slots padded to the world size (records 29-46): tools.describe also reports
+                                   # that count (model/residual.py: script_parameter_count)
+
     @property
     def padded_vocab_size(self) -> int:
         m = self.pad_vocab_to
@@ -204,6 +233,46 @@ class ModelConfig:
             raise ValueError(f"model.window_size={self.window_size} must be a multiple of "
                              f"model.window_block={self.window_block}")
 
+        self._check_records29_46()
+
+    def _check_records29_46(self) -> None:
+        for key in ("attn_gate_dim", "smear_gate_dim"):
+            if not 0 <= getattr(self, key) <= self.n_embd:
+                raise ValueError(f"model.{key} must be in [0, model.n_embd={self.n_embd}] (got {getattr(self, key)})")
+        if any(not 0 <= i < self.n_layer for i in self.no_mlp_layers) or len(set(self.no_mlp_layers)) != len(self.no_mlp_layers):
+            raise ValueError(f"model.no_mlp_layers={list(self.no_mlp_layers)} must list distinct layer indices in "
+                             f"[0, {self.n_layer})")
+        if self.value_embed_table_ids:
+            if len(self.value_embed_table_ids) != len(self.value_embed_layers):
+                raise ValueError(f"model.value_embed_table_ids={list(self.value_embed_table_ids)} needs one entry per "
+                                 f"model.value_embed_layers entry ({list(self.value_embed_layers)})")
+            if any(not 0 <= t < self.value_embed_tables for t in self.value_embed_table_ids):
+                raise ValueError(f"model.value_embed_table_ids={list(self.value_embed_table_ids)} must be in "
+                                 f"[0, model.value_embed_tables={self.value_embed_tables})")
+        if len(self.x0_mix_init) != 2:
+            raise ValueError(f"model.x0_mix_init must be two numbers (a, b) (got {list(self.x0_mix_init)})")
+        skipped = set(self.no_attn_layers) & set(self.no_mlp_layers)
+        ins = [p[0] for p in self.skip_pairs if len(p) == 2]
+        if any(len(p) != 2 or not 0 <= p[0] < p[1] < self.n_layer or p[0] in skipped for p in self.skip_pairs) \
+                or len(set(ins)) != len(ins):
+            raise ValueError(f"model.skip_pairs={[list(p) for p in self.skip_pairs]} must be [in, out] pairs with "
+                             f"0 <= in < out < model.n_layer={self.n_layer}, each in once, no in-layer skipped")
+        if self.skip_pairs and self.unet_skips:
+            raise ValueError("model.skip_pairs and model.unet_skips are two skip layouts: set one")
+        if self.backout_layer is not None and not 0 <= self.backout_layer < self.n_layer:
+            raise ValueError(f"model.backout_layer={self.backout_layer} must be in [0, {self.n_layer}) or null")
+        if self.attn_windows_external and (self.window_size <= 0 or self.window_block or self.window_grow):
+            raise ValueError("model.attn_windows_external=true needs model.window_size > 0 (the first window), "
+                             "model.window_block=0 and model.window_grow=false (the trainer sets the window)")
+        if self.yarn and not (self.attn_windows_external and self.pos_emb is PosEmb.rotary):
+            raise ValueError("model.yarn=true needs model.pos_emb=rotary and model.attn_windows_external=true "
+                             "(YaRN rescales the rotary when the trainer grows the long window)")
+        if self.yarn and not 0 <= self.yarn_alpha < self.yarn_beta:
+            raise ValueError(f"model.yarn_alpha={self.yarn_alpha} and model.yarn_beta={self.yarn_beta} must satisfy "
+                             "0 <= alpha < beta")
+        if self.rope_bf16_tables and self.pos_emb is not PosEmb.rotary:
+            raise ValueError("model.rope_bf16_tables=true needs model.pos_emb=rotary")
+
     def _check_init(self) -> None:
         if not 0.0 <= self.init_fc_depth_scale <= 1.0:
             raise ValueError(f"model.init_fc_depth_scale must be in [0, 1] (got {self.init_fc_depth_scale})")
@@ -213,9 +282,9 @@ class ModelConfig:
             return
         if not 0.0 < self.init_cgi_alpha < 1.0:
             raise ValueError(f"model.init_cgi_alpha must be in [0, 1) (got {self.init_cgi_alpha}; 0 = off)")
-        if not self.norm_affine or self.no_attn_layers:
+        if not self.norm_affine or self.no_attn_layers or self.no_mlp_layers:
             raise ValueError("model.init_cgi_alpha > 0 sets both norm gains of every block: it needs "
-                             "model.norm_affine=true and no model.no_attn_layers")
+                             "model.norm_affine=true and no model.no_attn_layers / model.no_mlp_layers")
         if self.init_cgi_pair_from_layer is not None and self.init_cgi_pair_from_layer < 0:
             raise ValueError(f"model.init_cgi_pair_from_layer must be >= 0 or null "
                              f"(got {self.init_cgi_pair_from_layer})")

@@ -3,9 +3,15 @@
 Shapes: B = batch (sequences), T = sequence length (tokens), C = n_embd,
 H = n_head, D = C // H (head dim), V = padded vocabulary size.
 
-    x = wte(idx) (+ wpe)  -> norm (embed_norm)  = x0
-    blocks 0 .. L-1       (U-net: decoder layer j also gets w_j * encoder output L/2-1-j)
+    x = wte(idx) (+ wpe)  -> smear (smear_gate_dim) -> norm (embed_norm)  = x0
+    blocks 0 .. L-1       (U-net: decoder layer j also gets w_j * encoder output L/2-1-j;
+                           skip_pairs: block out gets g_j * output of block in; model/residual.py)
+    x <- x - l y_b        (backout_layer b)
     logits = head(norm(x)) (+ bias), fp32, softcapped (tanh / sigmoid / algebraic)
+
+Records 29-46 run one flat packed row: forward(idx [1, T], targets, cu_seqlens=...) with the row's
+sequence starts, and the trainer sets the per-step (long, short) windows with set_attention_windows,
+which also advances YaRN (model.yarn, model/rotary.py).
 
 Each parameter carries a *role* (see optim/roles.py): the module kind that decides
 its norm and hence how the optimizer updates it. Roles are attached to modules where
@@ -21,12 +27,16 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from model.attention import varlen_masks
 from model.block import Block
 from model.cgi import set_cgi_gains
 from model.config import ModelConfig, PosEmb, SoftCap
+from model.embeddings import SmearGate, value_embed_layout
 from model.init import init_weights
 from model.layers import algebraic_softcap, make_norm, role_of, tag_param, tagged
 from model.masks import build_masks, window_units
+from model.residual import Backout, SkipGates
+from model.rotary import Yarn, rotary_frequencies
 
 __all__ = ["GPT", "tagged"]
 
@@ -40,6 +50,8 @@ class GPT(nn.Module):
         self.wte = tagged(nn.Embedding(cfg.embed_rows, C), "embed_head" if cfg.tie_embeddings else "embed")
         if cfg.pos_emb is PosEmb.learned:
             self.wpe = tagged(nn.Embedding(cfg.block_size, C), "pos_embed")
+        if cfg.smear_gate_dim:
+            self.smear = SmearGate(cfg.smear_gate_dim)
         if cfg.embed_norm:
             self.ln_e = make_norm(cfg)
         if cfg.value_embed_tables:
@@ -48,6 +60,14 @@ class GPT(nn.Module):
         self.blocks = nn.ModuleList(Block(cfg, i) for i in range(cfg.n_layer))
         if cfg.unet_skips:
             tag_param(self, "skip_weights", torch.ones(cfg.n_layer // 2), "scalar")
+        if cfg.skip_pairs:
+            self.skip_gates = SkipGates(cfg)
+        if cfg.backout_layer is not None:
+            self.backout = Backout(cfg)
+        if cfg.yarn:
+            self.yarn = Yarn(cfg.head_dim, cfg.rope_base, cfg.rope_half_truncated,
+                             cfg.attn_scale if cfg.attn_scale is not None else cfg.head_dim ** -0.5,
+                             cfg.yarn_alpha, cfg.yarn_beta)
         self.ln_f = make_norm(cfg)
         if not cfg.tie_embeddings:
             self.lm_head = tagged(nn.Linear(C, V, bias=cfg.head_bias), "head")
@@ -81,8 +101,24 @@ class GPT(nn.Module):
         if self.cfg.window_size > 0 and self.cfg.window_grow:
             self.windows.copy_(torch.tensor(window_units(self.cfg, step, max_steps), dtype=torch.int32))
 
+    def set_attention_windows(self, long: int, short: int, rescale_rotary: bool = True) -> None:
+        """model.attn_windows_external: this step's (long, short) window in tokens, FlashAttention-3's meaning
+        (query i sees keys j <= i with i - j <= window; the records' ws x block_size). With model.yarn and
+        rescale_rotary, a long window that differs from the last one YaRN saw rescales the rotary and the
+        attention scale (Yarn.apply); the first call after construction or reset() only records it. Records
+        43, 46 validate at the end with a longer window and no rescale: rescale_rotary=False."""
+        if not self.cfg.attn_windows_external:
+            raise ValueError("set_attention_windows needs model.attn_windows_external=true")
+        if long < 0 or short < 0:
+            raise ValueError(f"attention windows must be >= 0 tokens (got long={long}, short={short})")
+        self.windows.copy_(torch.tensor([long + 1, short + 1], dtype=torch.int32))
+        if rescale_rotary and hasattr(self, "yarn"):
+            self.yarn.update(long)
+
     def window_tokens(self) -> tuple[int, int]:
         """Current (long, short) window in tokens (0 = no window), for logs."""
+        if self.cfg.attn_windows_external:  # stored as window + 1 (masks' q - k < w)
+            return tuple(int(w) - 1 for w in self.windows.tolist())
         unit = self.cfg.window_block or 1
         return tuple(int(w) * unit for w in self.windows.tolist()) if self.cfg.window_size else (0, 0)
 
@@ -99,40 +135,71 @@ class GPT(nn.Module):
         return {name: roles[name] for name, _ in self.named_parameters()}
 
     def _value_embeddings(self, idx: torch.Tensor) -> list:
-        """Per layer: the value embedding [B, T, C] it mixes into v, or None."""
-        per_layer = [None] * self.cfg.n_layer
-        if self.cfg.value_embed_tables:
-            tables = [emb(idx) for emb in self.value_embeds]
-            for k, layer in enumerate(self.cfg.value_embed_layers):
-                per_layer[layer] = tables[k % len(tables)]
-        return per_layer
+        """Per layer: the value embedding [B, T, C] it mixes into v, or None (model/embeddings.py's layout)."""
+        if not self.cfg.value_embed_tables:
+            return [None] * self.cfg.n_layer
+        tables = [emb(idx) for emb in self.value_embeds]
+        return [None if t is None else tables[t] for t in value_embed_layout(self.cfg)]
 
-    def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None) -> torch.Tensor:
-        """idx: int64 [B, T] token ids. Returns the mean cross-entropy (nats) against
-        `targets` [B, T] if given, else the logits [B, T, V] in fp32."""
+    def _rope_tables(self, T: int):
+        """(cos, sin) [T, D/2] when the rotary runs from tables (YaRN or model.rope_bf16_tables), else None."""
+        cfg = self.cfg
+        if hasattr(self, "yarn"):
+            return self.yarn.tables(T, cfg.rope_bf16_tables)
+        if cfg.rope_bf16_tables:
+            freqs = rotary_frequencies(cfg.head_dim, cfg.rope_base, cfg.rope_half_truncated, device=self.windows.device)
+            theta = torch.outer(torch.arange(T, dtype=torch.float32, device=freqs.device), freqs)
+            return theta.cos().to(torch.bfloat16), theta.sin().to(torch.bfloat16)
+        return None
+
+    def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None, cu_seqlens: torch.Tensor | None = None,
+                reduction: str = "mean") -> torch.Tensor:
+        """idx: int64 [B, T] token ids. Returns the cross-entropy (nats) against `targets` [B, T] if given,
+        its mean over tokens (reduction="mean") or sum ("sum": records 29-46 in training), else the logits
+        [B, T, V] in fp32. cu_seqlens: int32 [n + 1] starts of the sequences packed in a flat row idx [1, T]
+        (the last = T; records 29-46): attention stays within each, with the trainer's windows."""
         cfg = self.cfg
         T = idx.size(1)
         if T > cfg.block_size:
             raise ValueError(f"sequence length {T} exceeds model.block_size={cfg.block_size}")
+        if cu_seqlens is not None and (idx.size(0) != 1 or not cfg.attn_windows_external):
+            raise ValueError("cu_seqlens describes one flat packed row [1, T] and needs "
+                             "model.attn_windows_external=true (the windows it is attended with)")
         x = self.wte(idx)
         if x.dtype != torch.float32 and not torch.is_autocast_enabled(idx.device.type):
             x = x.float()  # a bf16 table (model.embed_bf16) outside autocast: compute in fp32
         if cfg.pos_emb is PosEmb.learned:
             x = x + self.wpe(torch.arange(T, device=idx.device))
+        if cfg.smear_gate_dim:
+            x = self.smear(x)
         if cfg.embed_norm:
             x = self.ln_e(x)
         x0, v1 = x, None
         ves = self._value_embeddings(idx)
-        masks = build_masks(cfg, idx, self.windows)
+        masks = varlen_masks(cfg, cu_seqlens, T, self.windows) if cu_seqlens is not None \
+            else build_masks(cfg, idx, self.windows)
+        rope = self._rope_tables(T)
+        scale = self.yarn.attn_scale if hasattr(self, "yarn") else None
         skips: list[torch.Tensor] = []
+        saved: dict[int, torch.Tensor] = {}  # skip_pairs' sources by layer
+        y_backout = None
         half = cfg.n_layer // 2
         for i, block in enumerate(self.blocks):
             if cfg.unet_skips and i >= half:  # decoder: pair with the mirrored encoder layer
                 x = x + self.skip_weights[i - half] * skips.pop()
-            x, v1 = block(x, masks, x0, v1, ves[i])
+            if cfg.skip_pairs:
+                x = self.skip_gates.before_block(i, x, saved)
+            x, v1 = block(x, masks, x0, v1, ves[i], rope, scale)
             if cfg.unet_skips and i < half:
                 skips.append(x)
+            if cfg.skip_pairs and i in self.skip_gates.ins:
+                saved[i] = x
+            if i == cfg.backout_layer:
+                y_backout = x
+        if y_backout is not None:
+            x = self.backout(x, y_backout)
         x = self.ln_f(x)
+        # SEAM (issue 25's model/heads.py: the FP8 head and the records' bf16 loss): a plain matmul here.
         head = self.wte if cfg.tie_embeddings else self.lm_head
         # fp32 logits: a bf16 softmax over 50k classes loses precision
         logits = F.linear(x, head.weight, getattr(head, "bias", None)).float()
@@ -144,4 +211,6 @@ class GPT(nn.Module):
             logits = algebraic_softcap(logits, cfg.softcap_scale, cfg.softcap_div)
         if targets is None:
             return logits
-        return F.cross_entropy(logits.view(-1, logits.size(-1)), targets.reshape(-1))
+        if reduction not in ("mean", "sum"):
+            raise ValueError(f"reduction must be 'mean' or 'sum' (got {reduction!r})")
+        return F.cross_entropy(logits.view(-1, logits.size(-1)), targets.reshape(-1), reduction=reduction)

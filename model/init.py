@@ -98,6 +98,8 @@ def init_weights(model: nn.Module, cfg: ModelConfig, fresh: bool = False, seed: 
     if cfg.init_fc_depth_scale:
         last = cfg.n_layer - 1
         for layer, block in enumerate(model.blocks):
+            if not block.has_mlp:  # model.no_mlp_layers
+                continue
             # the script's expression and order (ramp first), so the fp32 products are its own
             block.mlp.fc.weight.mul_(1.0 - cfg.init_fc_depth_scale * (layer / last if last else 0.0))
     if cfg.init_cgi_alpha:
