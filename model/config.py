@@ -145,8 +145,8 @@ class ModelConfig:
     backout_init: float = 0.5      # (records 43, 46: layer 8, 0.5)
     attn_windows_external: bool = False  # the trainer sets the (long, short) window each step with
                                    # GPT.set_attention_windows(long, short), token-exact with FlashAttention-3's
-                                   # meaning (query i sees key j iff j <= i and i - j <= window); window_size is
-                                   # the window before the first call (records 29-46)
+                                   # meaning (query i sees key j iff j <= i and i - j <= window); before the first
+                                   # call: (window_size, window_size // 2) (records 29-46)
     yarn: bool = False             # YaRN: when the long window grows, rescale the rotary frequencies and the
                                    # attention scale (start: model.attn_scale) as records 43, 46's Yarn.apply
     yarn_alpha: float = 1.0        # YaRN's ramp over each frequency's rotations within the old window

@@ -72,16 +72,22 @@ class GPT(nn.Module):
         if not cfg.tie_embeddings:
             self.lm_head = tagged(nn.Linear(C, V, bias=cfg.head_bias), "head")
         # (long, short) sliding-window size in window units; see set_train_progress.
-        self.register_buffer("windows", torch.tensor(window_units(cfg, 0, 1), dtype=torch.int32), persistent=False)
+        # model.attn_windows_external: FA3's window w stored as w + 1 (masks' q - k < w + 1); until the trainer's
+        # first set_attention_windows, long = window_size and short = half of it.
+        start = (cfg.window_size + 1, cfg.window_size // 2 + 1) if cfg.attn_windows_external else window_units(cfg, 0, 1)
+        self.register_buffer("windows", torch.tensor(start, dtype=torch.int32), persistent=False)
         init_weights(self, cfg, fresh=True)
         self._reset_skip_weights()
         if cfg.embed_bf16:  # after init: the table is drawn in fp32, then rounded once
             self.wte.to(torch.bfloat16)
 
     def reset_parameters(self) -> None:
-        """Initialize every parameter per model.init and the zero-init switches (model/init.py)."""
+        """Initialize every parameter per model.init and the zero-init switches (model/init.py); YaRN back
+        to its start."""
         init_weights(self, self.cfg)
         self._reset_skip_weights()
+        if hasattr(self, "yarn"):
+            self.yarn.reset()
 
     def _reset_skip_weights(self) -> None:
         if hasattr(self, "skip_weights"):

@@ -175,3 +175,8 @@ def test_parameter_count_adds_the_scripts_padded_scalars():
     assert counts["scalars"] == 1 + 1 + 1 + 10 + 8
     assert packed_scalar_slots(cfg, 8) == 32 and packed_scalar_slots(cfg, 1) == 32  # 5 x 6 + 2
     assert counts["script"] == counts["ours"] - counts["scalars"] + 32
+
+
+def test_windows_before_the_trainers_first_call():
+    model = GPT(cfg_of(**TINY))
+    assert model.window_tokens() == (16, 8)
