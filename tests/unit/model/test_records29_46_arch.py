@@ -180,3 +180,15 @@ def test_parameter_count_adds_the_scripts_padded_scalars():
 def test_windows_before_the_trainers_first_call():
     model = GPT(cfg_of(**TINY))
     assert model.window_tokens() == (16, 8)
+
+
+def test_flex_path_over_cu_seqlens_equals_the_dense_one():
+    torch.manual_seed(0)
+    dense, flex = GPT(cfg_of(**TINY, attn_impl="sdpa")), GPT(cfg_of(**TINY, attn_impl="flex"))
+    flex.load_state_dict(dense.state_dict())
+    x, cu = torch.randint(0, 64, (1, 12)), torch.tensor([0, 5, 12], dtype=torch.int32)
+    for m in (dense, flex):
+        m.eval()
+        m.set_attention_windows(3, 1)
+    with torch.no_grad():
+        torch.testing.assert_close(flex(x, cu_seqlens=cu), dense(x, cu_seqlens=cu), rtol=1e-5, atol=1e-5)
