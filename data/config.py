@@ -120,7 +120,8 @@ class DataConfig:
             raise ValueError(f"data.bos_max_doc_len must be >= 0 (0 = no cap), got {self.bos_max_doc_len}")
         if self.mode is LoaderMode.varlen:
             self.varlen.check()
-        if self.mode is not LoaderMode.contiguous and (self.shard_tail is not ShardTail.read or self.repeat_first_batch):
+        replaying = self.shard_tail is not ShardTail.read or self.repeat_first_batch
+        if self.mode is not LoaderMode.contiguous and replaying:
             raise ValueError("data.shard_tail and data.repeat_first_batch replay the records' contiguous stream: "
                              "use them with data.mode=contiguous")
         if self.vocab_check < 0:

@@ -23,8 +23,9 @@ Versions (data.varlen.version):
 - record43 (records 43 and 46): the run's first shard uses, for its first 5 steps, only the BOS
   positions among its first 4,000,000 tokens ("quickload"): the last of those documents then runs to
   the shard's end (capped by C), and running out of them moves on to the second shard. Later shards,
-  and the first one from its 6th step, are indexed in full. Record 43's `.send` would keep the
-  accumulation in the batch size (it never sends); sizes here follow record 46's.
+  and the first one from its 6th step, are indexed in full.
+Both: records 29 and 43's generators take a new batch size through `.send` without dividing it by the
+accumulation (they never send); `set_sizes` follows record 46's, which does.
 
 World sizes: at world w (a divisor of V) a step is A = V / w micro-steps, and rank r's micro-step a is
 virtual rank v = a * w + r of the 8-GPU step. The script run at world w gives the same order away from
@@ -275,8 +276,8 @@ class VarlenValidation:
             if pos + span + 1 >= len(self.shards[shard]):
                 shard, pos = shard + 1, 0
                 if shard == len(self.shards) or span + 1 >= len(self.shards[shard]):
-                    raise DataError(f"val shards in {files[0].parent} cannot give train.val_tokens={val_tokens} in steps "
-                                    f"of {span} + 1 tokens, each within one shard; lower train.val_tokens or "
+                    raise DataError(f"val shards in {files[0].parent} cannot give train.val_tokens={val_tokens} in "
+                                    f"steps of {span} + 1 tokens, each within one shard; lower train.val_tokens or "
                                     "data.varlen.val_rank_tokens, or add val data")
             check_vocab(self.shards[shard][pos:pos + span + 1], vocab_size, files[shard])
             self.steps.append((shard, pos))

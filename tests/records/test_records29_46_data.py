@@ -75,7 +75,7 @@ def run(loader: VarlenLoader, first: int, last: int) -> list[list[tuple]]:
 
 def assert_same(got: tuple, want: tuple, where: str) -> None:
     for name, g, w in zip(("inputs", "targets", "cu_seqlens"), got, want):
-        assert g.dtype == w.dtype and g.shape == w.shape, f"{where} {name}: {g.dtype}{tuple(g.shape)} vs {w.dtype}{tuple(w.shape)}"
+        assert (g.dtype, g.shape) == (w.dtype, w.shape), f"{where} {name}: {g.dtype}{tuple(g.shape)} vs {w.dtype}"
         assert torch.equal(g, w), f"{where} {name} differs at {torch.nonzero(g != w)[:3].tolist()}"
 
 

@@ -9,13 +9,15 @@ import numpy as np
 import pytest
 import torch
 
-import data.varlen as varlen
+from data import varlen
 from data.build import build_train_loader, build_val_batches
 from data.config import DataConfig, LoaderMode, VarlenConfig, VarlenVersion
 from data.loader import DataError
 from data.shards import write_shard
 from data.varlen import VarlenLoader, VarlenValidation, cu_seqlens_size
+from harness.config.schema import ConfigError
 from tests.support.data_helpers import synthetic_docs, write_stream
+from tests.unit.data.test_build import composed
 
 B = 99  # the document token of the hand-made shards
 
@@ -143,7 +145,8 @@ def test_record43_quickload_lets_the_last_indexed_document_run_to_the_shard_end(
 def test_shards_are_indexed_in_the_prefetch_thread(tmp_path, monkeypatch):
     seen = []
     real = varlen.bos_positions
-    monkeypatch.setattr(varlen, "bos_positions", lambda t, bos: seen.append(threading.current_thread().name) or real(t, bos))
+    monkeypatch.setattr(varlen, "bos_positions",
+                        lambda t, bos: seen.append(threading.current_thread().name) or real(t, bos))
     files = shards(tmp_path)
     on = take(VarlenLoader(files, 24, 16, 0, 1), 12)
     assert seen[0] == threading.main_thread().name and "shard-prefetch-1" in seen
@@ -181,7 +184,7 @@ def test_bad_inputs_fail_naming_the_key(tmp_path):
     ones = [write_shard(tmp_path / "short" / "fineweb_train_000001.bin", np.full(4000, B)).path]
     with pytest.raises(DataError, match="holds 201 documents, more than the 127"):
         VarlenLoader(ones, 200, 16, bos=B).next_batch()
-    with pytest.raises(DataError, match="train.val_tokens=100 must be a positive multiple of data.varlen.virtual_ranks"):
+    with pytest.raises(DataError, match="train.val_tokens=100 must be a positive multiple of data.varlen.virtual"):
         VarlenValidation(files, 100, 20)
 
 
@@ -195,3 +198,13 @@ def test_build_gives_the_varlen_loader_and_validation(tmp_path):
     assert loader.next_batch()[0].shape == (32,)
     val = build_val_batches(cfg, 256, 0, 0, 1, 4)
     assert isinstance(val, VarlenValidation) and len(val) == 4
+
+
+def test_the_keys_compose_and_bad_values_name_the_key():
+    cfg = composed("experiment=smoke", "data.mode=varlen", "data.varlen.version=record29", "data.varlen.rank_tokens=64")
+    assert cfg.data.mode is LoaderMode.varlen and cfg.data.varlen.version is VarlenVersion.record29
+    assert (cfg.data.varlen.rank_tokens, cfg.data.varlen.max_doc_len, cfg.data.varlen.virtual_ranks) == (64, 2048, 8)
+    with pytest.raises(ConfigError, match="data.varlen.max_doc_len must be >= 1, got 0"):
+        composed("data.mode=varlen", "data.varlen.max_doc_len=0")
+    with pytest.raises(ConfigError, match="use them with data.mode=contiguous"):
+        composed("data.mode=varlen", "data.repeat_first_batch=true")
