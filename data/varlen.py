@@ -230,6 +230,9 @@ class VarlenLoader(_StreamState):
 
     def load_state_dict(self, state: dict) -> None:
         """Resume where `state_dict()` was taken: mid-stage with its sizes, mid-step at the same world size."""
+        if state.get("mode") != self.mode:
+            raise DataError(f"loader state is for data.mode={state.get('mode')}, this run uses {self.mode}; "
+                            "resume with the same data.mode")
         for key, now in (("version", self.version.value), ("virtual_ranks", self.virtual_ranks)):
             if state.get(key) != now:
                 raise DataError(f"loader state was saved with data.varlen.{key}={state.get(key)}, this run uses {now}; "
@@ -238,8 +241,9 @@ class VarlenLoader(_StreamState):
         if state["micro"] and state["world"] != self.world:
             raise DataError(f"loader state was saved in the middle of a step at world size {state['world']}; "
                             f"resume it at that world size (this run: {self.world}), or from a step boundary")
+        self.micro, self._tables = 0, {}
         self.set_sizes(int(state["rank_tokens"]), int(state["max_doc_len"]))
-        self.quick_left, self.micro, self._tables = int(state["quick_left"]), 0, {}
+        self.quick_left = int(state["quick_left"])
         if state["micro"]:
             self._from = (self.shard, self.pos, self.epoch, self.quick_left)
             self._step = self._plan_step()

@@ -121,6 +121,12 @@ def test_resume_refuses_another_setup(tmp_path):
         VarlenLoader(files, 24, 16, 0, 4).load_state_dict(loader.state_dict())
     with pytest.raises(DataError, match="data.varlen.version=record43"):
         VarlenLoader(files, 24, 16, 0, 2, version=VarlenVersion.record29).load_state_dict(loader.state_dict())
+    with pytest.raises(DataError, match="loader state is for data.mode=contiguous"):
+        loader.load_state_dict({**loader.state_dict(), "mode": "contiguous"})
+    busy = VarlenLoader(files, 24, 16, 0, 2)
+    busy.next_batch()  # mid-step, yet a checkpoint still loads
+    busy.load_state_dict(loader.state_dict())
+    assert all(torch.equal(g, w) for g, w in zip(busy.next_batch(), loader.next_batch()))
 
 
 def test_record43_quickload_sees_only_the_first_tokens_for_5_steps(tmp_path):
