@@ -186,6 +186,15 @@ class StageSchedule:
             start, size = change.step, change.new.global_batch_tokens
         return total + (step - start) * size
 
+    def shapes(self) -> list[tuple[Windows | None, Batch]]:
+        """The distinct (windows, batch) pairs of the training steps, in order of first use: what compile
+        warm-up steps must visit (the scripts warm up every window and batch size, then reset the rotary
+        state). Windows are None without train.window_stages."""
+        seen: dict[tuple, None] = {}
+        for step in range(self.max_steps):
+            seen.setdefault((self.windows(step) if self.has_windows else None, self.batch(step)), None)
+        return list(seen)
+
     def max_seq_len(self) -> int:
         """The longest packed sequence any training step uses (for the model's block_size and memory checks)."""
         return max(b.seq_len for b in [*self.batch_stages, self.batch_final])

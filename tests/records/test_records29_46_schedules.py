@@ -247,3 +247,6 @@ def test_record46_batch_stages_and_send_args():
     assert ours.tokens_before(ours.max_steps) == sum(m.get_bs(s) for s in range(ours.max_steps))
     assert all(ours.tokens_before(s) == sum(m.get_bs(k) for k in range(s)) for s in (0, 1, 706, 707, 708, 1500))
     assert ours.max_seq_len() == 49152
+    # its warm-up's (window, batch) pairs: ws_schedule + [ws_final] zipped with bs_schedule + [train_bs_extension]
+    assert [(w.long, b.global_batch_tokens) for w, b in ours.shapes()] == list(zip(
+        [*m.args.ws_schedule, m.args.ws_final], [*m.args.train_bs_schedule, m.args.train_bs_extension]))

@@ -100,6 +100,11 @@ def test_batch_stages_changes_and_tokens():
     assert s.batch_changes() == [BatchChange(3, Batch(8, 2), Batch(16, 4)), BatchChange(6, Batch(16, 4), Batch(24, 6))]
     assert [s.tokens_before(t) for t in range(9)] == [0, 8, 16, 24, 40, 56, 72, 96, 120]
     assert s.max_seq_len() == 6
+    assert s.shapes() == [(None, Batch(8, 2)), (None, Batch(16, 4)), (None, Batch(24, 6))]
+    both = StageSchedule(staged(max_steps=8, extension_steps=2, batch_stages=[BatchStage(8, 2), BatchStage(16, 4)],
+                                window_stages=[2, 5, 8], window_final=10))
+    assert both.shapes() == [(Windows(2, 1), Batch(8, 2)), (Windows(5, 2), Batch(8, 2)), (Windows(5, 2), Batch(16, 4)),
+                             (Windows(8, 4), Batch(16, 4)), (Windows(10, 5), Batch(16, 4))]
 
 
 def test_without_batch_stages_one_batch_from_global_batch_tokens_and_seq_len():
