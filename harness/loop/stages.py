@@ -146,12 +146,14 @@ class StageSchedule:
     def window_changes(self) -> list[WindowChange]:
         """Every step 1..max_steps whose long window differs from the previous step's, in order."""
         if self._window_changes is None:
-            changes, prev = [], self.windows(0).long if self.has_windows else 0
-            for step in range(1, self.max_steps + 1) if self.has_windows else ():
-                new = self.windows(step).long
-                if new != prev:
-                    changes.append(WindowChange(step, prev, new))
-                prev = new
+            changes = []
+            if self.has_windows:
+                prev = self.windows(0).long
+                for step in range(1, self.max_steps + 1):
+                    new = self.windows(step).long
+                    if new != prev:
+                        changes.append(WindowChange(step, prev, new))
+                    prev = new
             self._window_changes = changes
         return self._window_changes
 
