@@ -82,6 +82,12 @@ def evaluate(model: torch.nn.Module, val_set, device: torch.device, autocast) ->
 
 def train(cfg: Config, rank_info: D.RankInfo, run_dir: Path, stop: StopRequest | None = None) -> dict:
     device, tc = rank_info.device, cfg.train
+    # Issue 25 (harness/loop/stages.py): this loop applies the staged lr (LrSchedule), not yet the staged windows,
+    # batch sizes or per-role step parity; a config that sets them stops here rather than run without them.
+    unwired = [f"train.{k}" for k in ("window_stages", "batch_stages") if getattr(tc, k)] + \
+        [f"train.step_every.{r}" for r, n in vars(tc.step_every).items() if n != 1]
+    if unwired:
+        raise ConfigError(f"{', '.join(unwired)}: not applied by train.py's loop yet (harness/loop/stages.py)")
     accum = grad_accum_steps(cfg, rank_info.world_size)
     try:  # before any data or compute: a dense attention mask that cannot fit (a record's 65,536 tokens on CPU)
         check_start(cfg.model, device, tc.micro_batch_seqs, tc.seq_len)

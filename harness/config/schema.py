@@ -45,6 +45,8 @@ class LossReduction(Enum):
 class LrScheduleKind(Enum):
     linear = "linear"        # warmup, constant, linear warmdown: one factor for every group
     powercool = "powercool"  # per group min(lr0, c (T - t)^p) (track-3 result #46; harness/loop/schedule.py)
+    staged = "staged"        # records 29-46: flat x per-stage multipliers, linear cooldown, extension steps
+                             # (harness/loop/stages.py)
 
 
 @dataclass
@@ -62,6 +64,32 @@ class ValSteps:
 PowerCoolConstants = make_dataclass("PowerCoolConstants", [(r, Optional[float], None) for r in sorted(ALL_ROLES)])
 PowerCoolConstants.__module__ = __name__
 PowerCoolConstants.__doc__ = "PowerCool's c per param-group role (lr = min(lr0, c (T - t)^p)); null: not given."
+
+
+# ---- Staged schedules (issue 25: records 29, 43, 46; harness/loop/stages.py) ------------------------------------
+@dataclass
+class LrStage:
+    """train.lr_stages entry: where the scheduled-step progress x exceeds `after`, the staged lr's flat part is
+    `mult` (record 46: 1.51 after 0.33, 1.93 after 0.66; the script's `x > 0.33`, strict)."""
+    after: float = MISSING
+    mult: float = MISSING
+
+
+@dataclass
+class BatchStage:
+    """train.batch_stages entry: tokens per optimizer step (all ranks and micro-steps) and the packed sequence
+    length of one micro-batch sequence, in tokens (record 46: 131,072 / 262,144 / 393,216 tokens at 8 x 16,384 /
+    32,768 / 49,152)."""
+    global_batch_tokens: int = MISSING
+    seq_len: int = MISSING
+
+
+# train.step_every: per parameter role, the group steps only on steps s with (s + 1) % n == 0, its gradients
+# summed over those n steps (records 43, 46: the Adam roles 2, i.e. odd steps only). 1 = every step.
+StepEvery = make_dataclass("StepEvery", [(r, int, 1) for r in sorted(ALL_ROLES)])
+StepEvery.__module__ = __name__
+StepEvery.__doc__ = "Steps between updates of each param-group role (train.step_every.<role>); 1 = every step."
+# ---- end of the staged-schedule block ------------------------------------------------------------------------
 
 
 class NonFinitePolicy(Enum):
@@ -101,6 +129,23 @@ class TrainConfig:
     tail_ema_lambda: float = 0.6
     tail_ema_start: int = 2400
     tail_ema_end: int = 2900
+    # ---- Staged schedules (records 29, 43, 46; harness/loop/stages.py). "Scheduled steps" S = max_steps -
+    # extension_steps: the lr cooldown, the window and batch stages divide S; steps >= S are extension steps.
+    # With lr_schedule=staged, warmdown_frac is the script's cooldown_frac (of S) and final_lr_frac its 0.1 floor.
+    extension_steps: int = 0        # the last N steps: lr at its floor, window_final, batch_final (43, 46: 40)
+    lr_progress_cap: float = 1.0    # staged lr: progress x = min(this, step / S) (record 43: 0.9999, its min())
+    lr_stages: list[LrStage] = field(default_factory=list)  # staged lr: flat-part multipliers by progress (#46)
+    window_stages: list[int] = field(default_factory=list)  # long window per stage, in model.window_block units
+                                                             # (29-46: [3, 7, 11]); short window = long // 2
+    window_stage_steps: Optional[int] = None  # the steps the window stages divide; null = S (29: max_steps + 1)
+    window_final: Optional[int] = None  # long window on steps >= S (43, 46: 13); null = the last stage's
+    window_validate_last: Optional[int] = None  # long window of the validation at max_steps, YaRN not re-applied
+                                                # (43, 46: 20); null = that step's window
+    batch_stages: list[BatchStage] = field(default_factory=list)  # batch per stage of S (#46); empty = one batch:
+                                                                   # global_batch_tokens x seq_len
+    batch_final: Optional[BatchStage] = None  # the batch on steps >= S; null = the last stage's
+    step_every: StepEvery = field(default_factory=StepEvery)  # per role (43, 46: the Adam roles 2)
+    # ---- end of the staged-schedule fields
     grad_clip: float = 0.0          # clip the global grad norm to this; 0 = off
     loss_reduction: LossReduction = LossReduction.mean  # what the gradient differentiates; logs always show the mean
     compile: bool = False           # torch.compile the model (CUDA; the compile time is never timed)
@@ -141,6 +186,7 @@ class TrainConfig:
             raise ValueError(f"train.target_val_loss must be > 0 (got {self.target_val_loss})")
         self._check_schedule()
         self._check_tail_ema()
+        self._check_stages()
         for i, r in enumerate(self.val_extra_steps):
             if not (0 <= r.first <= r.last and r.every >= 1):
                 raise ValueError(f"train.val_extra_steps[{i}] must have 0 <= first <= last and every >= 1 "
@@ -170,6 +216,56 @@ class TrainConfig:
         if self.tail_ema and not 1 <= self.tail_ema_start < self.tail_ema_end:
             raise ValueError(f"train.tail_ema_start must be >= 1 and < train.tail_ema_end (got "
                              f"{self.tail_ema_start}, {self.tail_ema_end})")
+
+    def _check_stages(self) -> None:
+        """train.extension_steps .. train.step_every (the staged-schedule block)."""
+        staged = self.lr_schedule is LrScheduleKind.staged
+        if staged and self.warmup_frac:
+            raise ValueError(f"train.warmup_frac={self.warmup_frac} belongs to train.lr_schedule=linear: the staged "
+                             "schedule has no warmup (set it to 0)")
+        if not 0 <= self.extension_steps < self.max_steps:
+            raise ValueError(f"train.extension_steps must lie in [0, train.max_steps={self.max_steps}) "
+                             f"(got {self.extension_steps})")
+        if self.extension_steps and not staged:
+            raise ValueError(f"train.extension_steps={self.extension_steps} needs train.lr_schedule=staged "
+                             "(the other schedules end at max_steps)")
+        if not 0.0 < self.lr_progress_cap <= 1.0:
+            raise ValueError(f"train.lr_progress_cap must lie in (0, 1] (got {self.lr_progress_cap})")
+        if self.lr_stages and not staged:
+            raise ValueError("train.lr_stages needs train.lr_schedule=staged")
+        for i, st in enumerate(self.lr_stages):
+            if not (0.0 <= st.after < 1.0 and st.mult > 0):
+                raise ValueError(f"train.lr_stages[{i}] must have 0 <= after < 1 and mult > 0 "
+                                 f"(got after={st.after}, mult={st.mult})")
+            if i and not st.after > self.lr_stages[i - 1].after:
+                raise ValueError(f"train.lr_stages[{i}].after={st.after} must exceed the previous stage's "
+                                 f"({self.lr_stages[i - 1].after})")
+        for i, w in enumerate(self.window_stages):
+            if w < 1:
+                raise ValueError(f"train.window_stages[{i}] must be >= 1 window block (got {w})")
+        for key in ("window_stage_steps", "window_final", "window_validate_last"):
+            value = getattr(self, key)
+            if value is not None and not self.window_stages:
+                raise ValueError(f"train.{key} needs train.window_stages")
+            if value is not None and value < 1:
+                raise ValueError(f"train.{key} must be >= 1 or null (got {value})")
+        stages = [(f"train.batch_stages[{i}]", b) for i, b in enumerate(self.batch_stages)]
+        if self.batch_final is not None:
+            if not self.batch_stages:
+                raise ValueError("train.batch_final needs train.batch_stages")
+            stages.append(("train.batch_final", self.batch_final))
+        for key, b in stages:
+            if b.global_batch_tokens <= 0 or b.seq_len <= 0 or b.global_batch_tokens % b.seq_len:
+                raise ValueError(f"{key} must have global_batch_tokens a positive multiple of seq_len > 0 "
+                                 f"(got {b.global_batch_tokens}, {b.seq_len})")
+            first = stages[0][1]
+            if b.global_batch_tokens // b.seq_len != first.global_batch_tokens // first.seq_len:
+                raise ValueError(f"{key} has {b.global_batch_tokens // b.seq_len} sequences per step, "
+                                 f"{stages[0][0]} {first.global_batch_tokens // first.seq_len}: stages change the "
+                                 "sequence length, not the count (the accumulation stays fixed, as in record 46)")
+        for role, n in vars(self.step_every).items():
+            if n < 1:
+                raise ValueError(f"train.step_every.{role} must be >= 1 (got {n})")
 
 
 @dataclass

@@ -12,12 +12,16 @@ lr, `train.lr_schedule`:
   own c_g (`train.powercool_c.<role>`, or c_g = `train.powercool_c_over_lr` x lr0_g), so groups leave
   their flat part at different steps (#46: Muon from step 514, the Adam groups from 1488). The rate is
   computed as that min() directly, not as lr0 x factor, which would differ from it in the last bit.
+- staged (track-1 records 29, 43, 46): flat x per-stage multipliers, a linear cooldown to final_lr_frac
+  over the scheduled steps, extension steps at the floor; one factor for every group
+  (harness/loop/stages.py, with the records' windows and batch stages).
 """
 from __future__ import annotations
 
 from typing import Any
 
 from harness.config.schema import ConfigError
+from harness.loop.stages import StageSchedule
 
 
 def lr_factor(step: int, max_steps: int, warmup_frac: float, warmdown_frac: float, final_frac: float) -> float:
@@ -66,6 +70,7 @@ class LrSchedule:
     def __init__(self, tc: Any, param_groups: list[dict]):
         self.tc = tc
         self.powercool = tc.lr_schedule.value == "powercool"
+        self.staged = StageSchedule(tc) if tc.lr_schedule.value == "staged" else None
         if self.powercool:
             self.constants = powercool_constants(param_groups, tc)
             self.end = tc.max_steps if tc.powercool_end is None else tc.powercool_end
@@ -76,7 +81,10 @@ class LrSchedule:
             for group, c in zip(param_groups, self.constants):
                 group["lr"] = powercool_lr(step, group["initial_lr"], c, self.end, tc.powercool_power)
             return
-        factor = lr_factor(step, tc.max_steps, tc.warmup_frac, tc.warmdown_frac, tc.final_lr_frac)
+        if self.staged is not None:
+            factor = self.staged.lr_factor(step)
+        else:
+            factor = lr_factor(step, tc.max_steps, tc.warmup_frac, tc.warmdown_frac, tc.final_lr_frac)
         for group in param_groups:
             group["lr"] = group["initial_lr"] * factor
 

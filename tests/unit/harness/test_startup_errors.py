@@ -37,3 +37,10 @@ def test_indivisible_batch_reports_the_numbers(tmp_path):
 def test_cuda_requested_without_cuda_is_a_clear_error():
     with pytest.raises(ConfigError, match="device=cuda but no CUDA device"):
         D.pick_device(Device.cuda, 0)
+
+
+def test_staged_keys_the_loop_does_not_apply_yet_stop_the_run(tmp_path):
+    """harness/loop/stages.py's windows, batch stages and per-role parity: refused until train.py applies them."""
+    line = user_error(tmp_path, "experiment=smoke", "train.lr_schedule=staged", "train.window_stages=[2,4]",
+                      "train.step_every.head=2")
+    assert "train.window_stages, train.step_every.head: not applied by train.py's loop yet" in line
