@@ -18,11 +18,13 @@ from omegaconf import DictConfig
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from data.build import build_train_loader, build_val_batches, prepare_data
+from data.config import LoaderMode
 from harness.checkpoint.checkpointer import Checkpointer
 from harness.config.schema import Config, ConfigError, LossReduction, Precision, register_configs
 from harness.loop.epochs import EpochWatch
 from harness.loop.nonfinite import NonFiniteGuard
 from harness.loop.schedule import LrSchedule, extra_val_steps, val_due
+from harness.loop.stages import StageSchedule
 from harness.loop.tail_ema import TailEMA
 from harness.process import distributed as D
 from harness.process import faults  # tests' fault injection; its two call sites are in the loop below
@@ -43,7 +45,18 @@ register_configs()
 
 
 def grad_accum_steps(cfg: Config, world: int) -> int:
-    """Micro-steps per optimizer step, so the global batch does not depend on the world size."""
+    """Micro-steps per optimizer step, so the global batch does not depend on the world size. In
+    data.mode=varlen (records 29-46) a micro-step is one packed row of train.seq_len tokens per rank and a
+    step is data.varlen.virtual_ranks of them, whatever the world size (data/varlen.py)."""
+    if cfg.data.mode is LoaderMode.varlen:
+        tc, virtual = cfg.train, cfg.data.varlen.virtual_ranks
+        if tc.micro_batch_seqs != 1 or tc.global_batch_tokens != virtual * tc.seq_len or virtual % world:
+            raise ConfigError(
+                f"data.mode=varlen packs one row of train.seq_len tokens per rank and micro-step: it needs "
+                f"train.micro_batch_seqs=1 (got {tc.micro_batch_seqs}), train.global_batch_tokens = "
+                f"data.varlen.virtual_ranks x train.seq_len = {virtual * tc.seq_len} (got {tc.global_batch_tokens}) "
+                f"and a world size dividing {virtual} (got {world})")
+        return virtual // world
     per_micro = world * cfg.train.micro_batch_seqs * cfg.train.seq_len
     if cfg.train.global_batch_tokens % per_micro:
         raise ConfigError(
@@ -72,9 +85,10 @@ def evaluate(model: torch.nn.Module, val_set, device: torch.device, autocast) ->
     """Mean val loss (nats/token) over the fixed val tokens, averaged over ranks."""
     model.eval()
     total, batches = torch.zeros((), device=device), 0
-    for x, y in val_set:
+    for x, y, *packed in val_set:  # data.mode=varlen: + cu_seqlens
+        extra = {"cu_seqlens": packed[0].to(device, non_blocking=True)} if packed else {}
         with autocast():
-            total += model(x.to(device, non_blocking=True), y.to(device, non_blocking=True)).float()
+            total += model(x.to(device, non_blocking=True), y.to(device, non_blocking=True), **extra).float()
         batches += 1
     model.train()
     return D.all_reduce_mean(total / batches).item()
@@ -82,12 +96,13 @@ def evaluate(model: torch.nn.Module, val_set, device: torch.device, autocast) ->
 
 def train(cfg: Config, rank_info: D.RankInfo, run_dir: Path, stop: StopRequest | None = None) -> dict:
     device, tc = rank_info.device, cfg.train
-    # Issue 25 (harness/loop/stages.py): this loop applies the staged lr (LrSchedule), not yet the staged windows,
-    # batch sizes or per-role step parity; a config that sets them stops here rather than run without them.
-    unwired = [f"train.{k}" for k in ("window_stages", "batch_stages") if getattr(tc, k)] + \
-        [f"train.step_every.{r}" for r, n in vars(tc.step_every).items() if n != 1]
-    if unwired:
-        raise ConfigError(f"{', '.join(unwired)}: not applied by train.py's loop yet (harness/loop/stages.py)")
+    stages = StageSchedule(tc)  # records 29-46: windows, batch stages, tokens per step (harness/loop/stages.py)
+    varlen = cfg.data.mode is LoaderMode.varlen  # packed rows with cu_seqlens (data/varlen.py)
+    if stages.has_windows and not cfg.model.attn_windows_external:
+        raise ConfigError("train.window_stages sets the attention windows each step: it needs "
+                          "model.attn_windows_external=true")
+    if (tc.batch_stages or tc.batch_final) and not varlen:
+        raise ConfigError("train.batch_stages change the packed row length between steps: they need data.mode=varlen")
     accum = grad_accum_steps(cfg, rank_info.world_size)
     try:  # before any data or compute: a dense attention mask that cannot fit (a record's 65,536 tokens on CPU)
         check_start(cfg.model, device, tc.micro_batch_seqs, tc.seq_len)
@@ -145,6 +160,21 @@ def train(cfg: Config, rank_info: D.RankInfo, run_dir: Path, stop: StopRequest |
                  else ""), flush=True)
         print(format_rates(optimizer.param_groups), flush=True)
 
+    def set_windows(step: int, validation: bool = False) -> None:
+        """train.window_stages: this step's windows; crossing into a new long window rescales the rotary
+        (YaRN, model.yarn) as the records do before the step's validation and training. The last
+        validation's longer window (train.window_validate_last) is set without a rescale."""
+        if stages.has_windows:
+            w = stages.val_windows(step) if validation else stages.windows(step)
+            unit = tc.window_unit_tokens
+            model.set_attention_windows(w.long * unit, w.short * unit, rescale_rotary=not validation)
+
+    def set_batch(step: int) -> None:
+        """train.batch_stages (record 46): a new stage's row length starts with the step's first micro-step."""
+        rows = stages.batch(step).seq_len
+        if varlen and loader.rank_tokens != rows:
+            loader.set_sizes(rows, cfg.data.varlen.max_doc_len)
+
     # Each micro-step's loss is a mean over its tokens and DDP averages over ranks, so scaling by
     # 1/accum differentiates the step's mean loss; by global_batch_tokens/accum, its summed loss
     # (track 3: the optimizer then sees a gradient 524,288x larger, which matters against Adam's eps).
@@ -153,18 +183,22 @@ def train(cfg: Config, rank_info: D.RankInfo, run_dir: Path, stop: StopRequest |
     def train_step(step: int) -> torch.Tensor:
         """One optimizer step over `accum` micro-batches; returns the mean loss (device tensor)."""
         schedule.apply(optimizer.param_groups, step)
+        set_batch(step)
         pre_forward()
         loss_sum = torch.zeros((), device=device)
         for micro in range(accum):
-            x, y = loader.next_batch()
+            x, y, *packed = loader.next_batch()
             x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
             # Only the last micro-step all-reduces gradients.
             no_sync = net.no_sync() if isinstance(net, DDP) and micro < accum - 1 else contextlib.nullcontext()
             with no_sync:
                 with autocast():
-                    loss = net(x, y)
-                (loss * token_scale / accum).backward()
-            loss_sum += loss.detach()
+                    if packed:  # records 29-46 differentiate each row's summed loss (DDP then averages ranks)
+                        loss = net(x, y, cu_seqlens=packed[0].to(device, non_blocking=True), reduction="sum")
+                    else:
+                        loss = net(x, y)
+                (loss * (1 if packed else token_scale) / accum).backward()
+            loss_sum += loss.detach() / (x.numel() if packed else 1)
         if faults.active("nan", step):  # tests only (SPEEDRUN_FAULT): this rank's loss reads NaN
             loss_sum.fill_(float("nan"))
         if guard.skip_step(step, loss_sum):  # train.nonfinite=skip: a NaN/inf step's update is dropped on every rank
@@ -182,8 +216,10 @@ def train(cfg: Config, rank_info: D.RankInfo, run_dir: Path, stop: StopRequest |
         sync(device)
         t_warmup = time.perf_counter()
         saved = copy.deepcopy((model.state_dict(), optimizer.state_dict()))
-        for s in range(tc.compile_warmup_steps):
-            train_step(s)
+        for first in stages.stage_starts():  # one set of steps per window/batch shape (each compiles once)
+            for _ in range(tc.compile_warmup_steps):
+                set_windows(first)
+                train_step(first)
         model.load_state_dict(saved[0])
         optimizer.load_state_dict(saved[1])
         loader = make_loader()
@@ -206,6 +242,7 @@ def train(cfg: Config, rank_info: D.RankInfo, run_dir: Path, stop: StopRequest |
     for step in range(start_step, end + 1):
         last = step == end
         model.set_train_progress(step, tc.max_steps)  # time-dependent architecture (sliding-window schedule)
+        set_windows(step)  # train.window_stages (records 29-46)
         faults.at_step(step)  # tests only (SPEEDRUN_FAULT, harness/process/faults.py): SIGKILL, exit, SIGTERM, sleep
         stopping = stop.requested(step)  # SIGTERM/SIGINT on any rank: every rank stops here
         validate = last or val_due(step, tc.max_steps, tc.val_every, tc.val_tail_every, tc.val_tail_frac,
@@ -221,12 +258,13 @@ def train(cfg: Config, rank_info: D.RankInfo, run_dir: Path, stop: StopRequest |
                 if stopping:  # main() adds how to continue
                     raise Preempted(f"stopped by {stop.reason()} after step {step}: checkpoint {path} written", step)
             if validate:
+                set_windows(step, validation=True)
                 last_val = evaluate(model, val_set, device, autocast)
                 losses = {"val_loss": last_val}
                 if tail is not None:  # the readout is the score (stop_at_val_loss, target, best)
                     last_ema = losses["val_ema_loss"] = tail.readout(lambda: evaluate(model, val_set, device, autocast),
                                                                      last_val)
-                log.log({"event": "val", "step": step, "tokens": step * tc.global_batch_tokens,
+                log.log({"event": "val", "step": step, "tokens": stages.tokens_before(step),
                          "train_time_ms": train_time_ms, **losses})
                 guard.check(step, last_val, "validation")
                 if tc.stop_at_val_loss is not None and losses.get("val_ema_loss", last_val) <= tc.stop_at_val_loss:
@@ -242,13 +280,13 @@ def train(cfg: Config, rank_info: D.RankInfo, run_dir: Path, stop: StopRequest |
         if has_diagnostics():  # the optimizer's norms and fp64 SVDs are computed here, off the clock
             sync(device)
             train_time_ms += 1000 * (time.perf_counter() - t0)
-            log.log({"event": "diag", "step": step + 1, "tokens": (step + 1) * tc.global_batch_tokens,
+            log.log({"event": "diag", "step": step + 1, "tokens": stages.tokens_before(step + 1),
                      "train_time_ms": train_time_ms, **optimizer.diagnostics()})
             t0 = time.perf_counter()
         if (step + 1) % tc.log_every == 0 or step + 1 == end:
             loss_value = D.all_reduce_mean(loss).item()  # .item() synchronizes the device
             now_ms = train_time_ms + 1000 * (time.perf_counter() - t0)
-            log.log({"event": "train", "step": step + 1, "tokens": (step + 1) * tc.global_batch_tokens,
+            log.log({"event": "train", "step": step + 1, "tokens": stages.tokens_before(step + 1),
                      "train_time_ms": now_ms, "step_avg_ms": now_ms / (step + 1),
                      "train_loss": loss_value, **learning_rates(optimizer.param_groups),
                      **window_fields(model.window_tokens())})
@@ -257,7 +295,7 @@ def train(cfg: Config, rank_info: D.RankInfo, run_dir: Path, stop: StopRequest |
     if cfg.checkpoint.final_weights and rank_info.is_main:  # what the run learned, for inference.sample / eval
         save_final_weights(run_dir, model, step)
     score = last_ema if tail is not None else last_val
-    summary = {"final_val_loss": last_val, "steps": step, "tokens": step * tc.global_batch_tokens,
+    summary = {"final_val_loss": last_val, "steps": step, "tokens": stages.tokens_before(step),
                "stopped_at_val_loss": tc.stop_at_val_loss is not None and score <= tc.stop_at_val_loss,
                "train_time_ms": train_time_ms, "parameters": n_params, "world_size": rank_info.world_size,
                "skipped_steps": guard.skipped, "compile_warmup_ms": warmup_ms}

@@ -47,9 +47,9 @@ def build_train_loader(cfg: DataConfig, seq_len: int, micro_batch_seqs: int, ran
     """
     files = resolve_shards(cfg.dir, cfg.train_pattern, "train")
     remap = check_model_vocab(cfg.dir, cfg.vocab_check)
-    if cfg.mode is LoaderMode.varlen:  # sizes from data.varlen (seq_len, micro_batch_seqs, step_tokens unused)
+    if cfg.mode is LoaderMode.varlen:  # one packed row of seq_len tokens per micro-step (micro_batch_seqs 1)
         v = cfg.varlen
-        return VarlenLoader(files, v.rank_tokens, v.max_doc_len, rank, world, virtual_ranks=v.virtual_ranks,
+        return VarlenLoader(files, seq_len, v.max_doc_len, rank, world, virtual_ranks=v.virtual_ranks,
                             version=v.version, vocab_size=cfg.vocab_check, prefetch=cfg.prefetch,
                             bos=_document_token(cfg, remap))
     if cfg.mode is LoaderMode.bos:

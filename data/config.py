@@ -63,22 +63,21 @@ class VarlenVersion(Enum):
 class VarlenConfig:
     """data.mode=varlen: the records' packed micro-batches (data/varlen.py), in the scripts' units.
 
-    rank_tokens: tokens per rank per micro-step of the 8-GPU run (the script's train batch size / 8:
-    49,152 in records 29 and 43; record 46's stages start at 16,384 and the trainer changes it with
-    `VarlenLoader.set_sizes`). max_doc_len: a document is cut after this many tokens (the scripts'
+    The tokens per rank per micro-step of the 8-GPU run (the script's train batch size / 8: 49,152 in
+    records 29 and 43; record 46's stages start at 16,384) are the trainer's train.seq_len (one packed row
+    per micro-step; train.batch_stages change it with `VarlenLoader.set_sizes`). max_doc_len: a document is cut after this many tokens (the scripts'
     `train_max_seq_len`, 2048). virtual_ranks: the script's world size whose batch order every world
     size replays (8). val_rank_tokens: validation tokens per rank per micro-step (the scripts'
     `val_batch_size` / 8 = 262,144).
     """
 
     version: VarlenVersion = VarlenVersion.record43
-    rank_tokens: int = 2048 * 24
     max_doc_len: int = 2048
     virtual_ranks: int = 8
     val_rank_tokens: int = 4 * 64 * 1024
 
     def check(self) -> None:
-        for key in ("rank_tokens", "max_doc_len", "virtual_ranks", "val_rank_tokens"):
+        for key in ("max_doc_len", "virtual_ranks", "val_rank_tokens"):
             if getattr(self, key) < 1:
                 raise ValueError(f"data.varlen.{key} must be >= 1, got {getattr(self, key)}")
 

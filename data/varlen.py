@@ -70,7 +70,7 @@ def padded_cu_seqlens(bounds: np.ndarray, rank_tokens: int) -> torch.Tensor:
     """Document boundaries after 0 (int [k]) -> int32 [M]: 0, bounds, then L up to length M."""
     size = cu_seqlens_size(rank_tokens)
     if len(bounds) + 1 > size:
-        raise DataError(f"a micro-batch of {rank_tokens} tokens (data.varlen.rank_tokens / val_rank_tokens) holds "
+        raise DataError(f"a micro-batch of {rank_tokens} tokens (train.seq_len / data.varlen.val_rank_tokens) holds "
                         f"{len(bounds)} documents, more than the {size - 1} its cu_seqlens hold (the records allow "
                         f"one per {CU_DOC_TOKENS} tokens): these documents are much shorter than FineWeb's")
     out = np.full(size, rank_tokens, dtype=np.int32)
@@ -130,9 +130,9 @@ def read_chunk(tokens: np.ndarray, table: DocTable, d0: int, d1: int,
 
 
 def _check_sizes(rank_tokens: int, max_doc_len: int) -> None:
-    for key, value in (("rank_tokens", rank_tokens), ("max_doc_len", max_doc_len)):
+    for key, value in (("train.seq_len", rank_tokens), ("data.varlen.max_doc_len", max_doc_len)):
         if value < 1:
-            raise DataError(f"data.varlen.{key} must be >= 1, got {value}")
+            raise DataError(f"{key} must be >= 1, got {value}")
 
 
 def _check_world(rank: int, world: int, virtual_ranks: int) -> None:
@@ -203,8 +203,8 @@ class VarlenLoader(_StreamState):
             self.shard, self.pos, self.quick_left = (self.shard + 1) % len(self.cache.files), 0, 0
             self.epoch += self.shard == 0
         raise DataError(f"no train shard in {self.cache.files[0].parent} holds one step of {self.virtual_ranks} x "
-                        f"(data.varlen.rank_tokens {self.rank_tokens} + 1) document tokens: lower "
-                        "data.varlen.rank_tokens or use bigger shards")
+                        f"(train.seq_len {self.rank_tokens} + 1) document tokens: lower "
+                        "train.seq_len or use bigger shards")
 
     def next_batch(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """This rank's next micro-step: virtual rank micro * world + rank of the current step."""

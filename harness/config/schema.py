@@ -138,6 +138,8 @@ class TrainConfig:
     window_stages: list[int] = field(default_factory=list)  # long window per stage, in model.window_block units
                                                              # (29-46: [3, 7, 11]); short window = long // 2
     window_stage_steps: Optional[int] = None  # the steps the window stages divide; null = S (29: max_steps + 1)
+    window_unit_tokens: int = 128   # tokens per window unit (the scripts' block_size): a window of w units lets a
+                                    # query see the w x 128 keys before it (FA3's window_size=(w x 128, 0))
     window_final: Optional[int] = None  # long window on steps >= S (43, 46: 13); null = the last stage's
     window_validate_last: Optional[int] = None  # long window of the validation at max_steps, YaRN not re-applied
                                                 # (43, 46: 20); null = that step's window
@@ -240,6 +242,8 @@ class TrainConfig:
             if i and not st.after > self.lr_stages[i - 1].after:
                 raise ValueError(f"train.lr_stages[{i}].after={st.after} must exceed the previous stage's "
                                  f"({self.lr_stages[i - 1].after})")
+        if self.window_unit_tokens < 1:
+            raise ValueError(f"train.window_unit_tokens must be >= 1 (got {self.window_unit_tokens})")
         for i, w in enumerate(self.window_stages):
             if w < 1:
                 raise ValueError(f"train.window_stages[{i}] must be >= 1 window block (got {w})")

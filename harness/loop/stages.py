@@ -197,6 +197,13 @@ class StageSchedule:
             seen.setdefault((self.windows(step) if self.has_windows else None, self.batch(step)), None)
         return list(seen)
 
+    def stage_starts(self) -> list[int]:
+        """Step 0 and every step where the windows or the batch change (< max_steps): one step of each shape,
+        for a compile warm-up that meets every shape before the clock starts."""
+        changes = [c.step for c in (self.window_changes() if self.has_windows else [])] + \
+                  [c.step for c in self.batch_changes()]
+        return sorted({0, *(s for s in changes if s < self.max_steps)})
+
     def max_seq_len(self) -> int:
         """The longest packed sequence any training step uses (for the model's block_size and memory checks)."""
         return max(b.seq_len for b in [*self.batch_stages, self.batch_final])

@@ -175,14 +175,14 @@ def test_validation_reads_the_contiguous_stream_in_the_8_rank_order(tmp_path):
 
 def test_bad_inputs_fail_naming_the_key(tmp_path):
     files = shards(tmp_path)
-    for key, args in (("max_doc_len", (24, 0)), ("rank_tokens", (0, 16))):
-        with pytest.raises(DataError, match=f"data.varlen.{key} must be >= 1"):
+    for key, args in (("data.varlen.max_doc_len", (24, 0)), ("train.seq_len", (0, 16))):
+        with pytest.raises(DataError, match=f"{key} must be >= 1"):
             VarlenLoader(files, *args)
-        with pytest.raises(ValueError, match=f"data.varlen.{key} must be >= 1"):
-            DataConfig(mode=LoaderMode.varlen, varlen=VarlenConfig(**{key: 0})).check()
+    with pytest.raises(ValueError, match="data.varlen.max_doc_len must be >= 1"):
+        DataConfig(mode=LoaderMode.varlen, varlen=VarlenConfig(max_doc_len=0)).check()
     with pytest.raises(DataError, match="data.varlen.virtual_ranks=8 must be a positive multiple of the world size 3"):
         VarlenLoader(files, 24, 16, 0, 3)
-    with pytest.raises(DataError, match="data.varlen.rank_tokens 3000"):
+    with pytest.raises(DataError, match="train.seq_len 3000"):
         VarlenLoader(files, 3000, 16).next_batch()  # no shard holds a step
     no_bos = [write_shard(tmp_path / "none" / "fineweb_train_000001.bin", np.arange(500) % 50).path]
     with pytest.raises(DataError, match="fineweb_train_000001.bin holds no document start .token 99.*data.mode"):
@@ -198,8 +198,8 @@ def test_build_gives_the_varlen_loader_and_validation(tmp_path):
     write_stream(tmp_path, np.concatenate(synthetic_docs(400, seed=5, mean_len=18, max_len=60)), 3000)
     write_shard(tmp_path / "fineweb_val_000000.bin", np.concatenate(synthetic_docs(100, seed=6)))
     cfg = DataConfig(dir=str(tmp_path), mode=LoaderMode.varlen,
-                     varlen=VarlenConfig(rank_tokens=32, max_doc_len=16, val_rank_tokens=16))
-    loader = build_train_loader(cfg, 0, 0, 1, 4)
+                     varlen=VarlenConfig(max_doc_len=16, val_rank_tokens=16))
+    loader = build_train_loader(cfg, 32, 1, 1, 4)  # train.seq_len is the row (rank_tokens)
     assert isinstance(loader, VarlenLoader) and loader.accum_steps == 2 and loader.bos == 50256
     assert loader.next_batch()[0].shape == (32,)
     val = build_val_batches(cfg, 256, 0, 0, 1, 4)
@@ -207,9 +207,9 @@ def test_build_gives_the_varlen_loader_and_validation(tmp_path):
 
 
 def test_the_keys_compose_and_bad_values_name_the_key():
-    cfg = composed("experiment=smoke", "data.mode=varlen", "data.varlen.version=record29", "data.varlen.rank_tokens=64")
+    cfg = composed("experiment=smoke", "data.mode=varlen", "data.varlen.version=record29")
     assert cfg.data.mode is LoaderMode.varlen and cfg.data.varlen.version is VarlenVersion.record29
-    assert (cfg.data.varlen.rank_tokens, cfg.data.varlen.max_doc_len, cfg.data.varlen.virtual_ranks) == (64, 2048, 8)
+    assert (cfg.data.varlen.max_doc_len, cfg.data.varlen.virtual_ranks) == (2048, 8)
     with pytest.raises(ConfigError, match="data.varlen.max_doc_len must be >= 1, got 0"):
         composed("data.mode=varlen", "data.varlen.max_doc_len=0")
     with pytest.raises(ConfigError, match="use them with data.mode=contiguous"):
