@@ -6,7 +6,8 @@ Shapes: B batch, T tokens, C = n_embd, H heads, D = C / H.
     v <- (1 - l) v + l v1                    value_residual: v1 = first attention layer's v
     v <- a v + b ve                          value embeddings (a, b init 0.5; ve absent -> a v)
     q, k <- rms_norm / rotary, in the order model.qk_norm says
-    y = softmax(scale q k^T + mask) v        causal, or document-causal with a sliding window
+    y = softmax(scale q k^T + mask) v        causal, or document-causal with a sliding window, through
+                                             model.attn_impl's backend (sdpa | flex | fa3; model/masks.py)
     out = W_proj y                           zero at init with model.zero_init_proj
 
 A merged [3, C, C] weight (record 20) equals the fused [3C, C] one row-block by row-block, and
@@ -78,8 +79,8 @@ class CausalSelfAttention(nn.Module):
             q, k = apply_rotary(q, freqs), apply_rotary(k, freqs)
         if cfg.qk_norm is QKNorm.after_rope:
             q, k = F.rms_norm(q, (D,), eps=cfg.norm_eps), F.rms_norm(k, (D,), eps=cfg.norm_eps)
-        # FlexAttention needs one dtype; under autocast the norms may have returned fp32.
-        q, k, v = (t.to(v.dtype).transpose(1, 2) for t in (q, k, v))  # [B, H, T, D]
-        y = attend(q, k, v, masks.for_layer(self.short_window), masks.use_flex, cfg.attn_scale)
-        return self.proj(y.transpose(1, 2).reshape(B, T, C)), v1
+        # FlexAttention and FA3 need one dtype; under autocast the norms may have returned fp32.
+        q, k, v = (t.to(v.dtype) for t in (q, k, v))  # [B, T, H, D]
+        y = attend(q, k, v, masks.for_layer(self.short_window), cfg.attn_scale)  # model/masks.py: every backend
+        return self.proj(y.reshape(B, T, C)), v1
 
