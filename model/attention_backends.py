@@ -21,7 +21,6 @@ Shapes: q, k, v and the outputs are [B, T, H, D] (batch, tokens, heads, head dim
 """
 from __future__ import annotations
 
-import functools
 import importlib
 import inspect
 from types import ModuleType
@@ -43,33 +42,52 @@ FA3_MODULE = "flash_attn_interface"  # FlashAttention-3's Python package (record
 HALF = (torch.bfloat16, torch.float16)
 
 
-@functools.lru_cache(maxsize=1)
+_fa3: Any = None  # flash_attn_interface once looked up (False: not importable); a plain global, not
+_capability: dict = {}  # functools.lru_cache, so that torch.compile reads it instead of tracing an import
+
+
 def fa3_module() -> Optional[ModuleType]:
-    """`flash_attn_interface`, or None when it cannot be imported (looked up once per process;
-    `fa3_module.cache_clear()` looks again)."""
-    try:
-        return importlib.import_module(FA3_MODULE)
-    except ImportError:
-        return None
+    """`flash_attn_interface`, or None when it cannot be imported (looked up on first use, once per
+    process; `forget_fa3()` looks again)."""
+    global _fa3
+    if _fa3 is None:
+        try:
+            _fa3 = importlib.import_module(FA3_MODULE)
+        except ImportError:
+            _fa3 = False
+    return _fa3 or None
+
+
+def forget_fa3() -> None:
+    global _fa3
+    _fa3 = None
+
+
+def cuda_capability(device: torch.device) -> tuple[int, int]:
+    """(major, minor) of `device`'s GPU, asked once per device."""
+    key = device.index if device.index is not None else torch.cuda.current_device()
+    if key not in _capability:
+        _capability[key] = tuple(torch.cuda.get_device_capability(key))
+    return _capability[key]
 
 
 def fa3_blocker(device: torch.device, dtype: torch.dtype, unit: int, auto: bool) -> Optional[str]:
     """Why fa3 cannot run here (None: it can). `unit`: the window's unit in tokens (1 = token-exact).
-    `auto` adds the checks auto makes before choosing it (a Hopper GPU, the one FA3 is built for);
+    `auto` adds the check auto makes before choosing it (a Hopper GPU, the one FA3 is built for);
     asked for by name, fa3 is tried on any CUDA GPU and FA3 itself says if it does not run there."""
     if unit != 1:
         return (f"FA3's window_size=(left, 0) is token-exact; this window is whole blocks of {unit} tokens "
                 "(model.window_block, record 20)")
-    if fa3_module() is None:
-        return f"{FA3_MODULE} is not importable"
     if device.type != "cuda":
         return f"FA3 runs on CUDA only (device {device.type})"
     if dtype not in HALF:
         return f"FA3 takes bf16/fp16 inputs (compute dtype {str(dtype).replace('torch.', '')}; train.precision)"
+    if fa3_module() is None:
+        return f"{FA3_MODULE} is not importable"
     if auto:
         if not torch.cuda.is_available():
             return "no CUDA device is visible to check for Hopper (sm90)"
-        major, minor = torch.cuda.get_device_capability(device)
+        major, minor = cuda_capability(device)
         if major != 9:
             return f"FA3 is built for Hopper (sm90); this GPU is sm{major}{minor}"
     return None
