@@ -13,7 +13,7 @@ visibility predicate of model/masks.py; they differ only in how that predicate r
   `flash_attn_interface` is imported lazily, on first use.
 
 `choose` turns the configured value into one of those three, with the reason in words:
-auto = fa3 when it is importable and applicable (masked attention, token-exact window, CUDA sm90,
+auto = fa3 when it is importable and applicable (a packed cu_seqlens row, token-exact window, CUDA sm90,
 bf16/fp16 compute), else flex on CUDA, else sdpa. Plain causal attention (no documents, no window) runs
 SDPA's is_causal kernel unless fa3 is asked for by name.
 
@@ -93,13 +93,16 @@ def fa3_blocker(device: torch.device, dtype: torch.dtype, unit: int, auto: bool)
     return None
 
 
-def choose(impl: AttnImpl, device: torch.device, dtype: torch.dtype, masked: bool, unit: int) -> tuple[AttnImpl, str]:
+def choose(impl: AttnImpl, device: torch.device, dtype: torch.dtype, masked: bool, unit: int,
+           packed: bool = False) -> tuple[AttnImpl, str]:
     """The backend that runs (sdpa | flex | fa3, never auto) and why, in words.
 
     impl: model.attn_impl; dtype: the compute dtype of q, k, v (the autocast dtype under autocast);
-    masked: documents or a window are in play (model.masked_attention, or a packed cu_seqlens row);
-    unit: the window's unit in tokens (model.window_block or 1). Raises ValueError naming
-    model.attn_impl when fa3 is asked for by name and cannot run (e.g. record 20's block-wise window)."""
+    masked: documents or a window are in play (model.masked_attention, or a packed row); unit: the
+    window's unit in tokens (model.window_block or 1); packed: the batch is one cu_seqlens row (records
+    29-46). auto gives fa3 only to packed rows: bos-delimited rows (records 12, 20) keep the FlexAttention
+    kernel their scripts ran (fa3 by name runs them too). Raises ValueError naming model.attn_impl when
+    fa3 is asked for by name and cannot run (e.g. record 20's block-wise window)."""
     if impl is AttnImpl.fa3:
         why = fa3_blocker(device, dtype, unit, auto=False)
         if why:
@@ -113,12 +116,12 @@ def choose(impl: AttnImpl, device: torch.device, dtype: torch.dtype, masked: boo
         if flex_attention is None:
             raise ValueError("model.attn_impl=flex needs FlexAttention (torch >= 2.5); use model.attn_impl=sdpa")
         return AttnImpl.flex, "model.attn_impl=flex"
-    why = fa3_blocker(device, dtype, unit, auto=True)
+    if device.type != "cuda" or flex_attention is None:
+        return AttnImpl.sdpa, f"auto: on {device.type}, SDPA with a dense mask"
+    why = fa3_blocker(device, dtype, unit, auto=True) if packed else "bos-delimited rows keep FlexAttention"
     if why is None:
         return AttnImpl.fa3, f"auto: {FA3_MODULE} importable, CUDA sm90, {str(dtype).replace('torch.', '')}"
-    if device.type == "cuda" and flex_attention is not None:
-        return AttnImpl.flex, f"auto: on CUDA; not fa3: {why}"
-    return AttnImpl.sdpa, f"auto: not on CUDA ({device.type}), dense mask; not fa3: {why}"
+    return AttnImpl.flex, f"auto: on CUDA; not fa3: {why}"
 
 
 def compute_dtype(device: torch.device) -> torch.dtype:

@@ -232,8 +232,9 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layout: Optiona
     """The whole path in one call: [B, T, H, D] q, k, v, a document layout (None: plain causal), a window
     (None: none), the softmax scale and the backend (model.attn_impl's values; auto resolves for q's device
     and dtype) -> [B, T, H, D]. The model itself prepares each mask once per forward (`build_masks`)."""
-    masked = layout is not None and (layout.docs is not None or layout.cu_seqlens is not None) or window is not None
-    chosen, _ = choose(backend, q.device, q.dtype, masked, window.unit if window is not None else 1)
+    packed = layout is not None and layout.cu_seqlens is not None
+    masked = packed or window is not None or (layout is not None and layout.docs is not None)
+    chosen, _ = choose(backend, q.device, q.dtype, masked, window.unit if window is not None else 1, packed)
     if layout is None and chosen is AttnImpl.fa3:
         layout = DocLayout(q.size(0), q.size(1))
     return attend(q, k, v, prepare(chosen, layout, window, q.device), scale)
@@ -254,10 +255,11 @@ class AttentionMasks:
 def choose_backend(cfg: ModelConfig, device: torch.device, dtype: Optional[torch.dtype] = None,
                    packed: bool = False) -> tuple[AttnImpl, str]:
     """The backend this model runs on `device` (attention_backends.choose) and why. dtype: attention's
-    input dtype, by default the current autocast dtype on `device` or fp32; packed: a cu_seqlens row."""
+    input dtype, by default the current autocast dtype on `device` or fp32; packed: the batches are
+    packed cu_seqlens rows (records 29-46), the only ones auto gives to fa3."""
     dtype = dtype or compute_dtype(device)
     unit = (cfg.window_block or 1) if cfg.window_size > 0 else 1
-    return choose(cfg.attn_impl, device, dtype, cfg.masked_attention or packed, unit)
+    return choose(cfg.attn_impl, device, dtype, cfg.masked_attention or packed, unit, packed)
 
 
 def build_masks(cfg: ModelConfig, idx: torch.Tensor, windows: Union[torch.Tensor, tuple[int, int]],
@@ -283,18 +285,20 @@ def build_masks(cfg: ModelConfig, idx: torch.Tensor, windows: Union[torch.Tensor
     return AttentionMasks(long=specs[0], short=specs[-1])
 
 
-def attention_path(cfg: ModelConfig, device: torch.device, dtype: Optional[torch.dtype] = None) -> str:
+def attention_path(cfg: ModelConfig, device: torch.device, dtype: Optional[torch.dtype] = None,
+                   packed: bool = False) -> str:
     """Which backend attention runs on `device`, why, and over which mask, in words (printed at start)."""
-    backend, why = choose_backend(cfg, device, dtype)
+    backend, why = choose_backend(cfg, device, dtype, packed)
     what = "document-causal" if cfg.doc_causal else "causal"
     what += f", sliding window {cfg.window_size}" if cfg.window_size else ""
     note = "; on CPU unfused and forward-only" if backend is AttnImpl.flex and device.type != "cuda" else ""
     return f"{backend.value} ({why}; {what}{note})"
 
 
-def check_start(cfg: ModelConfig, device: torch.device, micro_batch_seqs: int, seq_len: int) -> None:
+def check_start(cfg: ModelConfig, device: torch.device, micro_batch_seqs: int, seq_len: int,
+                packed: bool = False) -> None:
     """At start, before any compute: refuse a backend that cannot run here (fa3 by name) or a dense
     mask that would not fit (ValueError naming the fix)."""
-    backend, _ = choose_backend(cfg, device)
+    backend, _ = choose_backend(cfg, device, packed=packed)
     if cfg.masked_attention and backend is AttnImpl.sdpa:
         check_dense_mask_size(micro_batch_seqs if cfg.doc_causal else 1, seq_len)

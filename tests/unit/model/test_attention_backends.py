@@ -224,18 +224,28 @@ REC = dict(doc_causal=True, window_size=1024)  # record 12's mask (token window)
     (True, (10, 0), CUDA, torch.float16, REC, "flex", "this GPU is sm100"),
     (True, (9, 0), CUDA, torch.float32, REC, "flex", "bf16/fp16"),
     (True, (9, 0), CUDA, torch.bfloat16, dict(doc_causal=True, window_size=1792, window_block=128), "flex", "blocks of 128"),
-    (True, (9, 0), CPU, torch.bfloat16, REC, "sdpa", "not on CUDA"),
-    (True, (9, 0), CUDA, torch.bfloat16, dict(), "sdpa", "plain causal"),
+    (True, (9, 0), CPU, torch.bfloat16, REC, "sdpa", "on cpu, SDPA with a dense mask"),
 ])
 def test_auto_picks_fa3_then_flex_then_sdpa(monkeypatch, importable, capability, device, dtype, cfg, want, why):
+    """A packed row (records 29-46) in every environment; bos-delimited rows (records 12, 20) never get fa3."""
     environment(monkeypatch, importable, capability)
-    backend, reason = choose_backend(ModelConfig(**cfg), device, dtype)
+    backend, reason = choose_backend(ModelConfig(**cfg), device, dtype, packed=True)
     assert backend.value == want and why in reason
+    rows, reason = choose_backend(ModelConfig(**cfg), device, dtype)
+    assert rows.value == ("flex" if want == "fa3" else want)
+    assert want != "fa3" or "bos-delimited rows keep FlexAttention" in reason
+
+
+def test_plain_causal_rows_keep_sdpa_is_causal_and_a_packed_row_is_document_causal(monkeypatch):
+    environment(monkeypatch, True)
+    backend, reason = choose_backend(ModelConfig(), CUDA, torch.bfloat16)
+    assert backend is AttnImpl.sdpa and "is_causal" in reason
+    assert choose_backend(ModelConfig(), CUDA, torch.bfloat16, packed=True)[0] is AttnImpl.fa3
 
 
 def test_auto_reads_the_autocast_dtype(monkeypatch):
     environment(monkeypatch, True)
-    assert choose_backend(ModelConfig(**REC), CUDA)[0] is AttnImpl.flex  # fp32 outside autocast
+    assert choose_backend(ModelConfig(**REC), CUDA, packed=True)[0] is AttnImpl.flex  # fp32 outside autocast
     with torch.autocast("cpu", dtype=torch.bfloat16):
         assert AB.compute_dtype(CPU) is torch.bfloat16
 
@@ -276,3 +286,13 @@ def test_document_ids_of_rows_and_packed_rows_agree_on_a_fixed_example():
     assert document_ids(x, BOS).tolist() == [[1, 1, 1, 2, 3, 3]]
     cu = torch.tensor([0, 3, 4, 6, 6], dtype=torch.int32)
     assert DocLayout.packed(cu, 6).document_ids().tolist() == [[0, 0, 0, 1, 2, 2]]
+
+
+def test_check_start_refuses_fa3_by_name_before_any_compute(monkeypatch):
+    environment(monkeypatch, False)
+    from model.masks import attention_path, check_start
+    cfg = ModelConfig(**REC, attn_impl=AttnImpl.fa3)
+    with pytest.raises(ValueError, match="^model.attn_impl=fa3 cannot run here: FA3 runs on CUDA only"):
+        check_start(cfg, CPU, 1, 64)
+    assert attention_path(ModelConfig(**REC), CPU).startswith("sdpa (auto: on cpu, SDPA with a dense mask; "
+                                                               "document-causal, sliding window 1024)")
