@@ -262,11 +262,12 @@ def choose_backend(cfg: ModelConfig, device: torch.device, dtype: Optional[torch
     return choose(cfg.attn_impl, device, dtype, cfg.masked_attention or packed, unit, packed)
 
 
-def build_masks(cfg: ModelConfig, idx: torch.Tensor, windows: Union[torch.Tensor, tuple[int, int]],
+def build_masks(cfg: ModelConfig, idx: torch.Tensor, windows: Union[torch.Tensor, tuple[int, int], tuple[Window, Window]],
                 cu_seqlens: Optional[torch.Tensor] = None, max_seqlen: Optional[int] = None) -> AttentionMasks:
     """Masks for input ids idx [B, T]; windows: (long, short) in model.window_size's units (window_units;
-    a tensor keeps a compiled graph, fa3 reads it once as ints). cu_seqlens (int32 [n + 1]) with
-    max_seqlen: idx is one packed row [1, T] of documents (records 29-46) instead of bos-delimited rows."""
+    a tensor keeps a compiled graph, fa3 reads it once as ints), or two Windows as they are (records 29-46:
+    Window(ws * 128) tokens, FA3's left). cu_seqlens (int32 [n + 1]) with max_seqlen: idx is one packed
+    row [1, T] of documents (records 29-46) instead of bos-delimited rows."""
     backend, _ = choose_backend(cfg, idx.device, packed=cu_seqlens is not None)
     if backend is AttnImpl.sdpa and not cfg.masked_attention and cu_seqlens is None:
         return AttentionMasks()
@@ -280,7 +281,10 @@ def build_masks(cfg: ModelConfig, idx: torch.Tensor, windows: Union[torch.Tensor
     unit = cfg.window_block or 1
     specs = []
     for i in (0, 1) if cfg.short_window_layers else (0,):
-        window = Window.from_window_size(windows[i], unit) if cfg.window_size > 0 else None
+        if isinstance(windows[i], Window):
+            window = windows[i]
+        else:
+            window = Window.from_window_size(windows[i], unit) if cfg.window_size > 0 else None
         specs.append(prepare(backend, layout, window, idx.device))
     return AttentionMasks(long=specs[0], short=specs[-1])
 

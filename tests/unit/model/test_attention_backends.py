@@ -200,6 +200,8 @@ def test_build_masks_takes_a_packed_row(fa3):
     sd = build_masks(ModelConfig(**{**cfg.__dict__, "attn_impl": AttnImpl.sdpa}), ids(32, B=1), torch.tensor([6, 3]), cu)
     assert torch.equal(sd.long.mask[0, 0], dense_mask(DocLayout.packed(cu, 32).document_ids(), 32, Window(5),
                                                       torch.device("cpu"))[0, 0])
+    lefts = build_masks(cfg, ids(32, B=1), (Window(256), Window(128)), cu_seqlens=cu, max_seqlen=21)  # ws * 128
+    assert lefts.long.window == Window(256) and lefts.short.window == Window(128)
     with pytest.raises(ValueError, match="one row"):
         build_masks(cfg, ids(32, B=2), torch.tensor([6, 3]), cu_seqlens=cu)
 
