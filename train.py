@@ -38,7 +38,7 @@ from harness.telemetry.metrics import format_rates, learning_rates, window_field
 from harness.telemetry.tracking import make_logger  # console, metrics.jsonl, wandb (rank 0)
 from inference.weights import save_final_weights
 from model.gpt import GPT
-from model.masks import attention_path, check_start
+from model.masks import attention_path, check_start, choose_backend
 from optim import build_optimizer
 
 register_configs()
@@ -105,7 +105,8 @@ def train(cfg: Config, rank_info: D.RankInfo, run_dir: Path, stop: StopRequest |
         raise ConfigError("train.batch_stages change the packed row length between steps: they need data.mode=varlen")
     accum = grad_accum_steps(cfg, rank_info.world_size)
     try:  # before any data or compute: a dense attention mask that cannot fit (a record's 65,536 tokens on CPU)
-        check_start(cfg.model, device, tc.micro_batch_seqs, tc.seq_len)
+        with autocast_context(cfg, device)():  # the compute dtype attention will see (auto's choice, fa3)
+            check_start(cfg.model, device, tc.micro_batch_seqs, tc.seq_len)
     except ValueError as e:
         raise ConfigError(str(e)) from None
     ckpt = Checkpointer(cfg, rank_info, run_dir)  # checks checkpoint.dir and resolves resume=... (reads only)
@@ -133,7 +134,10 @@ def train(cfg: Config, rank_info: D.RankInfo, run_dir: Path, stop: StopRequest |
     if tc.seq_len > cfg.model.block_size:
         raise ConfigError(f"train.seq_len={tc.seq_len} exceeds model.block_size={cfg.model.block_size}")
     n_params = sum(p.numel() for p in model.parameters())
-    setup = {"attention": attention_path(cfg.model, device), "compile": tc.compile}  # recorded in the "run" event
+    with autocast_context(cfg, device)():  # model.attn_impl's backend as the forward pass resolves it
+        backend, _ = choose_backend(cfg.model, device)
+        setup = {"attention": attention_path(cfg.model, device), "attention_backend": backend.value,
+                 "compile": tc.compile}  # recorded in the "run" event
     if device.type == "cpu":
         setup["cpu_threads"], setup["cpu_threads_why"] = set_cpu_threads(tc.cpu_threads, n_params)
     try:
@@ -155,7 +159,7 @@ def train(cfg: Config, rank_info: D.RankInfo, run_dir: Path, stop: StopRequest |
         print(f"parameters: {n_params:,} | world {rank_info.world_size} x micro {tc.micro_batch_seqs} x seq "
               f"{tc.seq_len} x accum {accum} = {tc.global_batch_tokens:,} tokens/step | device {device} "
               f"| run dir {run_dir}", flush=True)
-        print(f"attention: {setup['attention']} | compile: {'on' if tc.compile else 'off'} (train.compile)"
+        print(f"attention backend: {setup['attention']} | compile: {'on' if tc.compile else 'off'} (train.compile)"
               + (f" | cpu threads: {setup['cpu_threads']} ({setup['cpu_threads_why']})" if "cpu_threads" in setup
                  else ""), flush=True)
         print(format_rates(optimizer.param_groups), flush=True)

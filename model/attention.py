@@ -6,7 +6,8 @@ Shapes: B batch, T tokens, C = n_embd, H heads, D = C / H.
     v <- (1 - l) v + l v1                    value_residual: v1 = first attention layer's v
     v <- a v + b ve                          value embeddings (a, b init 0.5; ve absent -> a v)
     q, k <- rms_norm / rotary, in the order model.qk_norm says
-    y = softmax(scale q k^T + mask) v        causal, or document-causal with a sliding window
+    y = softmax(scale q k^T + mask) v        causal, or document-causal with a sliding window, through
+                                             model.attn_impl's backend (sdpa | flex | fa3; model/masks.py)
     y_h <- y_h sigmoid(W_g[h] . x[:k])       sparse attention gate, model.attn_gate_dim = k (records 29-46,
                                              @classiclarryd): a head can output ~0 for a token; W_g zero at init
     out = W_proj y                           zero at init with model.zero_init_proj
@@ -28,7 +29,7 @@ import torch.nn.functional as F
 
 from model.config import ModelConfig, PosEmb, QKNorm
 from model.layers import tag_param, tagged
-from model.masks import AttentionMasks, attend, dense_mask, flex_block_mask, use_flex
+from model.masks import AttentionMasks, attend
 from model.rotary import apply_rotary, rotary_frequencies, rotate_with_tables
 
 
@@ -93,35 +94,11 @@ class CausalSelfAttention(nn.Module):
             q, k = apply_rotary(q, freqs), apply_rotary(k, freqs)
         if cfg.qk_norm is QKNorm.after_rope:
             q, k = F.rms_norm(q, (D,), eps=cfg.norm_eps), F.rms_norm(k, (D,), eps=cfg.norm_eps)
-        # FlexAttention needs one dtype; under autocast the norms may have returned fp32.
-        q, k, v = (t.to(v.dtype).transpose(1, 2) for t in (q, k, v))  # [B, H, T, D]
-        # SEAM (issue 25's attention backends): today's attend over a [B, H, T, D] layout and a prebuilt
-        # mask; the FlashAttention-3 varlen backend takes q, k, v [T, H, D], cu_seqlens and this layer's window.
-        y = attend(q, k, v, masks.for_layer(self.short_window), masks.use_flex,
-                   cfg.attn_scale if scale is None else scale).transpose(1, 2)  # [B, T, H, D]
+        # FlexAttention and FA3 need one dtype; under autocast the norms may have returned fp32.
+        q, k, v = (t.to(v.dtype) for t in (q, k, v))  # [B, T, H, D]
+        y = attend(q, k, v, masks.for_layer(self.short_window),  # model/masks.py: every backend
+                   cfg.attn_scale if scale is None else scale)
         if hasattr(self, "gate_weight"):
             gate = torch.sigmoid(F.linear(x[..., :self.gate_weight.size(-1)], self.gate_weight.type_as(x)))
             y = y * gate.view(B, T, H, 1)
         return self.proj(y.reshape(B, T, C)), v1
-
-
-
-def documents_from_cu_seqlens(cu_seqlens: torch.Tensor, T: int) -> torch.Tensor:
-    """cu_seqlens: int [n + 1] sequence starts of one flat packed row (the last = T) -> [1, T] int32 ids:
-    position p belongs to sequence #{i >= 1: cu_seqlens[i] <= p}. Unlike document_ids, the starts need not
-    be bos tokens (the records' loader also cuts documents longer than its max sequence length)."""
-    pos = torch.arange(T, device=cu_seqlens.device, dtype=cu_seqlens.dtype)
-    return torch.searchsorted(cu_seqlens[1:].contiguous(), pos, right=True).to(torch.int32)[None]
-
-
-def varlen_masks(cfg: ModelConfig, cu_seqlens: torch.Tensor, T: int, windows: torch.Tensor) -> AttentionMasks:
-    """SEAM (until the attention backends take cu_seqlens): masks for one flat row [1, T] of sequences
-    `cu_seqlens`, causal within each, with the (long, short) windows `windows` = FA3 window + 1 tokens
-    (masks.allowed's q - k < w), so query i sees key j iff j <= i, same sequence, i - j <= window."""
-    docs = documents_from_cu_seqlens(cu_seqlens, T)
-    flex = use_flex(cfg, cu_seqlens.device)
-    build = (lambda w: flex_block_mask(docs, 1, T, w, 1, docs.device)) if flex else \
-        (lambda w: dense_mask(docs, T, w, 1, docs.device))
-    long = build(windows[0])
-    short = build(windows[1]) if cfg.short_window_layers else long
-    return AttentionMasks(long=long, short=short, use_flex=flex)

@@ -53,9 +53,13 @@ class Init(Enum):
 
 
 class AttnImpl(Enum):
-    auto = "auto"  # FlexAttention for masked (document / window) attention on CUDA, SDPA otherwise
+    """model.attn_impl: the attention backend (model/attention_backends.py); every one computes the same mask."""
+    auto = "auto"  # masked attention: fa3 when importable and applicable (Hopper, bf16/fp16, token windows),
+                   # else FlexAttention on CUDA, else SDPA; plain causal: SDPA is_causal. Printed at start.
     sdpa = "sdpa"  # always scaled_dot_product_attention (an explicit boolean mask when masked)
     flex = "flex"  # FlexAttention wherever masked attention is needed (on CPU: unfused and forward-only, tests)
+    fa3 = "fa3"    # FlashAttention-3's varlen kernel (flash_attn_interface; records 29-46): CUDA, bf16/fp16,
+                   # token-exact windows only (refuses model.window_block > 1)
 
 
 @dataclass

@@ -27,14 +27,13 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from model.attention import varlen_masks
 from model.block import Block
 from model.cgi import set_cgi_gains
 from model.config import ModelConfig, PosEmb, SoftCap
 from model.embeddings import SmearGate, value_embed_layout
 from model.init import init_weights
 from model.layers import algebraic_softcap, make_norm, role_of, tag_param, tagged
-from model.masks import build_masks, window_units
+from model.masks import Window, build_masks, window_units
 from model.residual import Backout, SkipGates
 from model.rotary import Yarn, rotary_frequencies
 
@@ -76,6 +75,9 @@ class GPT(nn.Module):
         # first set_attention_windows, long = window_size and short = half of it.
         start = (cfg.window_size + 1, cfg.window_size // 2 + 1) if cfg.attn_windows_external else window_units(cfg, 0, 1)
         self.register_buffer("windows", torch.tensor(start, dtype=torch.int32), persistent=False)
+        # ... and as Python ints for the attention backends (FA3 takes its window as an int; a compiled model
+        # recompiles once per window, as the records' scripts do)
+        self._external_windows = (cfg.window_size, cfg.window_size // 2)
         init_weights(self, cfg, fresh=True)
         self._reset_skip_weights()
         if cfg.embed_bf16:  # after init: the table is drawn in fp32, then rounded once
@@ -118,6 +120,7 @@ class GPT(nn.Module):
         if long < 0 or short < 0:
             raise ValueError(f"attention windows must be >= 0 tokens (got long={long}, short={short})")
         self.windows.copy_(torch.tensor([long + 1, short + 1], dtype=torch.int32))
+        self._external_windows = (int(long), int(short))
         if rescale_rotary and hasattr(self, "yarn"):
             self.yarn.update(long)
 
@@ -182,8 +185,9 @@ class GPT(nn.Module):
             x = self.ln_e(x)
         x0, v1 = x, None
         ves = self._value_embeddings(idx)
-        masks = varlen_masks(cfg, cu_seqlens, T, self.windows) if cu_seqlens is not None \
-            else build_masks(cfg, idx, self.windows)
+        # model.attn_windows_external: this step's windows in tokens, FA3's left (model/masks.py's Window)
+        windows = tuple(Window(w) for w in self._external_windows) if cfg.attn_windows_external else self.windows
+        masks = build_masks(cfg, idx, windows, cu_seqlens)
         rope = self._rope_tables(T)
         scale = self.yarn.attn_scale if hasattr(self, "yarn") else None
         skips: list[torch.Tensor] = []

@@ -7,7 +7,7 @@ import torch
 
 from model.config import AttnImpl, ModelConfig
 from model.gpt import GPT
-from model.masks import dense_mask, document_ids, window_units
+from model.masks import Window, dense_mask, document_ids, window_units
 from tests.unit.model.test_arch import V, ids, randomize, same_weights, tiny
 
 BOS = V - 1
@@ -47,8 +47,8 @@ def with_bos(T=96, every=(10, 37, 38, 70), seed=0):
 def test_dense_mask_equals_the_definition(window, unit, doc):
     x = with_bos()
     docs = document_ids(x, BOS) if doc else None
-    w = torch.tensor(window // unit) if window else None
-    got = dense_mask(docs, x.size(1), w, unit, x.device)[0, 0]
+    w = Window.from_window_size(torch.tensor(window // unit), unit) if window else None
+    got = dense_mask(docs, x.size(1), w, x.device)[0, 0]
     assert torch.equal(got, brute_force_allowed(x[0].tolist(), window, unit, doc))
 
 
@@ -78,7 +78,7 @@ def record20_block_mask(tokens: list[int], sw_blocks: int, block: int) -> torch.
 @pytest.mark.parametrize("sw_blocks", [1, 2, 3, 5])
 def test_block_window_matches_record20_block_mask(sw_blocks):
     x = with_bos(T=128, every=(0, 5, 40, 41, 90))
-    got = dense_mask(document_ids(x, BOS), 128, torch.tensor(sw_blocks), 8, x.device)[0, 0]
+    got = dense_mask(document_ids(x, BOS), 128, Window.from_window_size(torch.tensor(sw_blocks), 8), x.device)[0, 0]
     assert torch.equal(got, record20_block_mask(x[0].tolist(), sw_blocks, 8))
 
 
@@ -164,4 +164,4 @@ def test_flex_attention_equals_the_sdpa_fallback():
 
 def test_dense_mask_refuses_a_64k_sequence_with_a_clear_message():
     with pytest.raises(ValueError, match="65536-token sequences .* model.attn_impl=auto"):
-        dense_mask(None, 65536, torch.tensor(8), 128, torch.device("cpu"))
+        dense_mask(None, 65536, Window(7, 128), torch.device("cpu"))

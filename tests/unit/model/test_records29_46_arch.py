@@ -4,6 +4,7 @@ layout, skipped blocks, the rotation from tables, YaRN's update, trainer-set win
 and the scripts' parameter count."""
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import pytest
@@ -11,9 +12,9 @@ import torch
 import torch.nn.functional as F
 from omegaconf import OmegaConf
 
-from model.attention import documents_from_cu_seqlens, varlen_masks
+from model.masks import DocLayout, Window, build_masks
 from model.block import Block
-from model.config import ModelConfig
+from model.config import AttnImpl, ModelConfig
 from model.embeddings import SmearGate, value_embed_layout
 from model.gpt import GPT
 from model.residual import packed_scalar_slots, script_parameter_count
@@ -131,15 +132,16 @@ def test_yarn_update_against_its_formula_in_float64():
 
 def test_windows_over_cu_seqlens_are_token_exact():
     cu = torch.tensor([0, 5, 6, 12], dtype=torch.int32)
-    assert documents_from_cu_seqlens(cu, 12).tolist() == [[0] * 5 + [1] + [2] * 6]
+    assert DocLayout.packed(cu, 12).document_ids().tolist() == [[0] * 5 + [1] + [2] * 6]
     model = GPT(cfg_of(**TINY))
     with pytest.raises(ValueError, match="attn_windows_external"):
         GPT(cfg_of(**{**TINY, "yarn": False, "attn_windows_external": False})).set_attention_windows(3, 1)
     model.set_attention_windows(3, 1)
     assert model.window_tokens() == (3, 1)
-    masks = varlen_masks(model.cfg, cu, 12, model.windows)
+    cfg = dataclasses.replace(model.cfg, attn_impl=AttnImpl.sdpa)  # the dense mask, to read it
+    masks = build_masks(cfg, torch.zeros(1, 12, dtype=torch.long), (Window(3), Window(1)), cu)
     starts = [0] * 5 + [5] + [6] * 6
-    for mask, left in ((masks.long, 3), (masks.short, 1)):
+    for mask, left in ((masks.long.mask, 3), (masks.short.mask, 1)):
         for i in range(12):
             seen = [j for j in range(12) if mask[0, 0, i, j]]
             assert seen == list(range(max(starts[i], i - left), i + 1))
