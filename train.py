@@ -106,7 +106,7 @@ def train(cfg: Config, rank_info: D.RankInfo, run_dir: Path, stop: StopRequest |
     accum = grad_accum_steps(cfg, rank_info.world_size)
     try:  # before any data or compute: a dense attention mask that cannot fit (a record's 65,536 tokens on CPU)
         with autocast_context(cfg, device)():  # the compute dtype attention will see (auto's choice, fa3)
-            check_start(cfg.model, device, tc.micro_batch_seqs, tc.seq_len)
+            check_start(cfg.model, device, tc.micro_batch_seqs, stages.max_seq_len(), packed=varlen)
     except ValueError as e:
         raise ConfigError(str(e)) from None
     ckpt = Checkpointer(cfg, rank_info, run_dir)  # checks checkpoint.dir and resolves resume=... (reads only)
@@ -131,12 +131,12 @@ def train(cfg: Config, rank_info: D.RankInfo, run_dir: Path, stop: StopRequest |
     model = GPT(cfg.model).to(device)
     if device.type != "cpu":  # CGI gains (model.init_cgi_alpha) come from the training device's generators
         model.draw_cgi_gains(cfg.seed)
-    if tc.seq_len > cfg.model.block_size:
-        raise ConfigError(f"train.seq_len={tc.seq_len} exceeds model.block_size={cfg.model.block_size}")
+    if stages.max_seq_len() > cfg.model.block_size:  # train.seq_len, or record 46's longest batch stage
+        raise ConfigError(f"train.seq_len={stages.max_seq_len()} exceeds model.block_size={cfg.model.block_size}")
     n_params = sum(p.numel() for p in model.parameters())
     with autocast_context(cfg, device)():  # model.attn_impl's backend as the forward pass resolves it
-        backend, _ = choose_backend(cfg.model, device)
-        setup = {"attention": attention_path(cfg.model, device), "attention_backend": backend.value,
+        backend, _ = choose_backend(cfg.model, device, packed=varlen)
+        setup = {"attention": attention_path(cfg.model, device, packed=varlen), "attention_backend": backend.value,
                  "compile": tc.compile}  # recorded in the "run" event
     if device.type == "cpu":
         setup["cpu_threads"], setup["cpu_threads_why"] = set_cpu_threads(tc.cpu_threads, n_params)
