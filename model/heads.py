@@ -1,0 +1,215 @@
+"""Heads and losses: the LM head's matmul (plain, bf16, or the records' FP8) and the records' loss.
+
+Shapes: N = tokens (batch x sequence, flattened), C = model width (n_embd), V = padded vocabulary.
+
+FP8 head: record 20 (2025-01-16, Sub3Min; the float8 op by @YouJiacheng), then records 29 (FA3), 43
+(CautiousWD) and 46 (BatchSizeSchedule) with new constants; the op is the same text in 29, 43 and 46.
+It runs in training only (every record's eval is the plain linear). With dequantization scales
+(s_x, s_w, s_g), e4m3 = float8_e4m3fn and e5m2 = float8_e5m2:
+
+    forward   x8 = e4m3(x / s_x) [N, C]     w8 = e4m3(w / s_w) [V, C]
+              logits = bf16(s_x s_w * x8 @ w8^T)                [N, V]
+    backward  g8 = e5m2(dlogits / s_g)                          [N, V]
+              dx = bf16(s_g s_w * g8 @ w8)                      [N, C]
+              dw = fp32(s_x s_g * g8^T @ x8)                    [V, C]  (autograd casts it to w's dtype)
+
+Records 29-46: s_x = sqrt(C)/448 (an rms-normed row's largest possible entry, sqrt(C), lands on e4m3's
+largest finite value), s_w = 2^-9, s_g = 1/448. Record 20 writes its scales as multipliers (x*2, w*32,
+g*2^29); as dequantization scales they are 1/2, 1/32, 2^-29, powers of two, so its product equals our
+quotient exactly (RECORD20_SCALES).
+
+Each cast divides in fp32 and rounds once to float8. That is what the scripts' compiled kernels do (inductor
+keeps the fp32 intermediate of a bf16 input); an eager bf16 division would round to bf16 first, which changes
+about 5% of the float8 values of N(0, 9) bf16 entries. This torch's casts: e4m3fn saturates at +-448 (inf
+included), e5m2 overflows to +-inf from 61440 (its largest finite value is 57344).
+
+The matmul: `torch._scaled_mm` with the scripts' arguments where it runs (a CUDA GPU with FP8, sm >= 8.9;
+this torch's CPU kernel also takes float8), else an emulation: the same float8 tensors widened to fp32 and
+dequantized by their fp32 scales, an fp32 matmul, rounded to the same output dtype (bit for bit this torch's
+CPU _scaled_mm). Both see the same quantized operands; on a GPU they differ in where the scales are applied
+(cuBLASLt scales the accumulator) and in the order of the fp32 accumulation.
+
+Loss (model.loss_logits, model.train_loss_reduction): records 29-46 sum the token losses in training and
+average at eval; records 43 and 46 softcap the head's bf16 output in bf16 and take cross-entropy on those
+bf16 logits in training, on their fp32 copy at eval. Records 20 and 29 cast to fp32 before the softcap.
+"""
+from __future__ import annotations
+
+import math
+import warnings
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+
+from model.config import Fp8Impl, HeadMatmul, LossLogits, LossReduction, ModelConfig, SoftCap
+from model.layers import algebraic_softcap
+
+__all__ = ["Fp8Scales", "RECORD20_SCALES", "record29_scales", "quantize", "scaled_mm_available", "fp8_linear",
+           "bf16_linear", "check_head_choice", "head_logits", "softcap", "capped_logits", "head_loss"]
+
+E4M3, E5M2 = torch.float8_e4m3fn, torch.float8_e5m2
+
+
+class Fp8Scales(NamedTuple):
+    """Dequantization scales: a float8 value q stands for q * scale (x and w: e4m3, the logits' grad: e5m2)."""
+    x: float
+    w: float
+    grad: float
+
+
+RECORD20_SCALES = Fp8Scales(x=0.5, w=1 / 32, grad=2.0 ** -29)  # record 20's multipliers 2, 32, 2^29 inverted
+
+
+def record29_scales(n_embd: int) -> Fp8Scales:
+    """Records 29, 43, 46: x_s = sqrt(n_embd)/448, w_s = 2^-9, grad_s = 1/448."""
+    return Fp8Scales(x=math.sqrt(n_embd) / 448, w=2.0 ** -9, grad=1 / 448)
+
+
+def quantize(t: torch.Tensor, scale: float, dtype: torch.dtype) -> torch.Tensor:
+    """float8 `dtype` of t / scale, divided in fp32 and rounded once (the scripts' compiled cast)."""
+    return t.float().div(scale).to(dtype)
+
+
+_CPU_SCALED_MM: list[bool] = []  # probed once: does this torch's CPU _scaled_mm take float8?
+
+
+def scaled_mm_available(device: torch.device) -> bool:
+    """True where torch._scaled_mm multiplies float8: a CUDA GPU of compute capability >= 8.9 (Ada, Hopper
+    and later), or this torch's CPU kernel when it takes float8."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_capability(device) >= (8, 9)
+    if device.type != "cpu":
+        return False
+    if not _CPU_SCALED_MM:
+        try:
+            one = torch.ones(16, 16).to(E4M3)
+            torch._scaled_mm(one, one.T, scale_a=torch.tensor(1.0), scale_b=torch.tensor(1.0), out_dtype=torch.float32)
+            _CPU_SCALED_MM.append(True)
+        except (RuntimeError, NotImplementedError):
+            _CPU_SCALED_MM.append(False)
+    return _CPU_SCALED_MM[0]
+
+
+def _use_scaled_mm(impl: Fp8Impl, x: torch.Tensor, w: torch.Tensor) -> bool:
+    shapes_ok = all(d % 16 == 0 for d in (*x.shape, w.size(0)))  # _scaled_mm's CUDA kernels need multiples of 16
+    if impl is Fp8Impl.emulate:
+        return False
+    if impl is Fp8Impl.auto:
+        return x.device.type == "cuda" and shapes_ok and scaled_mm_available(x.device)
+    if not scaled_mm_available(x.device):
+        raise RuntimeError(f"model.head_fp8_impl=scaled_mm: torch._scaled_mm cannot multiply float8 on {x.device} "
+                           f"(CUDA needs compute capability >= 8.9); use auto or emulate")
+    if x.device.type == "cuda" and not shapes_ok:
+        raise RuntimeError(f"model.head_fp8_impl=scaled_mm needs tokens, n_embd and vocab rows divisible by 16 "
+                           f"(got x {tuple(x.shape)}, w {tuple(w.shape)})")
+    return True
+
+
+def _emulated_mm(a8: torch.Tensor, b8: torch.Tensor, scale_a: float, scale_b: float,
+                 out_dtype: torch.dtype) -> torch.Tensor:
+    """out_dtype((a8 * scale_a) @ (b8 * scale_b)): each float8 operand widened exactly to fp32 and dequantized
+    by its fp32 scale, then an fp32 matmul (this torch's CPU _scaled_mm, bit for bit)."""
+    def dequantized(t8: torch.Tensor, scale: float) -> torch.Tensor:
+        return t8.float() * torch.tensor(scale, dtype=torch.float32, device=t8.device)
+    return (dequantized(a8, scale_a) @ dequantized(b8, scale_b)).to(out_dtype)
+
+
+class _Fp8Matmul(torch.autograd.Function):
+    """x [N, C] @ w [V, C]^T in float8 with the records' forward and backward (module docstring)."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, w: torch.Tensor, scales: Fp8Scales, scaled_mm: bool) -> torch.Tensor:
+        x8, w8 = quantize(x, scales.x, E4M3), quantize(w, scales.w, E4M3)
+        if scaled_mm:
+            out = torch._scaled_mm(x8, w8.T, out_dtype=torch.bfloat16, use_fast_accum=True,
+                                   scale_a=x.new_tensor(scales.x, dtype=torch.float32),
+                                   scale_b=x.new_tensor(scales.w, dtype=torch.float32))
+        else:
+            out = _emulated_mm(x8, w8.T, scales.x, scales.w, torch.bfloat16)
+        ctx.save_for_backward(x8, w8)  # one byte per entry, as the scripts keep them
+        ctx.scales, ctx.scaled_mm = scales, scaled_mm
+        return out
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        x8, w8 = ctx.saved_tensors
+        s = ctx.scales
+        g8 = quantize(grad.contiguous(), s.grad, E5M2)
+        if ctx.scaled_mm:
+            def f32(v: float) -> torch.Tensor:
+                return grad.new_tensor(v, dtype=torch.float32)
+            dx = torch._scaled_mm(g8, w8.T.contiguous().T, out_dtype=torch.bfloat16, use_fast_accum=False,
+                                  scale_a=f32(s.grad), scale_b=f32(s.w))
+            dw = torch._scaled_mm(x8.T.contiguous(), g8.T.contiguous().T, out_dtype=torch.float32,
+                                  use_fast_accum=False, scale_a=f32(s.x), scale_b=f32(s.grad)).T
+        else:
+            dx = _emulated_mm(g8, w8, s.grad, s.w, torch.bfloat16)
+            dw = _emulated_mm(x8.T, g8, s.x, s.grad, torch.float32).T
+        return dx, dw, None, None
+
+
+def fp8_linear(x: torch.Tensor, w: torch.Tensor, scales: Fp8Scales, impl: Fp8Impl = Fp8Impl.auto) -> torch.Tensor:
+    """The records' FP8 head: x [..., C], w [V, C] -> bf16 logits [..., V] (module docstring's formulas).
+    Gradients: dx in bf16 and dw in fp32, which autograd casts to x's and w's dtypes."""
+    flat = x.flatten(0, -2).contiguous()
+    w = w.contiguous()
+    out = _Fp8Matmul.apply(flat, w, scales, _use_scaled_mm(impl, flat, w))
+    return out.reshape(*x.shape[:-1], -1)
+
+
+def bf16_linear(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    """model.head_matmul=bf16: x [..., C] and w [V, C] rounded to bf16, a bf16 matmul -> bf16 [..., V]."""
+    return F.linear(x.bfloat16(), w.bfloat16())
+
+
+_WARNED: set[str] = set()
+
+
+def check_head_choice(cfg: ModelConfig) -> None:
+    """Called once per model construction: model.head_matmul=bf16 warns, once per process, in one line."""
+    if cfg.head_matmul is HeadMatmul.bf16 and "bf16" not in _WARNED:
+        _WARNED.add("bf16")
+        warnings.warn("model.head_matmul=bf16 trains the LM head with a bf16 matmul where records 20-46 use FP8 "
+                      "(scaled float8): this changes the ML relative to the record", UserWarning, stacklevel=2)
+
+
+def head_logits(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, cfg: ModelConfig,
+                training: bool) -> torch.Tensor:
+    """The head's raw logits [..., V] from the final normed x [..., C]: model.head_matmul in training (fp8 and
+    bf16 give bf16), F.linear with the weight cast to x's dtype otherwise (the scripts' eval head)."""
+    if training and cfg.head_matmul is HeadMatmul.fp8:
+        return fp8_linear(x, weight, Fp8Scales(*cfg.head_fp8_scales), cfg.head_fp8_impl)
+    if training and cfg.head_matmul is HeadMatmul.bf16:
+        return bf16_linear(x, weight)
+    return F.linear(x, weight.type_as(x), None if bias is None else bias.type_as(x))
+
+
+def softcap(z: torch.Tensor, cfg: ModelConfig) -> torch.Tensor:
+    """model.softcap applied in z's dtype: tanh (record 9), sigmoid 30 * sigmoid(z / 7.5) (record 20 on),
+    algebraic (track 3), or none."""
+    if cfg.softcap is SoftCap.tanh:
+        return cfg.softcap_scale * torch.tanh(z / cfg.softcap_div)
+    if cfg.softcap is SoftCap.sigmoid:
+        return cfg.softcap_scale * torch.sigmoid(z / cfg.softcap_div)
+    if cfg.softcap is SoftCap.algebraic:
+        return algebraic_softcap(z, cfg.softcap_scale, cfg.softcap_div)
+    return z
+
+
+def capped_logits(logits: torch.Tensor, cfg: ModelConfig, training: bool) -> torch.Tensor:
+    """Softcapped logits [..., V] in the precision model.loss_logits names: fp32 (cast, then cap), or bf16
+    (round to bf16, cap in bf16; kept bf16 in training, widened to fp32 after the cap otherwise)."""
+    if cfg.loss_logits is LossLogits.bf16:
+        z = softcap(logits.bfloat16(), cfg)
+        return z if training else z.float()
+    return softcap(logits.float(), cfg)
+
+
+def head_loss(logits: torch.Tensor, targets: torch.Tensor, cfg: ModelConfig, training: bool) -> torch.Tensor:
+    """Cross-entropy (nats) of the raw head logits [..., V] against int64 targets [...]: the sum over tokens
+    in training when model.train_loss_reduction=sum (records 29-46), the mean otherwise and always at eval.
+    A bf16 training loss (model.loss_logits=bf16) is a bf16 scalar, as in records 43 and 46."""
+    z = capped_logits(logits, cfg, training)
+    reduction = "sum" if training and cfg.train_loss_reduction is LossReduction.sum else "mean"
+    return F.cross_entropy(z.view(-1, z.size(-1)), targets.reshape(-1), reduction=reduction)
