@@ -19,15 +19,17 @@ g*2^29); as dequantization scales they are 1/2, 1/32, 2^-29, powers of two, so i
 quotient exactly (RECORD20_SCALES).
 
 Each cast divides in fp32 and rounds once to float8. That is what the scripts' compiled kernels do (inductor
-keeps the fp32 intermediate of a bf16 input); an eager bf16 division would round to bf16 first, which changes
-about 5% of the float8 values of N(0, 9) bf16 entries. This torch's casts: e4m3fn saturates at +-448 (inf
+keeps the fp32 intermediate of a bf16 input: this torch's CPU inductor emits x / fp32(s) -> float8); an eager
+bf16 division would round to bf16 first, which changes about 5% of the float8 values of N(0, 9) bf16 entries. This torch's casts: e4m3fn saturates at +-448 (inf
 included), e5m2 overflows to +-inf from 61440 (its largest finite value is 57344).
 
 The matmul: `torch._scaled_mm` with the scripts' arguments where it runs (a CUDA GPU with FP8, sm >= 8.9;
 this torch's CPU kernel also takes float8), else an emulation: the same float8 tensors widened to fp32 and
 dequantized by their fp32 scales, an fp32 matmul, rounded to the same output dtype (bit for bit this torch's
 CPU _scaled_mm). Both see the same quantized operands; on a GPU they differ in where the scales are applied
-(cuBLASLt scales the accumulator) and in the order of the fp32 accumulation.
+(cuBLASLt scales the accumulator) and in the order of the fp32 accumulation. Like the scripts', the forward
+and backward are custom ops (model_heads::fp8_mm, model_heads::fp8_mm_backward): torch.compile runs them as
+they are, bit for bit the eager result.
 
 Loss (model.loss_logits, model.train_loss_reduction): records 29-46 sum the token losses in training and
 average at eval; records 43 and 46 softcap the head's bf16 output in bf16 and take cross-entropy on those
@@ -41,6 +43,7 @@ from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
+from torch import Tensor
 
 from model.config import Fp8Impl, HeadMatmul, LossLogits, LossReduction, ModelConfig, SoftCap
 from model.layers import algebraic_softcap
@@ -115,46 +118,74 @@ def _emulated_mm(a8: torch.Tensor, b8: torch.Tensor, scale_a: float, scale_b: fl
     return (dequantized(a8, scale_a) @ dequantized(b8, scale_b)).to(out_dtype)
 
 
-class _Fp8Matmul(torch.autograd.Function):
-    """x [N, C] @ w [V, C]^T in float8 with the records' forward and backward (module docstring)."""
-
-    @staticmethod
-    def forward(ctx, x: torch.Tensor, w: torch.Tensor, scales: Fp8Scales, scaled_mm: bool) -> torch.Tensor:
-        x8, w8 = quantize(x, scales.x, E4M3), quantize(w, scales.w, E4M3)
-        if scaled_mm:
-            out = torch._scaled_mm(x8, w8.T, out_dtype=torch.bfloat16, use_fast_accum=True,
-                                   scale_a=x.new_tensor(scales.x, dtype=torch.float32),
-                                   scale_b=x.new_tensor(scales.w, dtype=torch.float32))
-        else:
-            out = _emulated_mm(x8, w8.T, scales.x, scales.w, torch.bfloat16)
-        ctx.save_for_backward(x8, w8)  # one byte per entry, as the scripts keep them
-        ctx.scales, ctx.scaled_mm = scales, scaled_mm
-        return out
-
-    @staticmethod
-    def backward(ctx, grad: torch.Tensor):
-        x8, w8 = ctx.saved_tensors
-        s = ctx.scales
-        g8 = quantize(grad.contiguous(), s.grad, E5M2)
-        if ctx.scaled_mm:
-            def f32(v: float) -> torch.Tensor:
-                return grad.new_tensor(v, dtype=torch.float32)
-            dx = torch._scaled_mm(g8, w8.T.contiguous().T, out_dtype=torch.bfloat16, use_fast_accum=False,
-                                  scale_a=f32(s.grad), scale_b=f32(s.w))
-            dw = torch._scaled_mm(x8.T.contiguous(), g8.T.contiguous().T, out_dtype=torch.float32,
-                                  use_fast_accum=False, scale_a=f32(s.x), scale_b=f32(s.grad)).T
-        else:
-            dx = _emulated_mm(g8, w8, s.grad, s.w, torch.bfloat16)
-            dw = _emulated_mm(x8.T, g8, s.x, s.grad, torch.float32).T
-        return dx, dw, None, None
+# Two custom ops, as the scripts register theirs: opaque to torch.compile, so a compiled model keeps the bf16
+# rounding of the logits and of dx (inductor would drop a bf16 round trip it could see) and the fp32 division
+# of each cast, and runs the same code as eager.
+@torch.library.custom_op("model_heads::fp8_mm", mutates_args=())
+def _fp8_mm(x: Tensor, w: Tensor, x_s: float, w_s: float, grad_s: float,
+            scaled_mm: bool) -> tuple[Tensor, Tensor, Tensor]:
+    """x [N, C], w [V, C] -> (bf16 logits [N, V], x8 [N, C], w8 [V, C]); grad_s is for the backward."""
+    x8, w8 = quantize(x, x_s, E4M3), quantize(w, w_s, E4M3)
+    if scaled_mm:
+        out = torch._scaled_mm(x8, w8.T, out_dtype=torch.bfloat16, use_fast_accum=True,
+                               scale_a=x.new_tensor(x_s, dtype=torch.float32),
+                               scale_b=x.new_tensor(w_s, dtype=torch.float32))
+    else:
+        out = _emulated_mm(x8, w8.T, x_s, w_s, torch.bfloat16)
+    return out, x8, w8
 
 
-def fp8_linear(x: torch.Tensor, w: torch.Tensor, scales: Fp8Scales, impl: Fp8Impl = Fp8Impl.auto) -> torch.Tensor:
+@_fp8_mm.register_fake
+def _(x, w, x_s, w_s, grad_s, scaled_mm):
+    return (x.new_empty(x.size(0), w.size(0), dtype=torch.bfloat16), x.new_empty(x.shape, dtype=E4M3),
+            w.new_empty(w.shape, dtype=E4M3))
+
+
+@torch.library.custom_op("model_heads::fp8_mm_backward", mutates_args=())
+def _fp8_mm_backward(grad: Tensor, x8: Tensor, w8: Tensor, x_s: float, w_s: float, grad_s: float,
+                     scaled_mm: bool) -> tuple[Tensor, Tensor]:
+    """dlogits [N, V] -> (bf16 dx [N, C], fp32 dw [V, C], column-major as the scripts' .T)."""
+    g8 = quantize(grad, grad_s, E5M2)
+    if scaled_mm:
+        def f32(v: float) -> Tensor:
+            return grad.new_tensor(v, dtype=torch.float32)
+        dx = torch._scaled_mm(g8, w8.T.contiguous().T, out_dtype=torch.bfloat16, use_fast_accum=False,
+                              scale_a=f32(grad_s), scale_b=f32(w_s))
+        dw = torch._scaled_mm(x8.T.contiguous(), g8.T.contiguous().T, out_dtype=torch.float32,
+                              use_fast_accum=False, scale_a=f32(x_s), scale_b=f32(grad_s)).T
+    else:
+        dx = _emulated_mm(g8, w8, grad_s, w_s, torch.bfloat16)
+        dw = _emulated_mm(x8.T, g8, x_s, grad_s, torch.float32).T
+    return dx, dw
+
+
+@_fp8_mm_backward.register_fake
+def _(grad, x8, w8, x_s, w_s, grad_s, scaled_mm):
+    return x8.new_empty(x8.shape, dtype=torch.bfloat16), w8.new_empty(w8.shape[::-1], dtype=torch.float32).T
+
+
+def _setup_context(ctx, inputs, output) -> None:
+    *_, x_s, w_s, grad_s, scaled_mm = inputs
+    _, x8, w8 = output
+    ctx.save_for_backward(x8, w8)  # one byte per entry, as the scripts keep them
+    ctx.scales, ctx.scaled_mm = (x_s, w_s, grad_s), scaled_mm
+
+
+def _backward(ctx, grad_out: Tensor, *_):
+    x8, w8 = ctx.saved_tensors
+    dx, dw = _fp8_mm_backward(grad_out.contiguous(), x8, w8, *ctx.scales, ctx.scaled_mm)
+    return dx, dw, None, None, None, None
+
+
+_fp8_mm.register_autograd(_backward, setup_context=_setup_context)
+
+
+def fp8_linear(x: Tensor, w: Tensor, scales: Fp8Scales, impl: Fp8Impl = Fp8Impl.auto) -> Tensor:
     """The records' FP8 head: x [..., C], w [V, C] -> bf16 logits [..., V] (module docstring's formulas).
     Gradients: dx in bf16 and dw in fp32, which autograd casts to x's and w's dtypes."""
     flat = x.flatten(0, -2).contiguous()
     w = w.contiguous()
-    out = _Fp8Matmul.apply(flat, w, scales, _use_scaled_mm(impl, flat, w))
+    out = _fp8_mm(flat, w, scales.x, scales.w, scales.grad, _use_scaled_mm(impl, flat, w))[0]
     return out.reshape(*x.shape[:-1], -1)
 
 
