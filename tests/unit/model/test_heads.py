@@ -236,3 +236,13 @@ def test_config_keys():
     with pytest.raises(ValueError, match="model.head_matmul=fp8 has no bias term"):
         cfg(head_matmul=HeadMatmul.fp8, head_bias=True).check()
     cfg(head_matmul=HeadMatmul.fp8).check()
+
+
+def test_keys_compose_from_the_command_line():
+    from harness.config.compose import compose_config
+    m = compose_config("model.tie_embeddings=false", "model.head_matmul=fp8", "model.head_fp8_impl=emulate",
+                       "model.loss_logits=bf16", "model.train_loss_reduction=sum").model
+    assert (m.head_matmul, m.head_fp8_impl, m.loss_logits, m.train_loss_reduction) == \
+        (HeadMatmul.fp8, Fp8Impl.emulate, LossLogits.bf16, LossReduction.sum)
+    with pytest.raises(Exception, match="model.head_fp8_grad_scale must be a finite number > 0"):
+        compose_config("model.head_fp8_grad_scale=0")
