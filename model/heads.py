@@ -24,10 +24,10 @@ bf16 division would round to bf16 first, which changes about 5% of the float8 va
 included), e5m2 overflows to +-inf from 61440 (its largest finite value is 57344).
 
 The matmul: `torch._scaled_mm` with the scripts' arguments where it runs (a CUDA GPU with FP8, sm >= 8.9;
-this torch's CPU kernel also takes float8), else an emulation: the same float8 tensors widened to fp32 and
-dequantized by their fp32 scales, an fp32 matmul, rounded to the same output dtype (bit for bit this torch's
-CPU _scaled_mm). Both see the same quantized operands; on a GPU they differ in where the scales are applied
-(cuBLASLt scales the accumulator) and in the order of the fp32 accumulation. Like the scripts', the forward
+this torch's CPU kernel also takes float8), else an emulation: the same float8 tensors widened to fp32, an
+fp32 matmul, times the product of the fp32 scales, rounded to the same output dtype. Both see the same
+quantized operands and differ in the order of the fp32 accumulation (and this torch's CPU kernel scales the
+operands before its matmul, cuBLASLt and the emulation scale the product: a difference of fp32 rounding). Like the scripts', the forward
 and backward are custom ops (model_heads::fp8_mm, model_heads::fp8_mm_backward): torch.compile runs them as
 they are, bit for bit the eager result.
 
@@ -111,11 +111,11 @@ def _use_scaled_mm(impl: Fp8Impl, x: torch.Tensor, w: torch.Tensor) -> bool:
 
 def _emulated_mm(a8: torch.Tensor, b8: torch.Tensor, scale_a: float, scale_b: float,
                  out_dtype: torch.dtype) -> torch.Tensor:
-    """out_dtype((a8 * scale_a) @ (b8 * scale_b)): each float8 operand widened exactly to fp32 and dequantized
-    by its fp32 scale, then an fp32 matmul (this torch's CPU _scaled_mm, bit for bit)."""
-    def dequantized(t8: torch.Tensor, scale: float) -> torch.Tensor:
-        return t8.float() * torch.tensor(scale, dtype=torch.float32, device=t8.device)
-    return (dequantized(a8, scale_a) @ dequantized(b8, scale_b)).to(out_dtype)
+    """out_dtype(scale_a scale_b * (a8 @ b8)): the float8 operands widened exactly to fp32, an fp32 matmul, the
+    fp32 scales' product applied to the result, as cuBLASLt applies them to its accumulator. Float8 values
+    fit bf16 and TF32 exactly, so a GPU matmul with TF32 on (train.py turns it on) multiplies them exactly."""
+    scale = torch.tensor(scale_a, dtype=torch.float32) * torch.tensor(scale_b, dtype=torch.float32)
+    return (a8.float() @ b8.float()).mul_(scale.to(a8.device)).to(out_dtype)
 
 
 # Two custom ops, as the scripts register theirs: opaque to torch.compile, so a compiled model keeps the bf16

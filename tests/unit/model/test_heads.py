@@ -93,13 +93,19 @@ def test_gradients_flow_through_the_function_with_leading_dims():
 
 @pytest.mark.skipif(not scaled_mm_available(torch.device("cpu")), reason="this torch's CPU _scaled_mm takes no float8")
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_emulation_is_this_torchs_cpu_scaled_mm_bit_for_bit(dtype):
+def test_emulation_agrees_with_this_torchs_cpu_scaled_mm(dtype):
+    """The same float8 operands: the kernel scales them before an fp32 matmul, the emulation scales the product,
+    so they differ by fp32 rounding only (bf16 outputs: one rounding apart at most)."""
     x, w, dlogits = inputs(2)
     scales = record29_scales(C)
-    emulated = run(Fp8Impl.emulate, x.to(dtype), w.to(dtype), dlogits, scales)
-    kernel = run(Fp8Impl.scaled_mm, x.to(dtype), w.to(dtype), dlogits, scales)
+    emulated = [t.detach() for t in run(Fp8Impl.emulate, x.to(dtype), w.to(dtype), dlogits, scales)]
+    kernel = [t.detach() for t in run(Fp8Impl.scaled_mm, x.to(dtype), w.to(dtype), dlogits, scales)]
     for a, b in zip(emulated, kernel):
-        assert a.dtype == b.dtype and torch.equal(a, b)
+        assert a.dtype == b.dtype
+        assert bf16_ulps(a, b.double()) <= 1.0 and (a == b).float().mean() > (0.98 if a.dtype == torch.bfloat16 else 0)
+    if dtype == torch.float32:  # an fp32 dw: within the fp32 sums' rounding (a bf16 one is rounded once more)
+        dw_size = dlogits.abs().T @ x.abs()
+        assert bool(((emulated[2].double() - kernel[2].double()).abs() <= 2.0 ** -20 * dw_size).all())
 
 
 def test_quantize_divides_in_fp32_and_rounds_once():
