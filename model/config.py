@@ -78,11 +78,6 @@ class LossLogits(Enum):
                    # on their fp32 copy at eval (records 43, 46)
 
 
-class LossReduction(Enum):
-    mean = "mean"  # mean over tokens (records up to 20; today)
-    sum = "sum"    # sum over tokens in training (records 29-46); eval is always the mean
-
-
 @dataclass
 class ModelConfig:
     """GPT shape and architecture switches. Sizes count elements, not bytes."""
@@ -189,7 +184,6 @@ class ModelConfig:
     head_fp8_w_scale: float = 2.0 ** -9  # fp8: w_f8 = e4m3(w / w_scale) (records 29-46; record 20: 1/32)
     head_fp8_grad_scale: float = 1 / 448  # fp8: g_f8 = e5m2(dlogits / grad_scale) (records 29-46; record 20: 2^-29)
     loss_logits: LossLogits = LossLogits.fp32
-    train_loss_reduction: LossReduction = LossReduction.mean
 
     @property
     def padded_vocab_size(self) -> int:

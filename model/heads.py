@@ -31,9 +31,10 @@ operands before its matmul, cuBLASLt and the emulation scale the product: a diff
 and backward are custom ops (model_heads::fp8_mm, model_heads::fp8_mm_backward): torch.compile runs them as
 they are, bit for bit the eager result.
 
-Loss (model.loss_logits, model.train_loss_reduction): records 29-46 sum the token losses in training and
-average at eval; records 43 and 46 softcap the head's bf16 output in bf16 and take cross-entropy on those
-bf16 logits in training, on their fp32 copy at eval. Records 20 and 29 cast to fp32 before the softcap.
+Loss (model.loss_logits, and the caller's reduction): records 43 and 46 softcap the head's bf16 output in bf16
+and take cross-entropy on those bf16 logits in training, on their fp32 copy at eval; records 20 and 29 cast
+to fp32 before the softcap. Records 29-46 sum the token losses in training and average them at eval: the
+caller passes reduction="sum" (GPT.forward's reduction; the trainer's train.loss_reduction).
 """
 from __future__ import annotations
 
@@ -45,7 +46,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from model.config import Fp8Impl, HeadMatmul, LossLogits, LossReduction, ModelConfig, SoftCap
+from model.config import Fp8Impl, HeadMatmul, LossLogits, ModelConfig, SoftCap
 from model.layers import algebraic_softcap
 
 __all__ = ["Fp8Scales", "RECORD20_SCALES", "record29_scales", "quantize", "scaled_mm_available", "fp8_linear",
@@ -237,10 +238,13 @@ def capped_logits(logits: torch.Tensor, cfg: ModelConfig, training: bool) -> tor
     return softcap(logits.float(), cfg)
 
 
-def head_loss(logits: torch.Tensor, targets: torch.Tensor, cfg: ModelConfig, training: bool) -> torch.Tensor:
-    """Cross-entropy (nats) of the raw head logits [..., V] against int64 targets [...]: the sum over tokens
-    in training when model.train_loss_reduction=sum (records 29-46), the mean otherwise and always at eval.
-    A bf16 training loss (model.loss_logits=bf16) is a bf16 scalar, as in records 43 and 46."""
+def head_loss(logits: torch.Tensor, targets: torch.Tensor, cfg: ModelConfig, training: bool,
+              reduction: str = "mean") -> torch.Tensor:
+    """Cross-entropy (nats) of the raw head logits [..., V] against int64 targets [...], capped and in the
+    precision model.loss_logits names (capped_logits): the mean over tokens, or their sum (reduction="sum",
+    records 29-46 in training). A bf16 training loss (model.loss_logits=bf16) is a bf16 scalar, as in
+    records 43 and 46."""
+    if reduction not in ("mean", "sum"):
+        raise ValueError(f"reduction must be 'mean' or 'sum' (got {reduction!r})")
     z = capped_logits(logits, cfg, training)
-    reduction = "sum" if training and cfg.train_loss_reduction is LossReduction.sum else "mean"
     return F.cross_entropy(z.view(-1, z.size(-1)), targets.reshape(-1), reduction=reduction)

@@ -15,7 +15,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from model.config import Fp8Impl, LossLogits, LossReduction, ModelConfig, SoftCap
+from model.config import Fp8Impl, LossLogits, ModelConfig, SoftCap
 from model.heads import RECORD20_SCALES, Fp8Scales, fp8_linear, head_loss, record29_scales, scaled_mm_available
 from tests.support.reference_scripts import REF_DIR
 
@@ -153,24 +153,25 @@ def script_loss(script: str, raw: torch.Tensor, targets: torch.Tensor, training:
     return ns["loss"]
 
 
-LOSS = {"record20_sub3min": (LossLogits.fp32, LossReduction.mean), "record29_fa3": (LossLogits.fp32, LossReduction.sum),
-        "record43_cautiouswd": (LossLogits.bf16, LossReduction.sum),
-        "record46_batchsizeschedule": (LossLogits.bf16, LossReduction.sum)}
+# model.loss_logits and the training reduction of each record (eval: the mean in all four)
+LOSS = {"record20_sub3min": (LossLogits.fp32, "mean"), "record29_fa3": (LossLogits.fp32, "sum"),
+        "record43_cautiouswd": (LossLogits.bf16, "sum"), "record46_batchsizeschedule": (LossLogits.bf16, "sum")}
 
 
 @pytest.mark.parametrize("script", list(LOSS))
 def test_loss_equals_the_scripts_forward_tail(script):
     logits_dtype, reduction = LOSS[script]
-    cfg = ModelConfig(softcap=SoftCap.sigmoid, softcap_scale=30.0, softcap_div=7.5, loss_logits=logits_dtype,
-                      train_loss_reduction=reduction)
+    cfg = ModelConfig(softcap=SoftCap.sigmoid, softcap_scale=30.0, softcap_div=7.5, loss_logits=logits_dtype)
     g = torch.Generator().manual_seed(1)
     raw = (torch.randn(N, V, generator=g) * 8).bfloat16()  # the records' head output: bf16 (FP8 or bf16 matmul)
     targets = torch.randint(0, V, (N,), generator=g)
     for training in (True, False):
-        theirs, got = script_loss(script, raw, targets, training), head_loss(raw, targets, cfg, training)
+        got = head_loss(raw, targets, cfg, training, reduction if training else "mean")
+        theirs = script_loss(script, raw, targets, training)
         assert got.dtype == theirs.dtype and torch.equal(got, theirs), (script, training)
     # the choices differ from each other: each script's tail is matched by its own settings only
     other = ModelConfig(softcap=SoftCap.sigmoid, softcap_scale=30.0, softcap_div=7.5,
-                        loss_logits=LossLogits.fp32 if logits_dtype is LossLogits.bf16 else LossLogits.bf16,
-                        train_loss_reduction=reduction)
-    assert not torch.equal(head_loss(raw, targets, other, True), script_loss(script, raw, targets, True))
+                        loss_logits=LossLogits.fp32 if logits_dtype is LossLogits.bf16 else LossLogits.bf16)
+    assert not torch.equal(head_loss(raw, targets, other, True, reduction), script_loss(script, raw, targets, True))
+    assert not torch.equal(head_loss(raw, targets, cfg, True, "sum" if reduction == "mean" else "mean"),
+                           script_loss(script, raw, targets, True))

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from model import heads
-from model.config import Fp8Impl, HeadMatmul, LossLogits, LossReduction, ModelConfig, SoftCap
+from model.config import Fp8Impl, HeadMatmul, LossLogits, ModelConfig, SoftCap
 from model.heads import (RECORD20_SCALES, Fp8Scales, bf16_linear, capped_logits, check_head_choice, fp8_linear,
                          head_logits, head_loss, quantize, record29_scales, scaled_mm_available)
 
@@ -219,16 +219,17 @@ def test_loss_reductions_and_logits_precision():
     t = torch.randint(0, V, (N,), generator=torch.Generator().manual_seed(8))
     cap = lambda z: 30 * torch.sigmoid(z / 7.5)  # noqa: E731
     per_token32 = ce_by_definition(cap(raw.double()), t)
-    summed = cfg(train_loss_reduction=LossReduction.sum)
-    # fp32 logits: mean by default, sum in training when asked, always the mean at eval
+    # fp32 logits: the mean, or the sum (records 29-46 in training)
     torch.testing.assert_close(head_loss(raw, t, cfg(), True).double(), per_token32.mean(), rtol=1e-6, atol=0)
-    torch.testing.assert_close(head_loss(raw, t, summed, True).double(), per_token32.sum(), rtol=1e-6, atol=0)
-    torch.testing.assert_close(head_loss(raw, t, summed, False).double(), per_token32.mean(), rtol=1e-6, atol=0)
+    torch.testing.assert_close(head_loss(raw, t, cfg(), True, "sum").double(), per_token32.sum(), rtol=1e-6, atol=0)
+    torch.testing.assert_close(head_loss(raw, t, cfg(), False).double(), per_token32.mean(), rtol=1e-6, atol=0)
+    with pytest.raises(ValueError, match="reduction must be 'mean' or 'sum'"):
+        head_loss(raw, t, cfg(), True, "none")
     # bf16 logits (records 43, 46): capped in bf16; training keeps bf16 (a bf16 loss), eval widens after the cap
-    b16 = cfg(loss_logits=LossLogits.bf16, train_loss_reduction=LossReduction.sum)
+    b16 = cfg(loss_logits=LossLogits.bf16)
     capped16 = cap(raw.bfloat16())
     assert capped16.dtype == torch.bfloat16
-    train, val = head_loss(raw, t, b16, True), head_loss(raw, t, b16, False)
+    train, val = head_loss(raw, t, b16, True, "sum"), head_loss(raw, t, b16, False)
     assert train.dtype == torch.bfloat16 and val.dtype == torch.float32
     want_train = ce_by_definition(capped16, t).sum()
     assert abs(float(train) - float(want_train)) <= float(want_train) * 2 ** -7  # the bf16 loss: one bf16 rounding
@@ -243,8 +244,8 @@ def test_config_keys():
     assert cfg(head_fp8_x_scale=0.5, head_fp8_w_scale=1 / 32, head_fp8_grad_scale=2.0 ** -29).head_fp8_scales == \
         tuple(RECORD20_SCALES)
     defaults = ModelConfig()
-    assert (defaults.head_matmul, defaults.loss_logits, defaults.train_loss_reduction) == \
-        (HeadMatmul.linear, LossLogits.fp32, LossReduction.mean)
+    assert (defaults.head_matmul, defaults.head_fp8_impl, defaults.loss_logits) == \
+        (HeadMatmul.linear, Fp8Impl.auto, LossLogits.fp32)
     for key, bad in (("head_fp8_x_scale", 0.0), ("head_fp8_w_scale", -1.0), ("head_fp8_grad_scale", float("inf"))):
         with pytest.raises(ValueError, match=f"model.{key} must be a finite number > 0"):
             cfg(**{key: bad}).check()
@@ -256,8 +257,7 @@ def test_config_keys():
 def test_keys_compose_from_the_command_line():
     from harness.config.compose import compose_config
     m = compose_config("model.tie_embeddings=false", "model.head_matmul=fp8", "model.head_fp8_impl=emulate",
-                       "model.loss_logits=bf16", "model.train_loss_reduction=sum").model
-    assert (m.head_matmul, m.head_fp8_impl, m.loss_logits, m.train_loss_reduction) == \
-        (HeadMatmul.fp8, Fp8Impl.emulate, LossLogits.bf16, LossReduction.sum)
+                       "model.loss_logits=bf16").model
+    assert (m.head_matmul, m.head_fp8_impl, m.loss_logits) == (HeadMatmul.fp8, Fp8Impl.emulate, LossLogits.bf16)
     with pytest.raises(Exception, match="model.head_fp8_grad_scale must be a finite number > 0"):
         compose_config("model.head_fp8_grad_scale=0")
