@@ -62,6 +62,26 @@ class AttnImpl(Enum):
                    # token-exact windows only (refuses model.window_block > 1)
 
 
+# --- the LM head's matmul and the records' loss (model/heads.py; issue 25) ---
+class HeadMatmul(Enum):
+    linear = "linear"  # F.linear in the ambient precision (bf16 under autocast): today's head, every eval
+    bf16 = "bf16"      # training: x and w rounded to bf16, bf16 matmul, bf16 logits; allowed where a record
+                       # trains in FP8 but warns once that it changes the ML
+    fp8 = "fp8"        # training: scaled float8 matmul (records 20, 29-46; model/heads.py); eval stays linear
+
+
+class Fp8Impl(Enum):
+    auto = "auto"            # torch._scaled_mm on a CUDA GPU with FP8 (sm >= 8.9) and shapes it takes, else emulate
+    scaled_mm = "scaled_mm"  # torch._scaled_mm or an error (needs an FP8 GPU, dims multiple of 16)
+    emulate = "emulate"      # the same float8 casts, the matmul in fp32: any device, same quantization
+
+
+class LossLogits(Enum):
+    fp32 = "fp32"  # head output -> fp32, then softcap and cross-entropy in fp32 (records 20, 29; today)
+    bf16 = "bf16"  # head output rounded to bf16, softcap in bf16; cross-entropy on the bf16 logits in training,
+                   # on their fp32 copy at eval (records 43, 46)
+
+
 @dataclass
 class ModelConfig:
     """GPT shape and architecture switches. Sizes count elements, not bytes."""
@@ -160,6 +180,15 @@ class ModelConfig:
                                    # slots padded to the world size (records 29-46): tools.describe also reports
                                    # that count (model/residual.py: script_parameter_count)
 
+    # --- the LM head's matmul and the records' loss (model/heads.py; issue 25) ---
+    head_matmul: HeadMatmul = HeadMatmul.linear
+    head_fp8_impl: Fp8Impl = Fp8Impl.auto
+    head_fp8_x_scale: Optional[float] = None  # fp8: x_f8 = e4m3(x / x_scale); null = sqrt(n_embd) / 448 (record 29
+                                   # on: an rms-normed row's largest entry, sqrt(n_embd), lands on e4m3's 448)
+    head_fp8_w_scale: float = 2.0 ** -9  # fp8: w_f8 = e4m3(w / w_scale) (records 29-46; record 20: 1/32)
+    head_fp8_grad_scale: float = 1 / 448  # fp8: g_f8 = e5m2(dlogits / grad_scale) (records 29-46; record 20: 2^-29)
+    loss_logits: LossLogits = LossLogits.fp32
+
     @property
     def padded_vocab_size(self) -> int:
         m = self.pad_vocab_to
@@ -191,6 +220,7 @@ class ModelConfig:
             raise ValueError(f"model.init_std and model.init_fan_in_var must be > 0 "
                              f"(got {self.init_std}, {self.init_fan_in_var})")
         self._check_init()
+        self._check_head()
         if (self.head_bias or self.embed_bf16) and self.tie_embeddings:
             raise ValueError("model.head_bias / model.embed_bf16 need model.tie_embeddings=false (they describe "
                              "an untied head and a separate token table)")
@@ -294,3 +324,18 @@ class ModelConfig:
                              f"(got {self.init_cgi_pair_from_layer})")
         if not 0.0 <= self.init_cgi_head_shrink <= 1.0:
             raise ValueError(f"model.init_cgi_head_shrink must be in [0, 1] (got {self.init_cgi_head_shrink})")
+
+    def _check_head(self) -> None:
+        for key in ("head_fp8_x_scale", "head_fp8_w_scale", "head_fp8_grad_scale"):
+            value = getattr(self, key)
+            if value is not None and not (isinstance(value, (int, float)) and 0 < value < float("inf")):
+                raise ValueError(f"model.{key} must be a finite number > 0{' or null' if key.endswith('x_scale') else ''}"
+                                 f" (got {value!r})")
+        if self.head_matmul is not HeadMatmul.linear and self.head_bias:
+            raise ValueError(f"model.head_matmul={self.head_matmul.value} has no bias term: it needs model.head_bias=false")
+
+    @property
+    def head_fp8_scales(self) -> tuple[float, float, float]:
+        """(x, w, grad) dequantization scales of the FP8 head, x's null resolved to sqrt(n_embd) / 448."""
+        x = self.head_fp8_x_scale if self.head_fp8_x_scale is not None else self.n_embd ** 0.5 / 448
+        return x, self.head_fp8_w_scale, self.head_fp8_grad_scale
