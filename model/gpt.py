@@ -24,15 +24,15 @@ compiled model does not recompile when it grows.
 from __future__ import annotations
 
 import torch
-import torch.nn as nn
-import torch.nn.functional as F
+from torch import nn
 
 from model.block import Block
 from model.cgi import set_cgi_gains
-from model.config import ModelConfig, PosEmb, SoftCap
+from model.config import ModelConfig, PosEmb
 from model.embeddings import SmearGate, value_embed_layout
+from model.heads import capped_logits, check_head_choice, head_logits, head_loss
 from model.init import init_weights
-from model.layers import algebraic_softcap, make_norm, role_of, tag_param, tagged
+from model.layers import make_norm, role_of, tag_param, tagged
 from model.masks import Window, build_masks, window_units
 from model.residual import Backout, SkipGates
 from model.rotary import Yarn, rotary_frequencies
@@ -44,6 +44,7 @@ class GPT(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         cfg.check()
+        check_head_choice(cfg)  # model.head_matmul=bf16 warns that it changes the records' ML
         self.cfg = cfg
         V, C = cfg.padded_vocab_size, cfg.n_embd
         self.wte = tagged(nn.Embedding(cfg.embed_rows, C), "embed_head" if cfg.tie_embeddings else "embed")
@@ -209,18 +210,10 @@ class GPT(nn.Module):
         if y_backout is not None:
             x = self.backout(x, y_backout)
         x = self.ln_f(x)
-        # SEAM (issue 25's model/heads.py: the FP8 head and the records' bf16 loss): a plain matmul here.
+        # the head and the loss (model/heads.py): the FP8 head in training (records 20-46), the softcap and the
+        # cross-entropy's precision (fp32, or the bf16 logits of records 43 and 46) and reduction
         head = self.wte if cfg.tie_embeddings else self.lm_head
-        # fp32 logits: a bf16 softmax over 50k classes loses precision
-        logits = F.linear(x, head.weight, getattr(head, "bias", None)).float()
-        if cfg.softcap is SoftCap.tanh:
-            logits = cfg.softcap_scale * torch.tanh(logits / cfg.softcap_div)
-        elif cfg.softcap is SoftCap.sigmoid:
-            logits = cfg.softcap_scale * torch.sigmoid(logits / cfg.softcap_div)
-        elif cfg.softcap is SoftCap.algebraic:
-            logits = algebraic_softcap(logits, cfg.softcap_scale, cfg.softcap_div)
+        logits = head_logits(x, head.weight, getattr(head, "bias", None), cfg, self.training)
         if targets is None:
-            return logits
-        if reduction not in ("mean", "sum"):
-            raise ValueError(f"reduction must be 'mean' or 'sum' (got {reduction!r})")
-        return F.cross_entropy(logits.view(-1, logits.size(-1)), targets.reshape(-1), reduction=reduction)
+            return capped_logits(logits, cfg, training=False)  # fp32 [B, T, V]
+        return head_loss(logits, targets, cfg, self.training, reduction)
