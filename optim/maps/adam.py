@@ -9,6 +9,10 @@ vector's coordinates are independent), so they take Adam's elementwise, sign-lik
     track3_best46_cwd_rowfloor_tailema.py): m <- lerp(m, g, 1 - b1), v <- lerp(v, g^2, 1 - b2) (lerp, as the
     script: its roundings), d = m / (sqrt(v) + eps); the first step moves each coordinate by lr (1 - b1) /
     sqrt(1 - b2) (2 lr at (0.8, 0.99)) instead of lr
+    with optim.adam_correction=step_size (records 29-46's DistAdam: the correction folded into the step size,
+    eps added to the uncorrected root): m <- b1 m + (1 - b1) g, v <- b2 v + (1 - b2) g^2 (mul then add, as the
+    scripts), d = m / (sqrt(v) + eps) * sqrt(1 - b2^t) / (1 - b1^t); it equals the torch form with eps
+    replaced by eps / sqrt(1 - b2^t)
     p <- p (1 - lr wd) - lr d          applied by HybridOptimizer (the decay by the decay stage when one is
                                        on, optim/stages/: optim.cautious_wd)
 
@@ -39,6 +43,18 @@ def adam_direction(grad: torch.Tensor, exp_avg: torch.Tensor, exp_avg_sq: torch.
 
 
 @torch.no_grad()
+def adam_direction_step_size(grad: torch.Tensor, exp_avg: torch.Tensor, exp_avg_sq: torch.Tensor, step: int,
+                             betas: tuple[float, float], eps: float) -> torch.Tensor:
+    """Update the moment buffers in place and return the step-size-corrected direction (records 29-46's
+    DistAdam, the module docstring). step: 1-based count of updates including this one."""
+    beta1, beta2 = betas
+    exp_avg.mul_(beta1).add_(grad, alpha=1 - beta1)
+    exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
+    correction = (1 - beta2**step) ** 0.5 / (1 - beta1**step)
+    return exp_avg.div(exp_avg_sq.sqrt().add_(eps)).mul_(correction)
+
+
+@torch.no_grad()
 def adam_direction_uncorrected(grad: torch.Tensor, exp_avg: torch.Tensor, exp_avg_sq: torch.Tensor,
                                betas: tuple[float, float], eps: float) -> torch.Tensor:
     """Update the moment buffers in place and return m / (sqrt(v) + eps), no bias correction (above)."""
@@ -54,7 +70,7 @@ class AdamMap:
     name = "adam"
 
     def __init__(self, cfg: Any):
-        self.eps = cfg.adam_eps
+        self.eps, self.correction = cfg.adam_eps, cfg.adam_correction
 
     @staticmethod
     def check_shape(name: str, role: str, p: torch.Tensor) -> None:
@@ -72,4 +88,7 @@ class AdamMap:
         self.init_state(state, p)
         if not bias_correction:
             return adam_direction_uncorrected(p.grad.float(), state["exp_avg"], state["exp_avg_sq"], betas, self.eps)
+        if self.correction == "step_size":
+            return adam_direction_step_size(p.grad.float(), state["exp_avg"], state["exp_avg_sq"], step, betas,
+                                            self.eps)
         return adam_direction(p.grad.float(), state["exp_avg"], state["exp_avg_sq"], step, betas, self.eps)
