@@ -18,8 +18,8 @@ module: e.g. W_q (role attn_q) -> optim.hidden_map, "linear" by default -> optim
 | attn_out    | [d, d]                  | attention output projection             | optim.hidden_map                      |
 | mlp_in      | [hidden, d]             | MLP up projection                       | optim.hidden_map                      |
 | mlp_out     | [d, hidden]             | MLP down projection                     | optim.hidden_map                      |
-| attn_gate   | [heads, k]              | sparse attention gate (records 43-46: k=12) | optim.gate_map (linear / linear)  |
-| smear_gate  | [1, k]                  | smear gate on the token embedding (k=12) | optim.gate_map                       |
+| attn_gate   | [heads, 12]             | sparse attention gate (records 43-46)   | optim.gate_map (linear / linear)      |
+| smear_gate  | [1, 12]                 | smear gate on the token embedding       | optim.gate_map                        |
 | gain        | [d]                     | norm weights                            | adam, always                          |
 | bias        | [n]                     | biases (the head's too)                 | adam, always                          |
 | attn_out_bias | [d]                   | the attention output projection's bias  | adam, always                          |
