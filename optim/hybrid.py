@@ -93,6 +93,7 @@ class HybridOptimizer(torch.optim.Optimizer):
         self.diag_every = cfg.diag_every
         self.adam_every, self.decay_lr_scaled = cfg.adam_every, cfg.decay_lr_scaled
         self._held: set[int] = set()  # param groups (indices) whose gradients the latest step() left to accumulate
+        self._pending: set[int] = set()  # those whose gradients zero_grad() kept: the next backward adds to them
         self._diag: dict[str, float] = {}
         # A diagnostics step only keeps references (the updates, one sampled Newton-Schulz input); the norms
         # and the fp64 SVDs are computed by diagnostics(), which the trainer calls off the training clock.
@@ -144,6 +145,12 @@ class HybridOptimizer(torch.optim.Optimizer):
         casts them to their parameter's dtype, so a bf16 table's fp32 moments (every map keeps fp32
         state) would come back bf16, and the resumed step would fail mixing them with the fp32 gradient."""
         super().load_state_dict(state_dict)
+        # A gradient kept for accumulation (optim.adam_every) belongs to the state being replaced (e.g. the
+        # trainer's compile warm-up, undone by loading the saved state): the loaded state starts without it.
+        for i in self._pending | self._held:
+            for p in self.param_groups[i]["params"]:
+                p.grad = None
+        self._pending, self._held = set(), set()
         saved_ids = [i for g in state_dict["param_groups"] for i in g["params"]]
         params = [p for g in self.param_groups for p in g["params"]]
         for i, p in zip(saved_ids, params):
@@ -156,8 +163,9 @@ class HybridOptimizer(torch.optim.Optimizer):
         their steps, with optim.adam_every > 1): their gradients are kept so the next backward adds to them, as
         records 43-46 zero only NorMuon's gradients after an even step. Only the first call after a step()
         keeps them: the loop calls zero_grad once per step; a second call (or one with no step() before it,
-        e.g. a skipped non-finite step) clears everything."""
+        e.g. a skipped non-finite step) clears everything, and so does load_state_dict()."""
         held, self._held = self._held, set()
+        self._pending = held
         for i, group in enumerate(self.param_groups):
             if i in held:
                 continue
@@ -185,6 +193,7 @@ class HybridOptimizer(torch.optim.Optimizer):
         rank, world = rank_and_world()
         diag_on = self.diag_every > 0 and t % self.diag_every == 0 and rank == 0  # rank 0 alone logs
         adam_now = t % self.adam_every == 0  # optim.adam_every: Adam's own step count is t // adam_every
+        self._pending = set()
         self._held = set() if adam_now else {i for i, g in enumerate(self.param_groups) if g["map"] == "adam"}
         pending: list = []  # (key, norm function, update, lr): resolved by diagnostics()
 

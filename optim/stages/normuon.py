@@ -86,7 +86,8 @@ def _after_ns_records(d: torch.Tensor, ctx: MatrixContext, beta: float) -> torch
         shape = list(d.shape)
         shape[short_axis(d.shape)] = 1
         ctx.state["normuon_v_long"] = torch.zeros(shape, dtype=torch.float32, device=d.device)
-    return normuon_records_(d, ctx.state["normuon_v_long"], beta)
+    # d's dtype back: with optim.update_bf16 the update stays bf16, as the scripts' NorMuon runs on the bf16 NS output
+    return normuon_records_(d, ctx.state["normuon_v_long"], beta).to(d.dtype)
 
 
 FORMS = ("rows", "records43")

@@ -46,11 +46,16 @@ def script(name: str):
     return load(name)
 
 
-def preset(name: str):
-    """configs/optim/<name>.yaml, composed and validated as the trainer does."""
+def preset(name: str, fp32: bool = True):
+    """configs/optim/<name>.yaml, composed and validated as the trainer does. fp32: with optim.update_bf16 off,
+    as the loader runs the script (its .bfloat16() calls dropped): the presets keep the scripts' bf16 update."""
     register_configs()
     with initialize_config_dir(config_dir=str(CONFIGS), version_base="1.3"):
-        return load_config(compose("config", overrides=[f"optim={name}"])).optim
+        cfg = load_config(compose("config", overrides=[f"optim={name}"])).optim
+    assert cfg.update_bf16
+    if fp32:
+        cfg.update_bf16 = False
+    return cfg
 
 
 def statements(body: list[ast.stmt], needle: str) -> list[ast.stmt]:

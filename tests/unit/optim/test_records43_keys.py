@@ -119,3 +119,10 @@ def test_adam_every_two_steps_on_the_summed_gradient_and_zero_grad_keeps_it():
     opt.zero_grad()
     opt.zero_grad()  # ... for one zero_grad only (a skipped step's second call clears it)
     assert s.grad is None
+    for _ in range(2):  # 1-based steps 6 (Adam's) and 7 (held)
+        w.grad, s.grad = torch.ones(8, 4), torch.ones(3)
+        opt.step()
+        opt.zero_grad()
+    assert s.grad is not None
+    opt.load_state_dict(opt.state_dict())  # e.g. the compile warm-up undone: the kept gradient goes with it
+    assert s.grad is None
