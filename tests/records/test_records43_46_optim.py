@@ -26,8 +26,10 @@ import torch
 from hydra import compose, initialize_config_dir
 
 from harness.config.schema import load_config, register_configs
+from optim.maps import linear_scale
 from optim.newton_schulz import orthogonalize
 from optim.registry import build_optimizer
+from optim.settings import group_settings
 from tests.support.reference_scripts import REF_DIR, _Dist, _run, load, top_level
 
 pytestmark = pytest.mark.skipif(not REF_DIR.exists(), reason="needs ../shared/reference/modded-nanogpt")
@@ -285,3 +287,45 @@ def test_record29_optimizer_steps_match_the_script(fused):
         diff, where = ours.worst(named)
         print(f"record29 fused={fused} step {step}: max rel |ours - script| = {diff:.2e} ({where})")
         assert diff < TOL, (step, where, diff)
+
+
+def script_settings(optimizers, named: dict[str, torch.nn.Parameter]) -> dict[str, dict]:
+    """Each script parameter's settings as its optimizers compute them: NorMuon / Muon's lr x sqrt(max(1, rows /
+    cols)) of the stored shape x lr_mul and wd x wd_mul; DistAdam's lr x lr_mul, betas, eps."""
+    adam, matrices = optimizers
+    out = {}
+    for name, p in named.items():
+        for opt, kind in ((adam, "adam"), (matrices, "linear")):
+            group = next((g for g in opt.param_groups if any(q is p for q in g["params"])), None)
+            if group is None:
+                continue
+            size = max(1, p.size(-2) / p.size(-1)) ** 0.5 if kind == "linear" else 1.0
+            out[name] = {"map": kind, "lr": group["initial_lr"] * size * getattr(p, "lr_mul", 1.0),
+                         "weight_decay": group["weight_decay"] * getattr(p, "wd_mul", 1.0)}
+            if kind == "adam":
+                out[name].update(betas=tuple(group["betas"]), eps=group["eps"])
+    return out
+
+
+@pytest.mark.parametrize("record", ["record43_cautiouswd", "record46_batchsizeschedule"])
+def test_every_group_settings_beside_the_scripts(record):
+    """optim.settings.group_settings (what tools.describe prints) against the scripts' own optimizers."""
+    m, model, optimizers = script43(record)
+    named = dict(model.named_parameters())
+    cfg = preset("record43" if "43" in record else "record46", fp32=False)
+    ours = Ours(cfg, named, fused=True)
+    mine = {rec["role"]: rec for rec in group_settings(cfg, ours.opt)}
+    theirs = script_settings(optimizers, named)
+    assert len(theirs) == len(named)
+    for name, (_, role) in ours_from_script(dict(named), fused=True).items():
+        script_name = name if name in named else name.rsplit(".", 1)[0] + ".qkvo_w"
+        want, got = theirs[script_name], mine[role]
+        scale = 1.0 if got["map"] == "adam" else linear_scale(*ours.params[name].shape[-2:], got["scale"])
+        assert got["map"] == want["map"], name
+        assert (got["lr"] * scale, got["weight_decay"]) == pytest.approx((want["lr"], want["weight_decay"]), rel=1e-12)
+        if got["map"] == "adam":
+            assert (got["betas"], got["eps"], got["correction"], got["every"]) == (
+                want["betas"], want["eps"], "step_size", 2), name
+        else:
+            assert (got["decay"], got["stages"], got["ns"], got["update"]) == (
+                "cautious_wd x lr/lr_mul", "normuon(records43)", "polar_express x5", "bf16"), name
