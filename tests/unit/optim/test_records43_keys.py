@@ -3,6 +3,8 @@ NorMuon's records43 form (optim/stages/normuon.py), the lr-scaled decay with rol
 Adam every k-th step on the summed gradients (and zero_grad keeping them), Adam's step_size correction, the
 unit scale, the gate roles' routing and rates; and each key's bad value failing with the key's name.
 (tests/records/test_records43_46_optim.py compares the whole optimizers with the scripts'.)"""
+import io
+
 import pytest
 import torch
 from omegaconf import OmegaConf
@@ -126,3 +128,40 @@ def test_adam_every_two_steps_on_the_summed_gradient_and_zero_grad_keeps_it():
     assert s.grad is not None
     opt.load_state_dict(opt.state_dict())  # e.g. the compile warm-up undone: the kept gradient goes with it
     assert s.grad is None
+
+
+def test_record43_keys_resume_exactly_from_a_state_dict():
+    """Records 43-46's keys together: a state_dict taken after an Adam step, loaded into a fresh optimizer,
+    continues exactly (NorMuon's "normuon_v_long", the groups' lr_mul, Adam's step parity)."""
+    c = cfg(lr=0.03, ns_method="polar_express", scale="unit", role_lr_mul={"mlp_in": 2.0}, normuon=True,
+            normuon_form="records43", weight_decay=1.2, cautious_wd=True, decay_lr_scaled=True, adam_every=2,
+            adam_betas=[0.65, 0.95], adam_eps=1e-8, adam_correction="step_size")
+    shapes = {"fc": ((32, 8), "mlp_in"), "proj": ((8, 32), "mlp_out"), "gate": ((2, 12), "attn_gate"),
+              "s": ((5,), "scalar")}
+    g = torch.Generator().manual_seed(0)
+    start = {n: torch.randn(s, generator=g) for n, (s, _) in shapes.items()}
+    grads = [{n: torch.randn(s, generator=g) for n, (s, _) in shapes.items()} for _ in range(6)]
+    roles = {n: r for n, (_, r) in shapes.items()}
+
+    def run(params, opt, steps):
+        for gr in steps:
+            for n, p in params.items():
+                p.grad = gr[n].clone() if p.grad is None else p.grad + gr[n]
+            opt.step()
+            opt.zero_grad()
+
+    a = {n: torch.nn.Parameter(w.clone()) for n, w in start.items()}
+    opt_a = build_hybrid(c, list(a.items()), roles)
+    run(a, opt_a, grads[:4])
+    buf = io.BytesIO()
+    torch.save(opt_a.state_dict(), buf)  # a checkpoint: state_dict() holds the live tensors
+    buf.seek(0)
+    b = {n: torch.nn.Parameter(p.detach().clone()) for n, p in a.items()}
+    opt_b = build_hybrid(c, list(b.items()), roles)
+    opt_b.load_state_dict(torch.load(buf))
+    assert {grp["role"]: grp.get("lr_mul") for grp in opt_b.param_groups}["mlp_in"] == 2.0
+    assert opt_b.state[b["fc"]]["normuon_v_long"].shape == (32, 1)
+    run(a, opt_a, grads[4:])
+    run(b, opt_b, grads[4:])
+    for n in shapes:
+        assert torch.equal(a[n].detach(), b[n].detach()), n
