@@ -271,8 +271,8 @@ class HybridOptimizer(torch.optim.Optimizer):
         around: the around_step stages (linear-map weights): each sees p before the step, and what it
         returns runs after it."""
         lr, wd = group["lr"], group["weight_decay"]
-        if self.decay_lr_scaled:  # records 43-46: the coefficient is lr wd itself, at the rate before lr_mul
-            wd = wd * (lr / group.get("lr_mul", 1.0))
+        if self.decay_lr_scaled and group["map"] != "adam":  # records 43-46's NorMuon: the coefficient is lr wd
+            wd = wd * (lr / group.get("lr_mul", 1.0))          # itself, at the rate before lr_mul (not DistAdam's)
         if factor is not None:
             d = d * factor
         decay = lr * wd if factor is None else lr * wd * factor

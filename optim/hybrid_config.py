@@ -95,9 +95,10 @@ class DualConfig(StageKeys, LookaheadKeys):
     role_lr_mul: dict[str, float] = field(default_factory=dict)  # per-role factor on the rate (after role_lr), the
                                       # scripts' lr_mul: records 43-46 role_lr_mul.mlp_in=2 (their transposed c_fc)
     role_wd_mul: dict[str, float] = field(default_factory=dict)  # per-role factor on the weight decay (the scripts' wd_mul)
-    decay_lr_scaled: bool = False     # the decay coefficient is itself times the group's scheduled rate before its
-                                      # role_lr_mul: p <- p - lr (lr / lr_mul) wd wd_mul [mask] p, so decay ~ lr^2
-                                      # (records 43-46's NorMuon: eff_lr * eff_wd; optim/hybrid.py's _apply)
+    decay_lr_scaled: bool = False     # on the linear and embed maps, the decay coefficient is itself times the group's
+                                      # scheduled rate before its role_lr_mul: p <- p - lr (lr / lr_mul) wd wd_mul
+                                      # [mask] p, so decay ~ lr^2 (records 43-46's NorMuon: eff_lr * eff_wd; their
+                                      # DistAdam's decay, 0 there, stays lr wd: so does Adam's here)
     # Adam path (optim/maps/adam.py)
     adam_betas: list[float] = field(default_factory=lambda: [0.8, 0.95])
     adam_eps: float = 1e-10

@@ -41,7 +41,7 @@ def _decay(cfg: Any, group: dict) -> str:
     if not group.get("weight_decay"):
         return "none"
     name = next((s.name for s in STAGES if s.hook == "decay" and getattr(cfg, s.name)), "decoupled")
-    return name + (" x lr/lr_mul" if cfg.decay_lr_scaled else "")
+    return name + (" x lr/lr_mul" if cfg.decay_lr_scaled and group["map"] != "adam" else "")
 
 
 def group_settings(cfg: Any, optimizer: torch.optim.Optimizer) -> list[dict[str, Any]]:
