@@ -207,7 +207,7 @@ class HybridOptimizer(torch.optim.Optimizer):
                     if not adam_now:
                         continue
                     d = self.adam.direction(p, self.state[p], t // self.adam_every, group["betas"],
-                                            group.get("bias_correction", True))
+                                            group.get("bias_correction", True), group["lr"])
                     self._apply(p, group, d)
                     if diag_on:  # elementwise step: its RMS is the meaningful size
                         pending.append((f"update_rms/{group['role']}", _rms, d, group["lr"]))

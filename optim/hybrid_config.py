@@ -110,6 +110,7 @@ class DualConfig(StageKeys, LookaheadKeys):
                                       # m / (sqrt(v) + eps) without (1 - b^t) (track-3 #46: gain, bias, attn_out_bias)
     adam_correction: str = "torch"    # torch: m_hat / (sqrt(v_hat) + eps) | step_size: m / (sqrt(v) + eps) times
                                       # sqrt(1 - b2^t) / (1 - b1^t) (records 29-46's DistAdam; optim/maps/adam.py)
+    adam_state_dtype: str = "fp32"    # fp32 | bf16: Adam's moments (bf16: records 43-46's DistAdam; optim/maps/adam.py)
     adam_every: int = 1               # the Adam-routed groups step every k-th step (k = 2: records 43-46, on their
                                       # odd 0-based steps), on the gradient summed over the k steps (optim/hybrid.py)
     # mass rule (rate_mode=mass; optim/mass.py: a principled split, not a depth-independence guarantee here)
@@ -154,6 +155,7 @@ def validate(cfg: Any) -> None:
     _choice(cfg, "hidden_map", ("linear", "adam"))
     _choice(cfg, "gate_map", ("linear", "adam"))
     _choice(cfg, "adam_correction", ("torch", "step_size"))
+    _choice(cfg, "adam_state_dtype", ("fp32", "bf16"))
     if cfg.adam_every < 1:
         raise ValueError(f"optim.adam_every={cfg.adam_every} must be >= 1 (1: Adam steps every step)")
     if cfg.hidden_map == "adam" and cfg.rate_mode != "manual":

@@ -22,7 +22,7 @@ def cfg(**kw):
     return OmegaConf.structured(MuonConfig(**{"momentum_warmup_steps": 0, **kw}))
 
 
-@pytest.mark.parametrize("key,value", [("adam_every", 0), ("adam_correction", "bias"), ("gate_map", "embed"),
+@pytest.mark.parametrize("key,value", [("adam_every", 0), ("adam_correction", "bias"), ("adam_state_dtype", "fp16"), ("gate_map", "embed"),
                                        ("role_lr_mul", {"mlp_in": 0.0}), ("role_lr_mul", {"nope": 2.0}),
                                        ("role_wd_mul", {"attn_gate": -1.0}), ("normuon_form", "cols"),
                                        ("scale", "one")])
