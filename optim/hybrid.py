@@ -143,7 +143,7 @@ class HybridOptimizer(torch.optim.Optimizer):
     def load_state_dict(self, state_dict: dict) -> None:
         """torch's load_state_dict, except that state tensors keep the dtype they were saved in. torch
         casts them to their parameter's dtype, so a bf16 table's fp32 moments (every map keeps fp32
-        state) would come back bf16, and the resumed step would fail mixing them with the fp32 gradient."""
+        state, but Adam's with optim.adam_state_dtype=bf16) would come back bf16, and the resumed step would fail mixing them with the fp32 gradient."""
         super().load_state_dict(state_dict)
         # A gradient kept for accumulation (optim.adam_every) belongs to the state being replaced (e.g. the
         # trainer's compile warm-up, undone by loading the saved state): the loaded state starts without it.

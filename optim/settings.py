@@ -13,7 +13,8 @@ Muon and DistAdam settings are per parameter: lr x lr_mul, wd x wd_mul, betas, e
     linear and embed maps:         momentum ("0.95 nesterov, 0.85->0.95 over 300, ->0.85 over last 50 of 2245")
     linear map:                    ns ("polar_express x5"), scale, update ("fp32" | "bf16"), stages (the
                                    per-matrix stages that are on, e.g. "normuon(records43)"), every (1)
-    adam map:                      betas, eps, correction ("torch" | "step_size" | "none"), every (adam_every)
+    adam map:                      betas, eps, correction ("torch" | "step_size" | "none"), every (adam_every),
+                                   state (the moments' dtype, "fp32" | "bf16")
 Values are plain Python numbers and strings. Only the role-routed optimizer (optim/hybrid.py) has groups of
 this kind; any other optimizer's groups get role/lr/weight_decay/betas/eps as torch keeps them.
 """
@@ -61,7 +62,7 @@ def group_settings(cfg: Any, optimizer: torch.optim.Optimizer) -> list[dict[str,
         if g["map"] == "adam":
             correction = cfg.adam_correction if g.get("bias_correction", True) else "none"
             rec.update(betas=tuple(float(b) for b in g["betas"]), eps=float(cfg.adam_eps), correction=correction,
-                       every=int(cfg.adam_every))
+                       every=int(cfg.adam_every), state=cfg.adam_state_dtype)
         else:
             rec["momentum"] = _momentum(cfg)
         if g["map"] == "linear":

@@ -324,8 +324,8 @@ def test_every_group_settings_beside_the_scripts(record):
         assert got["map"] == want["map"], name
         assert (got["lr"] * scale, got["weight_decay"]) == pytest.approx((want["lr"], want["weight_decay"]), rel=1e-12)
         if got["map"] == "adam":
-            assert (got["betas"], got["eps"], got["correction"], got["every"]) == (
-                want["betas"], want["eps"], "step_size", 2), name
+            assert (got["betas"], got["eps"], got["correction"], got["every"], got["state"]) == (
+                want["betas"], want["eps"], "step_size", 2, "bf16"), name
         else:
             assert (got["decay"], got["stages"], got["ns"], got["update"]) == (
                 "cautious_wd x lr/lr_mul", "normuon(records43)", "polar_express x5", "bf16"), name
