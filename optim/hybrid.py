@@ -280,7 +280,7 @@ class HybridOptimizer(torch.optim.Optimizer):
             w = p if p.dtype in (torch.float32, torch.float64) else p.float()
             afters = [stage(w, d, lr) for stage in around]
             if wd:
-                self.decay(w, d, decay)
+                self.decay(w, d, decay, lr)
             w.add_(d.to(w.dtype), alpha=-lr)
             for after in afters:
                 after()
@@ -292,11 +292,11 @@ class HybridOptimizer(torch.optim.Optimizer):
             # A separate bf16 decay would be rounded away every step (1 - lr wd is within half an ulp of 1).
             w = p.float()
             if wd:
-                self.decay(w, d, decay)
+                self.decay(w, d, decay, lr)
             p.copy_(w.add_(d.float(), alpha=-lr))
             return
         if wd:
-            self.decay(p, d, decay)
+            self.decay(p, d, decay, lr)
         p.add_(d.to(p.dtype), alpha=-lr)
 
 

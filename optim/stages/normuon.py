@@ -66,11 +66,12 @@ _FLOOR = 1e-10  # records 43-46: the floor under each mean square and under the 
 def normuon_records_(d: torch.Tensor, v: torch.Tensor, beta: float) -> torch.Tensor:
     """Records 43-46's NorMuon of d [..., rows, cols] (the module docstring): statistics along the longer side
     (columns on ties), rescaled to d's own Frobenius norm per matrix; updates v ([..., rows, 1] or [..., 1, cols],
-    fp32) in place. Returns fp32, d's shape; a zero update stays zero."""
-    d = d.float()
+    fp32) in place. Returns d's dtype and shape; a zero update stays zero. Each product and norm is rounded to d's
+    dtype as the scripts' in-place ops round their bf16 NS output (optim.update_bf16); v and rsqrt(v) stay fp32."""
     norm = torch.linalg.vector_norm(d, dim=(-2, -1), keepdim=True)
-    v.lerp_(d.square().mean(dim=short_axis(d.shape), keepdim=True), 1 - beta)
-    n = d * v.clamp_min(_FLOOR).rsqrt()
+    v.lerp_(d.square().mean(dim=short_axis(d.shape), keepdim=True).float(), 1 - beta)
+    n = d * v.clamp_min(_FLOOR).rsqrt()  # d's dtype (an fp32 factor does not promote a bf16 tensor in place)
+    n = n.to(d.dtype)
     return n * (norm / torch.linalg.vector_norm(n, dim=(-2, -1), keepdim=True).clamp_min(_FLOOR))
 
 
@@ -86,8 +87,8 @@ def _after_ns_records(d: torch.Tensor, ctx: MatrixContext, beta: float) -> torch
         shape = list(d.shape)
         shape[short_axis(d.shape)] = 1
         ctx.state["normuon_v_long"] = torch.zeros(shape, dtype=torch.float32, device=d.device)
-    # d's dtype back: with optim.update_bf16 the update stays bf16, as the scripts' NorMuon runs on the bf16 NS output
-    return normuon_records_(d, ctx.state["normuon_v_long"], beta).to(d.dtype)
+    # in d's dtype: with optim.update_bf16 the update stays bf16, as the scripts' NorMuon runs on the bf16 NS output
+    return normuon_records_(d, ctx.state["normuon_v_long"], beta)
 
 
 FORMS = ("rows", "records43")
