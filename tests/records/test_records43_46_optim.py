@@ -255,10 +255,15 @@ def test_polar_express_is_the_scripts(shape):
     assert diff < 1e-5
 
 
-@pytest.mark.parametrize("fused", [True, False])
-def test_record29_optimizer_steps_match_the_script(fused):
+@pytest.mark.parametrize("fused,bf16", [(True, False), (False, False), (True, True)])
+def test_record29_optimizer_steps_match_the_script(fused, bf16, monkeypatch):
+    """bf16: the preset as it is (optim.update_bf16) against the script with newton_schulz_triton's bf16 result
+    put back (the loader's fp32 edit removes it)."""
     m = script("record29_fa3")
     m.dist = _Dist1
+    if bf16:
+        ns = m.newton_schulz_triton
+        monkeypatch.setattr(m, "newton_schulz_triton", lambda G: ns(G).to(torch.bfloat16))
     m.args = m.Hyperparameters()
     m.args.num_iterations = STEPS + 1  # lr moves (cooldown_frac 0.45 of 5 steps)
     gen = torch.Generator().manual_seed(0)
@@ -280,7 +285,7 @@ def test_record29_optimizer_steps_match_the_script(fused):
     _run(m, statements(m._tree.body, "initial_lr")[:1], {"optimizers": optimizers})
     schedules = statements(training_loop(m), "group[")  # its lr and its momentum warm-up statements
     assert len(schedules) == 2
-    ours = Ours(preset("record29"), named, fused)
+    ours = Ours(preset("record29", fp32=not bf16), named, fused)
     for step in range(STEPS):
         grads = {n: torch.randn(p.shape, generator=gen) for n, p in named.items()}
         for n, p in named.items():
@@ -294,7 +299,7 @@ def test_record29_optimizer_steps_match_the_script(fused):
         ours.step(m.get_lr(step))
         assert ours.opt.beta(step + 1) == optimizers[1].param_groups[0]["momentum"]
         diff, where = ours.worst(named)
-        print(f"record29 fused={fused} step {step}: max rel |ours - script| = {diff:.2e} ({where})")
+        print(f"record29 fused={fused} bf16={bf16} step {step}: max rel |ours - script| = {diff:.2e} ({where})")
         assert diff < TOL, (step, where, diff)
 
 
