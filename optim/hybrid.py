@@ -19,7 +19,10 @@ switches that act on it, top to bottom. This class only does what spans paramete
 Param groups: one per role, each with "role", "map", "lr", "initial_lr" (the trainer sets lr = initial_lr *
 schedule factor), "weight_decay", "betas" (Adam groups; "bias_correction": False on the roles of
 optim.adam_no_bias_correction_roles), "names" and "step" (optimizer steps taken, which
-drives the momentum warmup and Adam's bias correction and travels in state_dict()). Under
+drives the momentum warmup and Adam's bias correction and travels in state_dict()); "lr_mul" where
+optim.role_lr_mul sets one. With optim.adam_every = k > 1 the Adam-routed groups step only when step % k == 0
+(1-based: records 43-46's odd 0-based steps), Adam's bias correction counting its own steps (step // k), and
+zero_grad() keeps their gradients in between, so each Adam step sees the sum of k steps' gradients. Under
 torch.distributed (gradients already averaged by DDP) everything but Newton-Schulz runs on every rank,
 which keeps the optimizer state complete and identical everywhere (any rank's state_dict() is a checkpoint).
 """
@@ -68,10 +71,12 @@ class HybridOptimizer(torch.optim.Optimizer):
             lr = float(rates[role])
             # Decay and betas follow the role: hidden matrices keep weight_decay on any map (track 3's AdamW).
             hidden = role in HIDDEN_ROLES
+            wd = cfg.adam_weight_decay if route_ == "adam" and not hidden else cfg.weight_decay
             group = dict(params=[p for _, p in items], names=[n for n, _ in items], role=role, map=route_,
-                         lr=lr, initial_lr=lr,
-                         weight_decay=cfg.adam_weight_decay if route_ == "adam" and not hidden else cfg.weight_decay,
+                         lr=lr, initial_lr=lr, weight_decay=wd * float((cfg.role_wd_mul or {}).get(role, 1.0)),
                          step=0)
+            if role in (cfg.role_lr_mul or {}):  # the key only where set (decay_lr_scaled divides it out)
+                group["lr_mul"] = float(cfg.role_lr_mul[role])
             if route_ == "adam":
                 group["betas"], correct = adam[role]
                 if not correct:  # the key only where it is off: every other group (and checkpoint) stays as it was
@@ -86,6 +91,9 @@ class HybridOptimizer(torch.optim.Optimizer):
         self.around_step = active(cfg, "around_step")  # linear-map weights only
         self.decay = next(iter(active(cfg, "decay")), plain_decay_)
         self.diag_every = cfg.diag_every
+        self.adam_every, self.decay_lr_scaled = cfg.adam_every, cfg.decay_lr_scaled
+        self._held: set[int] = set()  # param groups (indices) whose gradients the latest step() left to accumulate
+        self._pending: set[int] = set()  # those whose gradients zero_grad() kept: the next backward adds to them
         self._diag: dict[str, float] = {}
         # A diagnostics step only keeps references (the updates, one sampled Newton-Schulz input); the norms
         # and the fp64 SVDs are computed by diagnostics(), which the trainer calls off the training clock.
@@ -135,14 +143,40 @@ class HybridOptimizer(torch.optim.Optimizer):
     def load_state_dict(self, state_dict: dict) -> None:
         """torch's load_state_dict, except that state tensors keep the dtype they were saved in. torch
         casts them to their parameter's dtype, so a bf16 table's fp32 moments (every map keeps fp32
-        state) would come back bf16, and the resumed step would fail mixing them with the fp32 gradient."""
+        state, but Adam's with optim.adam_state_dtype=bf16) would come back bf16, and the resumed step would fail mixing them with the fp32 gradient."""
         super().load_state_dict(state_dict)
+        # A gradient kept for accumulation (optim.adam_every) belongs to the state being replaced (e.g. the
+        # trainer's compile warm-up, undone by loading the saved state): the loaded state starts without it.
+        for i in self._pending | self._held:
+            for p in self.param_groups[i]["params"]:
+                p.grad = None
+        self._pending, self._held = set(), set()
         saved_ids = [i for g in state_dict["param_groups"] for i in g["params"]]
         params = [p for g in self.param_groups for p in g["params"]]
         for i, p in zip(saved_ids, params):
             for key, value in state_dict["state"].get(i, {}).items():
                 if torch.is_tensor(value) and value.is_floating_point() and value.dtype != self.state[p][key].dtype:
                     self.state[p][key] = value.to(device=p.device, copy=True)
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        """torch's zero_grad, except for the groups the latest step() did not step (the Adam-routed ones between
+        their steps, with optim.adam_every > 1): their gradients are kept so the next backward adds to them, as
+        records 43-46 zero only NorMuon's gradients after an even step. Only the first call after a step()
+        keeps them: the loop calls zero_grad once per step; a second call (or one with no step() before it,
+        e.g. a skipped non-finite step) clears everything, and so does load_state_dict()."""
+        held, self._held = self._held, set()
+        self._pending = held
+        for i, group in enumerate(self.param_groups):
+            if i in held:
+                continue
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                if set_to_none:
+                    p.grad = None
+                else:
+                    p.grad.detach_()
+                    p.grad.zero_()
 
     # ---- the step -------------------------------------------------------------------------
 
@@ -158,6 +192,9 @@ class HybridOptimizer(torch.optim.Optimizer):
         beta = self.beta(t)
         rank, world = rank_and_world()
         diag_on = self.diag_every > 0 and t % self.diag_every == 0 and rank == 0  # rank 0 alone logs
+        adam_now = t % self.adam_every == 0  # optim.adam_every: Adam's own step count is t // adam_every
+        self._pending = set()
+        self._held = set() if adam_now else {i for i, g in enumerate(self.param_groups) if g["map"] == "adam"}
         pending: list = []  # (key, norm function, update, lr): resolved by diagnostics()
 
         linear = []  # (param, group), every rank, same order
@@ -167,7 +204,10 @@ class HybridOptimizer(torch.optim.Optimizer):
                 if p.grad is None:
                     continue
                 if group["map"] == "adam":
-                    d = self.adam.direction(p, self.state[p], t, group["betas"], group.get("bias_correction", True))
+                    if not adam_now:
+                        continue
+                    d = self.adam.direction(p, self.state[p], t // self.adam_every, group["betas"],
+                                            group.get("bias_correction", True), group["lr"])
                     self._apply(p, group, d)
                     if diag_on:  # elementwise step: its RMS is the meaningful size
                         pending.append((f"update_rms/{group['role']}", _rms, d, group["lr"]))
@@ -231,6 +271,8 @@ class HybridOptimizer(torch.optim.Optimizer):
         around: the around_step stages (linear-map weights): each sees p before the step, and what it
         returns runs after it."""
         lr, wd = group["lr"], group["weight_decay"]
+        if self.decay_lr_scaled and group["map"] != "adam":  # records 43-46's NorMuon: the coefficient is lr wd
+            wd = wd * (lr / group.get("lr_mul", 1.0))          # itself, at the rate before lr_mul (not DistAdam's)
         if factor is not None:
             d = d * factor
         decay = lr * wd if factor is None else lr * wd * factor
@@ -238,7 +280,7 @@ class HybridOptimizer(torch.optim.Optimizer):
             w = p if p.dtype in (torch.float32, torch.float64) else p.float()
             afters = [stage(w, d, lr) for stage in around]
             if wd:
-                self.decay(w, d, decay)
+                self.decay(w, d, decay, lr)
             w.add_(d.to(w.dtype), alpha=-lr)
             for after in afters:
                 after()
@@ -250,11 +292,11 @@ class HybridOptimizer(torch.optim.Optimizer):
             # A separate bf16 decay would be rounded away every step (1 - lr wd is within half an ulp of 1).
             w = p.float()
             if wd:
-                self.decay(w, d, decay)
+                self.decay(w, d, decay, lr)
             p.copy_(w.add_(d.float(), alpha=-lr))
             return
         if wd:
-            self.decay(p, d, decay)
+            self.decay(p, d, decay, lr)
         p.add_(d.to(p.dtype), alpha=-lr)
 
 

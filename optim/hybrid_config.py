@@ -12,7 +12,8 @@ Learning rates and sweeps
   role routed to the linear map except the head). The other rates are ABSOLUTE fields
   (`embed_lr`, `head_lr`, `scalar_lr`), as the records state them, so a sweep over `optim.lr`
   sweeps the hidden-matrix rate alone and leaves embeddings, head and scalars fixed.
-  `role_lr.ROLE=x` overrides any single role with an absolute rate.
+  `role_lr.ROLE=x` overrides any single role with an absolute rate; `role_lr_mul.ROLE=k` then multiplies
+  it (the records' per-parameter lr_mul, in both modes), so a sweep over `optim.lr` still moves it.
 - rate_mode=mass (modular norm): every role routed to a duality map (linear or embed) gets
   `optim.lr * fraction(role)` with the fractions derived in optim/mass.py from the masses below
   (embed 1/7, head 1/7, attn-out & MLP 5/21, Q/K/V 5/7 by default, at any depth), so a sweep over
@@ -37,7 +38,7 @@ from optim.lookahead import LookaheadKeys, check_lookahead
 from optim.mass import mass_rule_fractions
 from optim.momentum_schedule import RAMPS
 from optim.newton_schulz import METHODS, NORMS
-from optim.roles import ALL_ROLES, EMBED_ROLES, HIDDEN_ROLES, VECTOR_ROLES
+from optim.roles import ALL_ROLES, EMBED_ROLES, GATE_ROLES, HIDDEN_ROLES, VECTOR_ROLES
 from optim.stages import StageKeys, check_stages
 
 
@@ -57,6 +58,8 @@ class DualConfig(StageKeys, LookaheadKeys):
     head_map: str = "adam"            # adam | linear  (untied head)
     hidden_map: str = "linear"        # linear | adam  (hidden matrices; adam: track 3's AdamW result, rate optim.lr,
                                       # decay optim.weight_decay, betas hidden_adam_betas)
+    gate_map: str = "linear"          # linear | adam  (attn_gate, smear_gate: on NorMuon in records 43-46; linear: rate
+                                      # optim.lr, decay optim.weight_decay; adam: scalar_lr, adam_weight_decay)
     # A tied embedding/head (GPT-2's model) cannot follow both the Embed and the Linear map: one is chosen
     # here (null: a tied model is refused). As the head, a token row moved by RMS r moves its logit by up to
     # r * width, so on the Embed map the tied table's rate is tied_embed_lr_times_width / n_embd (muP's 1/width
@@ -66,7 +69,8 @@ class DualConfig(StageKeys, LookaheadKeys):
     tied_map: Optional[str] = "embed"  # embed | linear | adam | null
     tied_embed_lr_times_width: float = 3.2
     # linear map (hidden matrices, and the head if routed there): optim/maps/linear.py
-    scale: str = "spectral"           # spectral sqrt(d_out/d_in) | muon sqrt(max(1,rows/cols)) | rms_match
+    scale: str = "spectral"           # spectral sqrt(d_out/d_in) | muon sqrt(max(1,rows/cols)) | rms_match | unit 1
+                                      # (unit: records 29-46, whose every stored matrix is wide: optim/maps/linear.py)
     ns_method: str = "polar_express"  # cubic | quintic | polar_express | six_step | track3
     ns_steps: Optional[int] = None    # None: the method's default (12 / 5 / 5 / 6 / 12)
     ns_norm: str = "fro"              # NS input scale: fro ||X||_F | gram sqrt(||X X^T||_F) (#46; newton_schulz.py)
@@ -88,6 +92,13 @@ class DualConfig(StageKeys, LookaheadKeys):
     head_lr: float = 0.008
     scalar_lr: float = 0.04           # gains, biases, scalars
     role_lr: dict[str, float] = field(default_factory=dict)  # absolute per-role override, e.g. role_lr.attn_out=0.02
+    role_lr_mul: dict[str, float] = field(default_factory=dict)  # per-role factor on the rate (after role_lr), the
+                                      # scripts' lr_mul: records 43-46 role_lr_mul.mlp_in=2 (their transposed c_fc)
+    role_wd_mul: dict[str, float] = field(default_factory=dict)  # per-role factor on the weight decay (the scripts' wd_mul)
+    decay_lr_scaled: bool = False     # on the linear and embed maps, the decay coefficient is itself times the group's
+                                      # scheduled rate before its role_lr_mul: p <- p - lr (lr / lr_mul) wd wd_mul
+                                      # [mask] p, so decay ~ lr^2 (records 43-46's NorMuon: eff_lr * eff_wd; their
+                                      # DistAdam's decay, 0 there, stays lr wd: so does Adam's here)
     # Adam path (optim/maps/adam.py)
     adam_betas: list[float] = field(default_factory=lambda: [0.8, 0.95])
     adam_eps: float = 1e-10
@@ -97,6 +108,11 @@ class DualConfig(StageKeys, LookaheadKeys):
                                       # above, e.g. role_adam_betas.attn_out_bias=[0.8,0.9965] (track-3 #46)
     adam_no_bias_correction_roles: list[str] = field(default_factory=list)  # Adam-routed roles stepping along
                                       # m / (sqrt(v) + eps) without (1 - b^t) (track-3 #46: gain, bias, attn_out_bias)
+    adam_correction: str = "torch"    # torch: m_hat / (sqrt(v_hat) + eps) | step_size: m / (sqrt(v) + eps) times
+                                      # sqrt(1 - b2^t) / (1 - b1^t) (records 29-46's DistAdam; optim/maps/adam.py)
+    adam_state_dtype: str = "fp32"    # fp32 | bf16: Adam's moments (bf16: records 43-46's DistAdam; optim/maps/adam.py)
+    adam_every: int = 1               # the Adam-routed groups step every k-th step (k = 2: records 43-46, on their
+                                      # odd 0-based steps), on the gradient summed over the k steps (optim/hybrid.py)
     # mass rule (rate_mode=mass; optim/mass.py: a principled split, not a depth-independence guarantee here)
     embed_mass: float = 1.0
     blocks_mass: float = 5.0
@@ -137,6 +153,11 @@ def validate(cfg: Any) -> None:
     _choice(cfg, "embed_map", ("embed", "adam"))
     _choice(cfg, "head_map", ("adam", "linear"))
     _choice(cfg, "hidden_map", ("linear", "adam"))
+    _choice(cfg, "gate_map", ("linear", "adam"))
+    _choice(cfg, "adam_correction", ("torch", "step_size"))
+    _choice(cfg, "adam_state_dtype", ("fp32", "bf16"))
+    if cfg.adam_every < 1:
+        raise ValueError(f"optim.adam_every={cfg.adam_every} must be >= 1 (1: Adam steps every step)")
     if cfg.hidden_map == "adam" and cfg.rate_mode != "manual":
         raise ValueError("optim.hidden_map=adam needs optim.rate_mode=manual (Adam's step has no place in the "
                          "modular norm's mass rule)")
@@ -184,6 +205,12 @@ def validate(cfg: Any) -> None:
             raise ValueError(f"optim.role_lr.{role}: unknown role; known roles: {sorted(ALL_ROLES)}")
         if rate < 0:
             raise ValueError(f"optim.role_lr.{role}={rate} must be >= 0")
+    for key in ("role_lr_mul", "role_wd_mul"):
+        for role, mul in dict(getattr(cfg, key) or {}).items():
+            if role not in ALL_ROLES:
+                raise ValueError(f"optim.{key}.{role}: unknown role; known roles: {sorted(ALL_ROLES)}")
+            if not mul > 0:
+                raise ValueError(f"optim.{key}.{role}={mul} must be > 0")
 
 
 def adam_settings(cfg: Any, routes: dict[str, str]) -> dict[str, tuple[tuple[float, float], bool]]:
@@ -210,7 +237,8 @@ def rates_from_config(cfg: Any, routes: dict[str, str], n_layer: int = 1, width:
 
     width: the model's embedding width (n_embd), needed for a tied table on the Embed map."""
     lr = float(cfg.lr)
-    absolute = {"head": cfg.head_lr, **{r: cfg.embed_lr for r in EMBED_ROLES}, **{r: cfg.scalar_lr for r in VECTOR_ROLES}}
+    absolute = {"head": cfg.head_lr, **{r: cfg.embed_lr for r in EMBED_ROLES}, **{r: cfg.scalar_lr for r in VECTOR_ROLES},
+                **{r: cfg.scalar_lr for r in GATE_ROLES}}  # a gate's on Adam (gate_map=adam); on the linear map: lr
     # A tied table follows the head's rate on Adam or the linear map; on the Embed map its rate is
     # set per unit of width (see tied_embed_lr_times_width): an untied table's embed_lr (0.6) would
     # move a 768-wide head's logits by hundreds of nats in one step.
@@ -221,6 +249,9 @@ def rates_from_config(cfg: Any, routes: dict[str, str], n_layer: int = 1, width:
         absolute["embed_head"] = cfg.tied_embed_lr_times_width / width
     rates: dict[str, float] = {}
     if cfg.rate_mode == "mass":
+        gates = sorted(r for r in routes if r in GATE_ROLES)
+        if gates:
+            raise ValueError(f"optim.rate_mode=mass has no mass for the gate roles {gates}: use optim.rate_mode=manual")
         # A tied table is the token input table (its mass is the embedding's) and also the head.
         tables = {"embed": "embed" in routes or "embed_head" in routes, "pos_embed": "pos_embed" in routes,
                   "value_embed": "value_embed" in routes}
@@ -234,9 +265,13 @@ def rates_from_config(cfg: Any, routes: dict[str, str], n_layer: int = 1, width:
             else:
                 rates[role] = lr * frac[role]
     else:
-        for role in routes:
-            rates[role] = lr if role in HIDDEN_ROLES else float(absolute[role])
+        for role, m in routes.items():
+            on_lr = role in HIDDEN_ROLES or (role in GATE_ROLES and m == "linear")
+            rates[role] = lr if on_lr else float(absolute[role])
     for role, rate in dict(cfg.role_lr or {}).items():
         if role in rates:
             rates[role] = float(rate)
+    for role, mul in dict(cfg.role_lr_mul or {}).items():
+        if role in rates:
+            rates[role] = rates[role] * float(mul)
     return rates

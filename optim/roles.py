@@ -18,10 +18,16 @@ module: e.g. W_q (role attn_q) -> optim.hidden_map, "linear" by default -> optim
 | attn_out    | [d, d]                  | attention output projection             | optim.hidden_map                      |
 | mlp_in      | [hidden, d]             | MLP up projection                       | optim.hidden_map                      |
 | mlp_out     | [d, hidden]             | MLP down projection                     | optim.hidden_map                      |
+| attn_gate   | [heads, 12]             | sparse attention gate (records 43-46)   | optim.gate_map (linear / linear)      |
+| smear_gate  | [1, 12]                 | smear gate on the token embedding       | optim.gate_map                        |
 | gain        | [d]                     | norm weights                            | adam, always                          |
 | bias        | [n]                     | biases (the head's too)                 | adam, always                          |
 | attn_out_bias | [d]                   | the attention output projection's bias  | adam, always                          |
 | scalar      | [] or [k]               | learnable mixing scalars (lambdas, skip weights) | adam, always                 |
+
+The gates are small matrices the records 43-46 step with NorMuon beside the hidden matrices (same rate,
+same decay); they are a family of their own so that hidden-matrix-only settings (optim.soap_roles, the
+mass rule, hidden_adam_betas) do not reach them. In manual rate mode a gate on the linear map takes optim.lr.
 
 The defaults are the schemas' (optim/hybrid_config.py); each map's allowed values are checked there.
 """
@@ -33,14 +39,17 @@ EMBED_ROLES = frozenset({"embed", "pos_embed", "value_embed"})
 HIDDEN_ROLES = frozenset({"attn_q", "attn_k", "attn_v", "attn_qkv", "attn_out", "mlp_in", "mlp_out"})
 # attn_out_bias has a role of its own so it can take its own Adam betas (track-3 result #46: beta2 0.9965).
 VECTOR_ROLES = frozenset({"gain", "bias", "attn_out_bias", "scalar"})
-ALL_ROLES = EMBED_ROLES | HIDDEN_ROLES | VECTOR_ROLES | {"head", "embed_head"}
+# Gates (records 43-46): the sparse attention gate [heads, 12] and the smear gate [1, 12], on NorMuon there.
+GATE_ROLES = frozenset({"attn_gate", "smear_gate"})
+ALL_ROLES = EMBED_ROLES | HIDDEN_ROLES | VECTOR_ROLES | GATE_ROLES | {"head", "embed_head"}
 
 # Roles whose matrix is several independent blocks stacked along dim 0 (Q, K, V of a fused weight).
 FUSED_BLOCKS = {"attn_qkv": 3}
 
 # The routing table: role -> the config key naming its map (None: Adam, always).
 ROUTE_KEY: dict[str, str | None] = {**{r: "embed_map" for r in EMBED_ROLES}, **{r: "hidden_map" for r in HIDDEN_ROLES},
-                                    "head": "head_map", "embed_head": "tied_map", **{r: None for r in VECTOR_ROLES}}
+                                    "head": "head_map", "embed_head": "tied_map", **{r: None for r in VECTOR_ROLES},
+                                    **{r: "gate_map" for r in GATE_ROLES}}
 
 
 def check_roles(roles: dict[str, str]) -> None:

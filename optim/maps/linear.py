@@ -18,7 +18,11 @@ The norm and its dual, for W, G [d_out, d_in]:
 
 scale: `spectral` sqrt(d_out/d_in) (the paper's: ||d|| = 1), `muon` sqrt(max(1, rows/cols)) (Muon's;
 equal unless fan-in > fan-out), `rms_match` 0.2 sqrt(max(rows, cols)) (Moonshot: update RMS ~0.2 like
-AdamW's, so AdamW rates transfer). Newton-Schulz is the expensive step, so HybridOptimizer runs it for
+AdamW's, so AdamW rates transfer), `unit` 1 (records 29-46: their Muon / NorMuon multiply by
+sqrt(max(1, rows/cols)) of the STORED matrix, and they store every hidden matrix wide, attention as
+[hdim, 4 dim] (or [4, hdim, dim]) and both MLP matrices as [dim, 4 dim], the input one used transposed; so
+the factor is 1 for every matrix, and records 43-46 give the transposed MLP input lr_mul 2, which is
+optim.role_lr_mul.mlp_in=2 here). Newton-Schulz is the expensive step, so HybridOptimizer runs it for
 every weight at once, batched per shape and split across ranks (optim/distributed.py): `direction` hands
 it its input and receives U V^T back. Everything else here runs on every rank, so every rank holds the
 complete, identical state ("momentum_buffer", and what the after_ns stages keep, e.g. "normuon_v").
@@ -36,7 +40,7 @@ from optim.roles import FUSED_BLOCKS
 from optim.stages import active
 from optim.stages.base import MatrixContext
 
-SCALES = ("spectral", "muon", "rms_match")
+SCALES = ("spectral", "muon", "rms_match", "unit")
 
 
 def linear_scale(rows: int, cols: int, rule: str = "spectral") -> float:
@@ -47,6 +51,8 @@ def linear_scale(rows: int, cols: int, rule: str = "spectral") -> float:
         return math.sqrt(max(1.0, rows / cols))
     if rule == "rms_match":
         return 0.2 * math.sqrt(max(rows, cols))
+    if rule == "unit":
+        return 1.0
     raise ValueError(f"unknown linear scale rule {rule!r}; choose one of {list(SCALES)}")
 
 

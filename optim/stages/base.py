@@ -32,10 +32,11 @@ Hook points, in the order one step meets them, with the signature of the functio
                                                     step, in place on p. The befores run in registry
                                                     order, then the step, then the afters in registry
                                                     order (e.g. the radius pin, then #46's cautious decay).
-    decay        fn(p, d, decay) -> None            replaces the decoupled decay p <- p (1 - decay) (decay =
+    decay        fn(p, d, decay, lr) -> None        replaces the decoupled decay p <- p (1 - decay) (decay =
                                                     lr wd, a float or a 0-dim tensor; d: the direction,
-                                                    p's shape) for every decayed parameter; in place. At
-                                                    most one decay stage can be on.
+                                                    p's shape; lr: the layer's rate, of the step p <- p -
+                                                    lr d that follows) for every decayed parameter; in
+                                                    place. At most one decay stage can be on.
 """
 from __future__ import annotations
 
@@ -120,6 +121,6 @@ class StepContext:
     diag: dict | None
 
 
-def plain_decay_(p: torch.Tensor, d: torch.Tensor, decay: float | torch.Tensor) -> None:
+def plain_decay_(p: torch.Tensor, d: torch.Tensor, decay: float | torch.Tensor, lr: float = 0.0) -> None:
     """The decoupled decay every decayed parameter gets when no decay stage is on: p <- p (1 - decay)."""
     p.mul_(1 - decay)

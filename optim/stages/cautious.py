@@ -19,10 +19,22 @@ import torch
 from optim.stages.base import Stage
 
 
-def cautious_decay_(p: torch.Tensor, u: torch.Tensor, decay: float | torch.Tensor) -> None:
+def cautious_decay_(p: torch.Tensor, u: torch.Tensor, decay: float | torch.Tensor, lr: float = 0.0) -> None:
     """p <- p - decay * 1[u * p >= 0] * p in place (decay = lr * wd, a float or a 0-dim tensor);
-    u: the update direction, p's shape (fp32, as the maps return it; the sign test runs in u's dtype)."""
-    agree = (u * p.to(u.dtype) >= 0).to(p.dtype)
+    u: the update direction, p's shape (fp32 as the maps return it, or bf16 with optim.update_bf16; the sign
+    test runs in the wider of u's and p's dtypes); lr: the layer's rate, which the step p <- p - lr u follows.
+
+    A bf16 u (optim.update_bf16) takes the decay into the update before it is rounded, as records 43-46's
+    NorMuon adds lr wd 1[u p >= 0] p into its bf16 update (the coefficient in p's dtype):
+    p <- p - lr (bf16(u + (decay / lr) 1[u p >= 0] p) - u), so that the step then completes
+    p - lr bf16(u + ...). Decay terms below u's bf16 resolution are then rounded as the scripts round them."""
+    if u.dtype == torch.bfloat16 and lr and not isinstance(decay, torch.Tensor):
+        coeff = torch.tensor(decay / lr, dtype=torch.float32).to(p.dtype).float()  # the scripts: in p's dtype
+        agree32 = (u * p >= 0).float()
+        folded = (u.float() + p.float() * (coeff * agree32)).to(torch.bfloat16)
+        p.sub_((folded.float() - u.float()).to(p.dtype), alpha=lr)
+        return
+    agree = (u * p >= 0).to(p.dtype)
     if isinstance(decay, torch.Tensor):
         p.sub_(p * agree * decay.to(p.dtype))
     else:

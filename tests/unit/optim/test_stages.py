@@ -105,7 +105,7 @@ def test_a_toy_decay_stage_replaces_the_decay_and_reads_its_own_key(monkeypatch)
     def build(cfg):
         keep = cfg.toy_keep  # the stage's own key, read once at build time
 
-        def no_decay(p, d, decay):
+        def no_decay(p, d, decay, lr):
             calls.append(d.shape == p.shape)
             p.mul_(keep)
         return no_decay
