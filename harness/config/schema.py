@@ -84,11 +84,6 @@ class BatchStage:
     seq_len: int = MISSING
 
 
-# train.step_every: per parameter role, the group steps only on steps s with (s + 1) % n == 0, its gradients
-# summed over those n steps (records 43, 46: the Adam roles 2, i.e. odd steps only). 1 = every step.
-StepEvery = make_dataclass("StepEvery", [(r, int, 1) for r in sorted(ALL_ROLES)])
-StepEvery.__module__ = __name__
-StepEvery.__doc__ = "Steps between updates of each param-group role (train.step_every.<role>); 1 = every step."
 # ---- end of the staged-schedule block ------------------------------------------------------------------------
 
 
@@ -146,7 +141,6 @@ class TrainConfig:
     batch_stages: list[BatchStage] = field(default_factory=list)  # batch per stage of S (#46); empty = one batch:
                                                                    # global_batch_tokens x seq_len
     batch_final: Optional[BatchStage] = None  # the batch on steps >= S; null = the last stage's
-    step_every: StepEvery = field(default_factory=StepEvery)  # per role (43, 46: the Adam roles 2)
     # ---- end of the staged-schedule fields
     grad_clip: float = 0.0          # clip the global grad norm to this; 0 = off
     loss_reduction: LossReduction = LossReduction.mean  # what the gradient differentiates; logs always show the mean
@@ -267,9 +261,6 @@ class TrainConfig:
                 raise ValueError(f"{key} has {b.global_batch_tokens // b.seq_len} sequences per step, "
                                  f"{stages[0][0]} {first.global_batch_tokens // first.seq_len}: stages change the "
                                  "sequence length, not the count (the accumulation stays fixed, as in record 46)")
-        for role, n in vars(self.step_every).items():
-            if n < 1:
-                raise ValueError(f"train.step_every.{role} must be >= 1 (got {n})")
 
 
 @dataclass

@@ -32,8 +32,8 @@ train_bs_extension); a new size starts at the first step computing it, whose mic
 (the script's `send_args`, sent with each micro-step of that step). Stages change the packed sequence
 length at a fixed sequence count, so the accumulation stays fixed (harness/config/schema.py checks it).
 
-Group parity (records 43, 46's step_optimizers): a role with train.step_every.<role> = n steps after
-steps s with (s + 1) % n == 0 (n = 2: odd steps), its gradients summed over the n steps in between.
+Which groups step (records 43, 46: Adam on odd steps, on two steps' gradients) is the optimizer's own
+rule (optim.adam_every, optim/hybrid.py), not a schedule.
 """
 from __future__ import annotations
 
@@ -88,11 +88,6 @@ def staged_lr_factor(step: int, scheduled: int, cooldown_frac: float, floor: flo
         w = (1 - x) / cooldown_frac
         return lr_max * w + (1 - w) * floor
     return lr_max
-
-
-def group_steps(step: int, every: int) -> bool:
-    """Whether a group updated every `every` steps takes step `step` (0-based): (step + 1) % every == 0."""
-    return (step + 1) % every == 0
 
 
 class StageSchedule:
@@ -207,17 +202,6 @@ class StageSchedule:
     def max_seq_len(self) -> int:
         """The longest packed sequence any training step uses (for the model's block_size and memory checks)."""
         return max(b.seq_len for b in [*self.batch_stages, self.batch_final])
-
-    # ---- which groups step --------------------------------------------------------------------------
-
-    def every(self, role: str) -> int:
-        """train.step_every.<role>: a group of this role updates every that many steps."""
-        return getattr(self.tc.step_every, role)
-
-    def role_steps(self, step: int, role: str) -> bool:
-        """Whether the param groups of `role` take an optimizer step at step `step` (else they keep their
-        gradients, which the next steps add to)."""
-        return group_steps(step, self.every(role))
 
 
 class WindowTracker:

@@ -9,7 +9,7 @@ from omegaconf.errors import ConfigKeyError, ValidationError
 
 from harness.config.schema import BatchStage, LrScheduleKind, LrStage, TrainConfig
 from harness.loop.schedule import LrSchedule
-from harness.loop.stages import (Batch, BatchChange, StageSchedule, WindowChange, Windows, WindowTracker, group_steps,
+from harness.loop.stages import (Batch, BatchChange, StageSchedule, WindowChange, Windows, WindowTracker, 
                                  stage_index, staged_lr_factor)
 
 
@@ -113,18 +113,6 @@ def test_without_batch_stages_one_batch_from_global_batch_tokens_and_seq_len():
     assert s.tokens_before(4) == 256
 
 
-# ---- which groups step ----------------------------------------------------------------------------------------------
-
-def test_a_group_every_n_steps_takes_the_nth_step():
-    assert [group_steps(t, 2) for t in range(6)] == [False, True, False, True, False, True]
-    assert [group_steps(t, 3) for t in range(6)] == [False, False, True, False, False, True]
-    tc = staged(max_steps=4)
-    tc.step_every.head = 2
-    s = StageSchedule(tc)
-    assert [s.role_steps(t, "head") for t in range(4)] == [False, True, False, True]
-    assert all(s.role_steps(t, "attn_qkv") for t in range(4))
-
-
 def test_stage_index_is_the_scripts_expression():
     assert [stage_index(t, 3, 9) for t in range(10)] == [0, 0, 0, 1, 1, 1, 2, 2, 2, 2]
 
@@ -153,22 +141,12 @@ def test_bad_values_fail_naming_the_key(kw, key):
         tc.check()
 
 
-def test_step_every_below_one_fails_naming_the_role():
-    tc = TrainConfig(max_steps=10)
-    tc.step_every.scalar = 0
-    with pytest.raises(ValueError, match="train.step_every.scalar must be >= 1"):
-        tc.check()
-
-
 def test_yaml_lists_of_stages_are_typed_and_a_misspelt_key_fails():
     base = OmegaConf.structured(TrainConfig)
     tc = OmegaConf.to_object(OmegaConf.merge(base, {"lr_schedule": "staged", "lr_stages": [{"after": 0.33, "mult": 1.51}],
-                                                    "batch_stages": [{"global_batch_tokens": 8, "seq_len": 2}],
-                                                    "step_every": {"head": 2}}))
-    assert tc.lr_stages == [LrStage(0.33, 1.51)] and tc.batch_stages == [BatchStage(8, 2)] and tc.step_every.head == 2
+                                                    "batch_stages": [{"global_batch_tokens": 8, "seq_len": 2}]}))
+    assert tc.lr_stages == [LrStage(0.33, 1.51)] and tc.batch_stages == [BatchStage(8, 2)]
     with pytest.raises(ConfigKeyError):
         OmegaConf.merge(base, {"lr_stages": [{"after": 0.33, "multiplier": 1.51}]})
-    with pytest.raises(ConfigKeyError):
-        OmegaConf.merge(base, {"step_every": {"adam": 2}})
     with pytest.raises(ValidationError):
         OmegaConf.merge(base, {"window_stages": ["three"]})

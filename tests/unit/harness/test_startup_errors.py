@@ -39,8 +39,7 @@ def test_cuda_requested_without_cuda_is_a_clear_error():
         D.pick_device(Device.cuda, 0)
 
 
-def test_staged_keys_the_loop_does_not_apply_yet_stop_the_run(tmp_path):
-    """harness/loop/stages.py's windows, batch stages and per-role parity: refused until train.py applies them."""
-    line = user_error(tmp_path, "experiment=smoke", "train.lr_schedule=staged", "train.window_stages=[2,4]",
-                      "train.step_every.head=2")
-    assert "train.window_stages, train.step_every.head: not applied by train.py's loop yet" in line
+def test_staged_windows_need_the_models_external_windows(tmp_path):
+    """train.window_stages sets the windows each step: a model that does not take them is refused at start."""
+    line = user_error(tmp_path, "experiment=smoke", "train.lr_schedule=staged", "train.window_stages=[2,4]")
+    assert "train.window_stages sets the attention windows each step: it needs model.attn_windows_external=true" in line
