@@ -88,7 +88,10 @@ def evaluate(model: torch.nn.Module, val_set, device: torch.device, autocast) ->
     for x, y, *packed in val_set:  # data.mode=varlen: + cu_seqlens
         extra = {"cu_seqlens": packed[0].to(device, non_blocking=True)} if packed else {}
         with autocast():
-            total += model(x.to(device, non_blocking=True), y.to(device, non_blocking=True), **extra).float()
+            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+            if packed:  # one flat row [L] -> [1, L]
+                x, y = x.view(1, -1), y.view(1, -1)
+            total += model(x, y, **extra).float()
         batches += 1
     model.train()
     return D.all_reduce_mean(total / batches).item()
@@ -191,8 +194,10 @@ def train(cfg: Config, rank_info: D.RankInfo, run_dir: Path, stop: StopRequest |
         pre_forward()
         loss_sum = torch.zeros((), device=device)
         for micro in range(accum):
-            x, y, *packed = loader.next_batch()
+            x, y, *packed = loader.next_batch()  # data.mode=varlen: a flat row [L] and its cu_seqlens
             x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+            if packed:
+                x, y = x.view(1, -1), y.view(1, -1)
             # Only the last micro-step all-reduces gradients.
             no_sync = net.no_sync() if isinstance(net, DDP) and micro < accum - 1 else contextlib.nullcontext()
             with no_sync:

@@ -93,11 +93,11 @@ class Yarn(nn.Module):
         if self.current_window < 0:
             self.current_window = int(new_window)
         elif new_window != self.current_window:
-            self._apply(self.current_window, int(new_window))
+            self._rescale(self.current_window, int(new_window))
             self.current_window = int(new_window)
         self.window.fill_(self.current_window)
 
-    def _apply(self, old_window: int, new_window: int) -> None:
+    def _rescale(self, old_window: int, new_window: int) -> None:
         rotations = old_window * self.freqs / (2 * torch.pi)
         scaling_factor = old_window / new_window
         interpolation_weight = torch.clamp((rotations - self.alpha) / (self.beta - self.alpha), 0, 1)

@@ -194,3 +194,13 @@ def test_flex_path_over_cu_seqlens_equals_the_dense_one():
         m.set_attention_windows(3, 1)
     with torch.no_grad():
         torch.testing.assert_close(flex(x, cu_seqlens=cu), dense(x, cu_seqlens=cu), rtol=1e-5, atol=1e-5)
+
+
+def test_the_model_moves_between_devices_and_dtypes_with_yarn():
+    """Yarn is an nn.Module: moving the model (.to, .double()) must keep its rescale and its buffers."""
+    model = GPT(cfg_of(**TINY)).to("cpu")
+    model.set_attention_windows(3, 1)
+    model.set_attention_windows(7, 3)
+    scale = model.yarn.attn_scale
+    model = model.double().float()
+    assert model.yarn.attn_scale == scale and model.yarn.freqs.dtype == torch.float32
