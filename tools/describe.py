@@ -20,11 +20,15 @@ from omegaconf.errors import OmegaConfBaseException
 
 from common.paths import REPO
 from harness.config.schema import Config, ConfigError, load_config, register_configs
+from data.config import LoaderMode
 from harness.loop.schedule import powercool_constants, powercool_lr
+from harness.loop.stages import StageSchedule
 from model.gpt import GPT
 from model.masks import attention_path, window_units
+from model.residual import packed_scalar_slots, script_parameter_count
 from optim import build_optimizer
 from optim.newton_schulz import schedule
+from optim.settings import group_settings
 from optim.stages import STAGES
 
 
@@ -70,8 +74,12 @@ def describe(cfg: Config, overrides: list[str]) -> list[str]:
     model, opt = build_on_meta(cfg)
     roles = model.param_roles()
     n_params = sum(p.numel() for p in model.parameters())
-    lines = [f"config: {' '.join(overrides) or '(defaults)'}", f"parameters: {n_params} ({n_params / 1e6:.2f}M)",
-             "elements per optimizer role:"]
+    lines = [f"config: {' '.join(overrides) or '(defaults)'}", f"parameters: {n_params} ({n_params / 1e6:.2f}M)"]
+    if cfg.model.packed_scalars:  # records 29-46 pack their scalars in one vector padded to the world size
+        c = script_parameter_count(model, 8)
+        lines.append(f"parameters as the script counts them at world size 8: {c['script']} (its {packed_scalar_slots(cfg.model, 8)} "
+                     f"packed scalar slots, some unread; ours: {c['scalars']} scalars, one parameter each)")
+    lines.append("elements per optimizer role:")
     elems, tensors = Counter(), Counter()
     for name, p in model.named_parameters():
         elems[roles[name]] += p.numel()
@@ -80,31 +88,51 @@ def describe(cfg: Config, overrides: list[str]) -> list[str]:
         lines.append(f"  {role:<13} {tensors[role]:>4} tensors {n:>14,}")
     lines.append(f"optimizer: {cfg.optim.name} ({type(opt).__name__}); lr below = initial_lr, scaled by the schedule")
     lines.append(f"  {'group':<13} {'rule':<38} {'tensors':>7} {'elements':>13} {'lr':>9} {'wd':>6}  momentum / betas")
-    for i, g in enumerate(opt.param_groups):
+    settings = group_settings(cfg.optim, opt) if hasattr(cfg.optim, "adam_every") else [{}] * len(opt.param_groups)
+    for i, (g, st) in enumerate(zip(opt.param_groups, settings)):
         rule, mom = group_rule(opt, g)
         n = sum(p.numel() for p in g["params"])
         lines.append(f"  {str(g.get('role', i)):<13} {rule:<38} {len(g['params']):>7} {n:>13,} "
-                     f"{_num(g.get('initial_lr', g['lr'])):>9} {_num(g.get('weight_decay', 0.0)):>6}  {mom}")
+                     f"{_num(g.get('initial_lr', g['lr'])):>9} {_num(g.get('weight_decay', 0.0)):>6}  {mom}"
+                     + _details(st))
     tc = cfg.train
+    stages = StageSchedule(tc)
     warmup, warmdown = round(tc.warmup_frac * tc.max_steps), tc.warmdown_frac * tc.max_steps  # as harness/loop/schedule.py
     per_gpu = tc.micro_batch_seqs * tc.seq_len
+    packed = cfg.data.mode is LoaderMode.varlen
     lines += [
         f"batch: {tc.global_batch_tokens:,} tokens/step = seq_len {tc.seq_len} x {tc.micro_batch_seqs} seqs x ranks x "
         f"accumulation (1 GPU: accum {tc.global_batch_tokens / per_gpu:g}; 8 GPUs: {tc.global_batch_tokens / per_gpu / 8:g})",
-        f"schedule: {tc.max_steps} steps = {tc.max_steps * tc.global_batch_tokens / 1e9:.3f}B tokens; warmup {warmup}, "
-        f"warmdown {warmdown:.10g} steps to {_num(tc.final_lr_frac)}x; validation {tc.val_tokens:,} tokens every "
+        f"schedule: {tc.max_steps} steps = {stages.tokens_before(tc.max_steps) / 1e9:.3f}B tokens; " + (
+            f"staged lr: flat x {[1.0] + [st.mult for st in tc.lr_stages]}, the last {_num(tc.warmdown_frac)} of "
+            f"{stages.scheduled} scheduled steps down to {_num(tc.final_lr_frac)}x, {tc.extension_steps} extension steps"
+            if tc.lr_schedule.value == "staged" else
+            f"warmup {warmup}, warmdown {warmdown:.10g} steps to {_num(tc.final_lr_frac)}x")
+        + f"; validation {tc.val_tokens:,} tokens every "
         f"{tc.val_every} steps" + (f", every {tc.val_tail_every} in the last {_num(tc.val_tail_frac)}"
                                    if tc.val_tail_every else "")
         + (f"; stop at val_loss <= {tc.stop_at_val_loss}" if tc.stop_at_val_loss else ""),
+        "loss: sum over each packed row's tokens (records 29-46), ranks averaged" if packed else
         f"loss: {tc.loss_reduction.value} over the step's tokens"
         + (f" (gradient {tc.global_batch_tokens:,}x the mean's)" if tc.loss_reduction.value == "sum" else ""),
     ]
-    lines.append(f"attention: on CUDA {attention_path(cfg.model, torch.device('cuda'))}; on CPU "
-                 f"{attention_path(cfg.model, torch.device('cpu'))} | compile: {'on' if tc.compile else 'off'}")
+    if tc.batch_stages:
+        lines.append("batch stages: " + " -> ".join(f"{b.global_batch_tokens:,}" for b in tc.batch_stages)
+                     + f" tokens/step from steps {[0] + [c.step for c in stages.batch_changes()]}")
+    cuda_dtype = torch.float32 if tc.precision.value == "fp32" else torch.bfloat16  # train.py's autocast on CUDA
+    lines.append(f"attention: on CUDA {attention_path(cfg.model, torch.device('cuda'), cuda_dtype, packed=packed)}; on CPU "
+                 f"{attention_path(cfg.model, torch.device('cpu'), packed=packed)} | compile: {'on' if tc.compile else 'off'}")
     if cfg.model.embed_bf16:
         lines.append("token table stored in bf16 (model.embed_bf16)")
     m = cfg.model
-    if m.window_size:
+    if stages.has_windows:
+        unit, changes = tc.window_unit_tokens, stages.window_changes()
+        lines.append(f"attention windows (FA3's left, tokens): long {stages.windows(0).long * unit}, changing at steps "
+                     f"{[c.step for c in changes]} to {[c.new * unit for c in changes]}"
+                     + (f" (YaRN rescales at each)" if m.yarn else "") + f"; short = long // 2 blocks; the last "
+                     f"validation's long {stages.val_windows(tc.max_steps).long * unit}; short on layers "
+                     f"{list(m.short_window_layers)}")
+    elif m.window_size:
         unit = m.window_block or 1
         (l0, s0), (l1, s1) = window_units(m, 0, tc.max_steps), window_units(m, tc.max_steps, tc.max_steps)
         grow = f"grows {l0 * unit} -> {l1 * unit} tokens" if m.window_grow else f"{l1 * unit} tokens"
@@ -112,6 +140,23 @@ def describe(cfg: Config, overrides: list[str]) -> list[str]:
         lines.append(f"attention: {'document-causal, ' if m.doc_causal else ''}sliding window {grow}" +
                      (f" in blocks of {unit}" if unit > 1 else "") + short)
     return lines + policy_lines(cfg, opt)
+
+
+def _details(st: dict) -> str:
+    """optim.settings' effective settings of a role-routed group beyond the table's columns (records 29-46)."""
+    out = []
+    if st.get("decay") not in (None, "none", "plain"):
+        out.append(f"decay {st['decay']}")
+    if st.get("map") == "adam":
+        if st.get("correction") not in (None, "torch"):
+            out.append(f"correction {st['correction']}")
+        if st.get("every", 1) != 1:
+            out.append(f"steps every {st['every']} (gradients summed)")
+        if st.get("state") not in (None, "fp32"):
+            out.append(f"moments {st['state']}")
+    if st.get("lr_mul", 1.0) != 1.0:
+        out.append(f"lr_mul {_num(st['lr_mul'])}")
+    return ("; " + "; ".join(out)) if out else ""
 
 
 def policy_lines(cfg: Config, opt: torch.optim.Optimizer) -> list[str]:
