@@ -53,11 +53,12 @@ class Muon(NamedTuple):
 class Train(NamedTuple):
     steps: int
     warmup: int           # lr warmup steps
-    warmdown: int         # lr warmdown steps
+    warmdown: int         # lr warmdown steps (records 29-46: of the scheduled steps, steps - extension)
     final_lr_frac: float
-    seq_len: int
+    seq_len: int          # tokens per sequence (records 29-46: one packed row per GPU and micro-step)
     micro_batch_seqs: int  # sequences per GPU
     val_every: int
+    extension: int = 0    # records 43, 46: steps after the schedule, at its end values
 
 
 @dataclass(frozen=True)
@@ -104,8 +105,10 @@ class Track1:
     norm_eps: Optional[float] = None  # None: torch's default
     muon: Optional[Muon] = None
     adamw: Optional[tuple[tuple[float, float], float]] = None  # (betas, eps) of AdamW on every parameter
-    script: Optional[Script] = None   # None: the script is not in ../shared
+    script: Optional[Script] = None   # None: the script is not in ../shared, or (records 29-46) it is compared by
+                                      # tests/records/test_records29_46_*.py, test_records43_46_optim.py
     run: Run = field(default_factory=Run)
+    batch_tokens: int = 524_288       # tokens per step (records 29-46: 8 packed rows; record 46 its first stage)
 
 
 class Linear(NamedTuple):
@@ -250,6 +253,58 @@ EXPECTED: dict[str, Track1 | Track3] = {
                            "model.value_embed_layers=[0,3]", "model.short_window_layers=[1]",
                            "model.window_size=64", "model.window_block=16")),
     ),
+    # Records 29-46 (one packed row of documents per GPU, windows per step, the FP8 head): the embeddings all padded
+    # to 50,304 rows; attention in 11 layers (29) or 10 (43, 46: none in 0 and 7), MLP in 12 (29) or 11 (no MLP in
+    # 0); each attention layer's gate [6, 12]; scalars one parameter each (the scripts pack them: 64 slots).
+    "record29_fa3": Track1(
+        params=275_743_564,  # 5 tables of 50304 x 768, 11 attention + 12 MLP layers, 11 gates, 52 scalars
+        roles={"embed": (1, E_PAD), "value_embed": (3, 3 * E_PAD), "head": (1, E_PAD),
+               "attn_qkv": (11, 11 * QKV), "attn_out": (11, 11 * SQ), "attn_gate": (11, 11 * 6 * 12),
+               "mlp_in": (12, 12 * MLP), "mlp_out": (12, 12 * MLP), "scalar": (1 + 12 + 11, 6 + 24 + 22)},
+        rules={**muon_rules(0.05, embed=0.6, value_embed=0.6, head=0.008, scalar=0.04), "attn_gate": ("linear", 0.05, 0.0)},
+        muon=Muon(scale="unit", ns_method="quintic", ns_steps=5, momentum=0.95, nesterov=True, warmup_start=0.85,
+                  warmup_steps=300, adam_betas=(0.8, 0.95), adam_eps=1e-10, form="ema"),
+        train=Train(1670, 0, 752, 0.1, 49152, 1, 125),  # the last 45%: 751.5 steps
+        shard_tail="read", repeat_first_batch=False, batch_tokens=393_216,
+        first_below_target=(1670, 3.2755, 163621),
+        run=Run(overrides=("model.n_layer=12", "train.micro_batch_seqs=1", "train.global_batch_tokens=1024",
+                           "data.varlen.val_rank_tokens=64", "data.varlen.max_doc_len=128"))),
+    "record43_cautiouswd": Track1(
+        params=268_665_613,  # 5 tables, 10 attention + 11 MLP layers, 10 gates, the smear gate, 49 scalars
+        roles={"embed": (1, E_PAD), "value_embed": (3, 3 * E_PAD), "head": (1, E_PAD),
+               "attn_qkv": (10, 10 * QKV), "attn_out": (10, 10 * SQ), "attn_gate": (10, 10 * 6 * 12),
+               "smear_gate": (1, 12), "mlp_in": (11, 11 * MLP), "mlp_out": (11, 11 * MLP),
+               "scalar": (1 + 11 + 10 + 2, 5 + 22 + 20 + 2)},
+        rules={**{r: ("linear", 0.03, 1.2) for r in HIDDEN + ("attn_gate", "smear_gate")},
+               "mlp_in": ("linear", 0.06, 1.2),  # the script's lr_mul 2 on c_fc
+               **{r: ("adam", a, 0.0) for r, a in (("embed", 0.6), ("value_embed", 0.6), ("head", 0.008),
+                                                   ("scalar", 0.04))}},
+        train=Train(2245, 0, 1102, 0.1, 32768, 1, 250, extension=40),  # 50% of the 2205 scheduled: 1102.5
+        shard_tail="read", repeat_first_batch=False, batch_tokens=262_144,
+        first_below_target=(2245, 3.2784, 137582),
+        run=Run(overrides=("model.n_layer=12", "train.micro_batch_seqs=1", "train.global_batch_tokens=1024",
+                           "data.varlen.val_rank_tokens=64", "data.varlen.max_doc_len=128", "train.extension_steps=2",
+                           "optim.momentum_horizon=5", "optim.momentum_cooldown_steps=2"))),
+    "record46_batchsizeschedule": Track1(
+        params=268_665_609,  # record 43's, with one skip gate (45 scalars)
+        roles={"embed": (1, E_PAD), "value_embed": (3, 3 * E_PAD), "head": (1, E_PAD),
+               "attn_qkv": (10, 10 * QKV), "attn_out": (10, 10 * SQ), "attn_gate": (10, 10 * 6 * 12),
+               "smear_gate": (1, 12), "mlp_in": (11, 11 * MLP), "mlp_out": (11, 11 * MLP),
+               "scalar": (1 + 11 + 10 + 2, 1 + 22 + 20 + 2)},
+        rules={**{r: ("linear", 0.023, 1.2) for r in HIDDEN + ("attn_gate", "smear_gate")},
+               "mlp_in": ("linear", 0.046, 1.2),
+               **{r: ("adam", a, 0.0) for r, a in (("embed", 0.6), ("value_embed", 0.6), ("head", 0.008),
+                                                   ("scalar", 0.04))}},
+        train=Train(2160, 0, 1166, 0.1, 16384, 1, 250, extension=40),  # 55% of the 2120 scheduled
+        shard_tail="read", repeat_first_batch=False, batch_tokens=131_072,
+        first_below_target=(2160, 3.2780, 132194),
+        run=Run(overrides=("model.n_layer=12", "train.seq_len=64", "train.micro_batch_seqs=1",
+                           "train.global_batch_tokens=512", "data.varlen.val_rank_tokens=64",
+                           "data.varlen.max_doc_len=128", "train.extension_steps=2", "optim.momentum_horizon=5",
+                           "optim.momentum_cooldown_steps=2",
+                           "train.batch_stages=[{global_batch_tokens:512,seq_len:64},"
+                           "{global_batch_tokens:1024,seq_len:128},{global_batch_tokens:1536,seq_len:192}]",
+                           "train.batch_final={global_batch_tokens:1536,seq_len:192}"))),
     "track3_adamw": Track3(
         params=162_354_816,  # 2 x 50304 x 768 + 50304 (head bias) + 12 x 7,086,336 (block) + 2 x 768 (norms)
         groups={"embed": ("adam", 0.3, 0.0, (0.8, 0.95)), "head": ("adam", 1 / 320, 0.0, (0.8, 0.95)),

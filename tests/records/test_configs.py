@@ -88,14 +88,18 @@ def test_record4_rms_match_reproduces_the_record_step():
 
 @pytest.mark.parametrize("rec", RECORDS)
 def test_schedule_batch_and_validation(built, rec):
-    tc = built[rec][0].train
-    steps, warmup, warmdown, final, seq, micro, val_every = EXPECTED[rec].train
-    assert tc.max_steps == steps and tc.final_lr_frac == final
-    assert round(tc.warmup_frac * steps) == warmup and round(tc.warmdown_frac * steps) == warmdown
+    cfg, e = built[rec][0], EXPECTED[rec]
+    tc = cfg.train
+    steps, warmup, warmdown, final, seq, micro, val_every, extension = e.train
+    assert tc.max_steps == steps and tc.final_lr_frac == final and tc.extension_steps == extension
+    scheduled = steps - extension  # records 43, 46: the cooldown is a fraction of the scheduled steps
+    assert round(tc.warmup_frac * steps) == warmup and round(tc.warmdown_frac * scheduled) == warmdown
     assert (tc.seq_len, tc.micro_batch_seqs, tc.val_every) == (seq, micro, val_every)
-    assert tc.global_batch_tokens == 524_288 == 8 * micro * seq  # 8 GPUs x accumulation 1
-    assert tc.val_tokens == 10_485_760 and tc.val_tokens % (8 * micro * seq) == 0
-    assert built[rec][0].model.block_size >= seq
+    assert tc.global_batch_tokens == e.batch_tokens == 8 * micro * seq  # 8 GPUs x accumulation 1
+    packed = cfg.data.mode.value == "varlen"  # validation rows of val_rank_tokens (records 29-46)
+    val_rows = 8 * cfg.data.varlen.val_rank_tokens if packed else 8 * micro * seq
+    assert tc.val_tokens == 10_485_760 and tc.val_tokens % val_rows == 0
+    assert cfg.model.block_size >= (max(seq, val_rows // 8) if packed else seq)
 
 
 def test_lr_schedule_values_match_the_records():
