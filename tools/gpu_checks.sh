@@ -6,21 +6,26 @@
 #                   since the last GPU run (results/benchmarks/gpu_h200.md: dual diverged with a flat 0.05
 #                   rate on the tied table; it is now tied_embed_lr_times_width / n_embd). Same settings as
 #                   that run's compiled AdamW (val 7.562 after 30 steps), so the two compare directly.
-#   2. vs_record12  benchmarks/vs_reference/run.py: record 12's own script vs experiment=record12_flexattn, one
+#   2. record46     experiment=record46_batchsizeschedule on one GPU (accumulation 8), compiled, the first 20 of its
+#                   2160 steps (issue 25): ms/step, the attention backend auto chose (the run event's
+#                   attention_backend: fa3 only where flash_attn_interface is installed, else flex) and the FP8
+#                   head; validation on 8 rows of 49,152 tokens. (The record's own script needs FA3 from the
+#                   `kernels` hub: no side-by-side here.)
+#   3. vs_record12  benchmarks/vs_reference/run.py: record 12's own script vs experiment=record12_flexattn, one
 #                   GPU, compiled, 40 steps of the unchanged 1875-step schedule (step-time ratio, compile
 #                   time, val loss at steps 0 and 40) -> OUT/vs_reference/record12/report.md
-#   3. vs_record20  the same for record 20, 30 of its 1393 steps -> OUT/vs_reference/record20/report.md
-#   4. mfu          GPT-2 124M, AdamW, compiled, 20 steps, if time is left; analysis/mfu.py on it and on
+#   4. vs_record20  the same for record 20, 30 of its 1393 steps -> OUT/vs_reference/record20/report.md
+#   5. mfu          GPT-2 124M, AdamW, compiled, 20 steps, if time is left; analysis/mfu.py on it and on
 #                   the runs above (the tied-dual run is GPT-2 124M compiled too, its optimizer included).
-#   5. track3_muon  experiment=track3_muon as configured (one GPU: accumulation 8), compiled, the first 20
+#   6. track3_muon  experiment=track3_muon as configured (one GPU: accumulation 8), compiled, the first 20
 #                   of its 3250 steps (train.stop_after_step), 262,144 val tokens: its ms/step and MFU,
 #                   owed since track 3 landed (issue 12); the first CPU proxy's (_v1) figures are in
 #                   results/benchmarks/track3_proxy_cpu.md.
-#   6. track3_best46  experiment=track3_best46 the same way, right after step 5 on the same GPU (issue 24:
+#   7. track3_best46  experiment=track3_best46 the same way, right after step 6 on the same GPU (issue 24:
 #                   its ms/step against track3_muon's; SOAP's eigh at step 0 and its per-step QR are the
 #                   cost): the first 20 of its 2900 steps -> both in mfu.md.
 # The sample's 3.96M train tokens are repeated to 40M (tools/repeat_shards.py): record 20's loader
-# does not cycle. Its val shard holds 405,727 tokens, so validation uses 393,216 (6 x 65,536) in 2-3.
+# does not cycle. Its val shard holds 405,727 tokens, so validation uses 393,216 (6 x 65,536) in 3-4.
 #
 #   bash tools/gpu_carry.sh .carry                    # here, once (wheels, sample shards, 2 record scripts)
 #   bash tools/gpu_checks.sh .carry "$OUT"            # on the GPU machine, with .carry carried along
@@ -88,6 +93,9 @@ $PY -m tools.repeat_shards --src "$CARRY/fineweb-sample" --out "$DATA" --train-t
 GPT2=(model=gpt2_124m "data.dir=$DATA" device=cuda train.val_every=0 train.val_tokens=262144 train.log_every=5
       train.compile=true)
 step tied_dual 130 train "${GPT2[@]}" optim=dual train.max_steps=30 "hydra.run.dir=$RUNS/gpt2_dual_compile"
+step record46 150 train experiment=record46_batchsizeschedule "data.dir=$DATA" device=cuda train.compile=true \
+    train.stop_after_step=20 train.val_tokens=393216 data.varlen.val_rank_tokens=49152 train.log_every=5 \
+    "hydra.run.dir=$RUNS/record46_compile"
 step vs_record12 250 side_by_side record12_flexattn record12_flexattn 40
 step vs_record20 200 side_by_side record20_sub3min record20_sub3min 30
 step mfu_run 90 train "${GPT2[@]}" optim=adamw train.max_steps=20 train.log_every=1 "hydra.run.dir=$RUNS/gpt2_adamw_compile"
@@ -102,6 +110,7 @@ else
     MFU_ARGS=()
 fi
 MFU_RUNS=$(ls -d "$RUNS"/gpt2_adamw_compile "$RUNS"/gpt2_dual_compile "$RUNS"/track3_muon_compile "$RUNS"/track3_best46_compile \
+           "$RUNS"/record46_compile \
            "$OUT"/vs_reference/*/ours 2>/dev/null |
            while read -r d; do [ -s "$d/metrics.jsonl" ] && echo "$d"; done)
 # shellcheck disable=SC2086  # one run folder per word
