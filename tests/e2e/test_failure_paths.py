@@ -201,7 +201,7 @@ def composition_error(*overrides: str) -> str:
 @pytest.mark.parametrize("override,line", [
     ("train.max_step=10", "unknown config key train.max_step (did you mean train.max_steps?): "
                           "`python train.py --cfg job` prints every key"),
-    ("optim=adam", "optim=adam: no such option; choose one of adamw, dual, muon, track3_adamw, track3_best46, track3_muon"),
+    ("optim=adam", "optim=adam: no such option; choose one of adamw, dual, muon, record29, record43, record46, track3_adamw, track3_best46, track3_muon"),
     ("logger=wandb_schema", "logger=wandb_schema: no such option; choose one of none, wandb"),
     ("optim.lr=fast", "optim.lr=fast: Value 'fast' of type 'str' could not be converted to Float"),
     ("train.precision=fp16", "train.precision=fp16: Invalid value 'fp16', expected one of [auto, fp32, bf16]"),

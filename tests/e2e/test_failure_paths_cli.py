@@ -106,7 +106,7 @@ def test_plus_typo_and_hydra_errors_are_one_line_exit_2_and_a_failed_start_says_
     assert outcome_of(run_dir)["status"] == "failed" and outcome_of(run_dir)["exit_code"] == 2
     proc = run_train("experiment=smoke", "optim=adam", f"hydra.run.dir={tmp_path / 'never'}")
     assert proc.returncode == 2 and proc.stderr.splitlines() == [
-        "error: optim=adam: no such option; choose one of adamw, dual, muon, track3_adamw, track3_best46, track3_muon"]
+        "error: optim=adam: no such option; choose one of adamw, dual, muon, record29, record43, record46, track3_adamw, track3_best46, track3_muon"]
     assert not (tmp_path / "never").exists()  # Hydra refused it before any folder was made
     helped = run_train("--help")
     assert helped.returncode == 0 and "optim: adamw, dual, muon" in helped.stdout and "_schema" not in helped.stdout
