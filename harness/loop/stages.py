@@ -90,6 +90,17 @@ def staged_lr_factor(step: int, scheduled: int, cooldown_frac: float, floor: flo
     return lr_max
 
 
+def _changes(value_at, end: int, change):
+    """change(step, old, new) at every step 1..end - 1 whose value_at(step) differs from the step before's."""
+    out, prev = [], value_at(0)
+    for step in range(1, end):
+        new = value_at(step)
+        if new != prev:
+            out.append(change(step, prev, new))
+        prev = new
+    return out
+
+
 class StageSchedule:
     """The staged schedules of one run, from its TrainConfig (`tc`); see the module docstring."""
 
@@ -141,15 +152,8 @@ class StageSchedule:
     def window_changes(self) -> list[WindowChange]:
         """Every step 1..max_steps whose long window differs from the previous step's, in order."""
         if self._window_changes is None:
-            changes = []
-            if self.has_windows:
-                prev = self.windows(0).long
-                for step in range(1, self.max_steps + 1):
-                    new = self.windows(step).long
-                    if new != prev:
-                        changes.append(WindowChange(step, prev, new))
-                    prev = new
-            self._window_changes = changes
+            self._window_changes = _changes(lambda s: self.windows(s).long, self.max_steps + 1, WindowChange) \
+                if self.has_windows else []
         return self._window_changes
 
     # ---- batch --------------------------------------------------------------------------------------
@@ -164,13 +168,7 @@ class StageSchedule:
         """Every training step whose batch differs from the previous step's: where the loader takes the new
         size (record 46's send_args is not None exactly there)."""
         if self._batch_changes is None:
-            changes, prev = [], self.batch(0)
-            for step in range(1, self.max_steps):
-                new = self.batch(step)
-                if new != prev:
-                    changes.append(BatchChange(step, prev, new))
-                prev = new
-            self._batch_changes = changes
+            self._batch_changes = _changes(self.batch, self.max_steps, BatchChange)
         return self._batch_changes
 
     def tokens_before(self, step: int) -> int:

@@ -23,6 +23,7 @@ from model.config import ModelConfig
 from model.gpt import GPT
 from model.residual import packed_scalar_slots, script_parameter_count
 from tests.support.reference_scripts import REF_DIR, load
+from tests.support.threads import one_thread  # noqa: F401  (autouse: one torch thread)
 
 pytestmark = pytest.mark.skipif(not REF_DIR.is_dir(), reason="needs ../shared/reference/modded-nanogpt")
 
@@ -168,14 +169,6 @@ def check_step(ref, ours, pairs, record, ws_long, ws_short, label, rescale=True)
     assert loss_d < 1e-5 and float((ref_mean - our_mean).abs()) < 1e-5
     assert logit_d < 1e-4
     assert g_d < 1e-4, where
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def test_record29_loss_logits_and_gradients():

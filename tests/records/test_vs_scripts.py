@@ -28,6 +28,7 @@ from model.masks import window_units
 from optim import build_optimizer
 from tests.records.expected import EXPECTED, Script
 from tests.support.reference_scripts import REF_DIR, load, loop_statements, top_level
+from tests.support.threads import one_thread  # noqa: F401  (autouse: one torch thread)
 
 pytestmark = [pytest.mark.skipif(not REF_DIR.is_dir(), reason="../shared reference scripts not present"),
               pytest.mark.e2e]  # integration: the record scripts at shrunk size
@@ -41,15 +42,6 @@ RENAMES = [(r"^transformer\.", ""), (r"^h\.", "blocks."), (r"^embed\.", "wte."),
            (r"attn\.c_attn\.", "attn.qkv."), (r"attn\.qkv_w$", "attn.qkv.weight"), (r"attn\.c_([qkv])\.", r"attn.\1."),
            (r"attn\.c_proj\.", "attn.proj."), (r"mlp\.c_fc\.", "mlp.fc."), (r"mlp\.c_proj\.", "mlp.proj."),
            (r"attn\.lambdas$", "attn.v_lambdas"), (r"^blocks\.(\d+)\.lambdas$", r"blocks.\1.x0_lambdas")]
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny matmuls: one thread (on shared cores, more only spin against each other; 80x slower seen)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def our_name(name: str) -> str:

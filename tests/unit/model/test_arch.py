@@ -7,17 +7,9 @@ import torch
 from model.config import Init, MlpAct, ModelConfig, Norm, PosEmb, QKNorm, SoftCap
 from model.gpt import GPT
 from model.rotary import apply_rotary, rotary_frequencies
+from tests.support.threads import one_thread  # noqa: F401  (autouse: one torch thread)
 
 V = 300  # small vocabulary; 299 plays <|endoftext|> where documents matter
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """The test machine is shared: one BLAS thread is many times faster than two contending ones."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def tiny(**kw) -> ModelConfig:

@@ -8,17 +8,10 @@ import torch
 from model.config import AttnImpl, ModelConfig
 from model.gpt import GPT
 from model.masks import Window, dense_mask, document_ids, window_units
+from tests.support.threads import one_thread  # noqa: F401  (autouse: one torch thread)
 from tests.unit.model.test_arch import V, ids, randomize, same_weights, tiny
 
 BOS = V - 1
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def brute_force_allowed(tokens: list[int], window: int, unit: int, doc_causal: bool) -> torch.Tensor:
