@@ -140,17 +140,32 @@ class HybridOptimizer(torch.optim.Optimizer):
         self._diag_unread = False
         return dict(self._diag)
 
+    def state_dict(self) -> dict:
+        """torch's state_dict, plus the gradients zero_grad() kept for accumulation (optim.adam_every: after an
+        even step of records 43-46 the Adam groups hold one step's gradient that the next adds to), so a
+        checkpoint taken between two Adam steps resumes exactly."""
+        out = super().state_dict()
+        if self._pending:
+            out["pending_grads"] = {i: [None if p.grad is None else p.grad.detach().clone() for p in
+                                        self.param_groups[i]["params"]] for i in sorted(self._pending)}
+        return out
+
     def load_state_dict(self, state_dict: dict) -> None:
         """torch's load_state_dict, except that state tensors keep the dtype they were saved in. torch
         casts them to their parameter's dtype, so a bf16 table's fp32 moments (every map keeps fp32
         state, but Adam's with optim.adam_state_dtype=bf16) would come back bf16, and the resumed step would fail mixing them with the fp32 gradient."""
+        state_dict = dict(state_dict)
+        pending = state_dict.pop("pending_grads", {})
         super().load_state_dict(state_dict)
         # A gradient kept for accumulation (optim.adam_every) belongs to the state being replaced (e.g. the
-        # trainer's compile warm-up, undone by loading the saved state): the loaded state starts without it.
+        # trainer's compile warm-up, undone by loading the saved state): the loaded state has its own or none.
         for i in self._pending | self._held:
             for p in self.param_groups[i]["params"]:
                 p.grad = None
-        self._pending, self._held = set(), set()
+        self._pending, self._held = {int(i) for i in pending}, set()
+        for i, grads in pending.items():
+            for p, g in zip(self.param_groups[int(i)]["params"], grads):
+                p.grad = None if g is None else g.to(device=p.device, dtype=p.dtype, copy=True)
         saved_ids = [i for g in state_dict["param_groups"] for i in g["params"]]
         params = [p for g in self.param_groups for p in g["params"]]
         for i, p in zip(saved_ids, params):

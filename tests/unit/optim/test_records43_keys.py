@@ -3,6 +3,7 @@ NorMuon's records43 form (optim/stages/normuon.py), the lr-scaled decay with rol
 Adam every k-th step on the summed gradients (and zero_grad keeping them), Adam's step_size correction, the
 unit scale, the gate roles' routing and rates; and each key's bad value failing with the key's name.
 (tests/records/test_records43_46_optim.py compares the whole optimizers with the scripts'.)"""
+import copy
 import io
 
 import pytest
@@ -116,6 +117,7 @@ def test_adam_every_two_steps_on_the_summed_gradient_and_zero_grad_keeps_it():
             want -= 0.04 * adam_direction_step_size(summed, m, v, (step + 1) // 2, (0.65, 0.95), 1e-8)
         torch.testing.assert_close(s.detach(), want)
     assert not torch.equal(want, s0)
+    before = copy.deepcopy(opt.state_dict())
     w.grad, s.grad = torch.ones(8, 4), torch.ones(3)
     opt.step()  # an even 0-based step: Adam holds its gradient ...
     opt.zero_grad()
@@ -126,11 +128,16 @@ def test_adam_every_two_steps_on_the_summed_gradient_and_zero_grad_keeps_it():
         opt.step()
         opt.zero_grad()
     assert s.grad is not None
-    opt.load_state_dict(opt.state_dict())  # e.g. the compile warm-up undone: the kept gradient goes with it
+    held = opt.state_dict()  # a checkpoint here carries the kept gradient ...
+    assert torch.equal(held["pending_grads"][[g["role"] for g in opt.param_groups].index("scalar")][0], s.grad)
+    opt.load_state_dict(before)  # ... a state from before it (the compile warm-up undone) does not
     assert s.grad is None
+    opt.load_state_dict(held)
+    assert torch.equal(s.grad, torch.ones(3))
 
 
-def test_record43_keys_resume_exactly_from_a_state_dict():
+@pytest.mark.parametrize("checkpoint_after", [4, 3])  # after an Adam step; between two (a kept gradient)
+def test_record43_keys_resume_exactly_from_a_state_dict(checkpoint_after):
     """Records 43-46's keys together: a state_dict taken after an Adam step, loaded into a fresh optimizer,
     continues exactly (NorMuon's "normuon_v_long", the groups' lr_mul, Adam's step parity)."""
     c = cfg(lr=0.03, ns_method="polar_express", scale="unit", role_lr_mul={"mlp_in": 2.0}, normuon=True,
@@ -152,7 +159,7 @@ def test_record43_keys_resume_exactly_from_a_state_dict():
 
     a = {n: torch.nn.Parameter(w.clone()) for n, w in start.items()}
     opt_a = build_hybrid(c, list(a.items()), roles)
-    run(a, opt_a, grads[:4])
+    run(a, opt_a, grads[:checkpoint_after])
     buf = io.BytesIO()
     torch.save(opt_a.state_dict(), buf)  # a checkpoint: state_dict() holds the live tensors
     buf.seek(0)
@@ -161,7 +168,7 @@ def test_record43_keys_resume_exactly_from_a_state_dict():
     opt_b.load_state_dict(torch.load(buf))
     assert {grp["role"]: grp.get("lr_mul") for grp in opt_b.param_groups}["mlp_in"] == 2.0
     assert opt_b.state[b["fc"]]["normuon_v_long"].shape == (32, 1)
-    run(a, opt_a, grads[4:])
-    run(b, opt_b, grads[4:])
+    run(a, opt_a, grads[checkpoint_after:])
+    run(b, opt_b, grads[checkpoint_after:])
     for n in shapes:
         assert torch.equal(a[n].detach(), b[n].detach()), n
