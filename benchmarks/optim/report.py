@@ -14,7 +14,8 @@ Definitions (per arm, at its chosen lr, over its seeds):
 - p final: one-sided Welch t-test, H1: the arm's mean final loss < the reference's.
 - p goal: one-sided Welch, H1: the arm's val loss at step 0.9 N_ref (interpolated on each seed's
   curve of the full-length run, so mid-warmdown: conservative) < the reference's final losses.
-  Issue 13's goal: a dual-family arm with p goal < 0.01 over >= 4 seeds.
+  The goal (--goal-ratio; issue 13: 0.90, issue 27: 0.83): a dual-family arm with p goal < 0.01 over >= 4 seeds.
+- --also-vs ARM: the same steps ratio and p final against a second reference arm (issue 27: track 3's #46).
 """
 from __future__ import annotations
 
@@ -32,7 +33,7 @@ from analysis.curves import loss_at, mean_curve  # noqa: E402
 from analysis.stats import spread, welch_less  # noqa: E402
 from common.atomic_io import atomic_open, write_text_atomic  # noqa: E402
 
-GOAL_RATIO, GOAL_P, GOAL_SEEDS = 0.90, 0.01, 4
+GOAL_P, GOAL_SEEDS = 0.01, 4  # the goal's ratio is run.py's --goal-ratio (setup["goal_ratio"])
 
 
 def steps_to(curve: Curve, target: float, key: str = "steps") -> float:
@@ -48,8 +49,9 @@ def curve_steps(curve: Curve) -> list[int]:
     return [p.step for p in curve.points]
 
 
-def summarize(arms: list, results: dict, chosen: dict, reference: str) -> tuple[dict, dict]:
-    """Per-arm figures at the chosen lr (see the module docstring) and the reference's (target, N_ref)."""
+def summarize(arms: list, results: dict, chosen: dict, reference: str, goal_ratio: float) -> tuple[dict, dict]:
+    """Per-arm figures at the chosen lr (see the module docstring) and the reference's (target, N_ref); p goal
+    reads each seed's curve at goal_ratio x N_ref."""
     runs = {a.name: [results[k] for k in sorted(results) if k[0] == a.name and k[1] == chosen.get(a.name)]
             for a in arms if chosen.get(a.name) is not None}
     runs = {k: v for k, v in runs.items() if v}
@@ -64,7 +66,7 @@ def summarize(arms: list, results: dict, chosen: dict, reference: str) -> tuple[
         finals = [r["final"] for r in rs]
         st = steps_to(curve, ref["target"]) if reference in runs else math.nan
         per_seed = [steps_to(r["curve"], ref["target"]) / ref["n_ref"] for r in rs] if reference in runs else []
-        goal_vals = [loss_at(r["curve"], GOAL_RATIO * ref["n_ref"]) for r in rs] if reference in runs else []
+        goal_vals = [loss_at(r["curve"], goal_ratio * ref["n_ref"]) for r in rs] if reference in runs else []
         out[name] = {"runs": rs, "curve": curve, "finals": finals, "final": spread(finals),
                      "steps_to": st, "ratio": st / ref["n_ref"] if reference in runs else math.nan,
                      "per_seed": per_seed, "seeds": [k[2] for k in sorted(results)
@@ -103,8 +105,8 @@ def marks_for(steps: int, val_steps: list[int]) -> list[int]:
 def write_report(path: Path, arms: list, results: dict, grids: dict, chosen: dict, setup: dict) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    reference = setup.get("reference", "muon")
-    summary, ref = summarize(arms, results, chosen, reference)
+    reference, goal_ratio = setup.get("reference", "muon"), setup["goal_ratio"]
+    summary, ref = summarize(arms, results, chosen, reference, goal_ratio)
     ncol = max((len(g) for g in grids.values()), default=1)
     L = [f"# Optimizer benchmark: {setup.get('title', 'arms over one base experiment')}", "",
          f"Command: `{setup['command']}` ({setup['wall_min']:.0f} min wall, {setup.get('machine', '?')}).  ",
@@ -149,10 +151,12 @@ def write_report(path: Path, arms: list, results: dict, grids: dict, chosen: dic
         L.append(f"| {a.name} | {chosen[a.name]:.4g} | {len(s['runs'])} | " + " | ".join(vals) +
                  f" | {m:.4f} ± {sd:.4f} | {_f(s['steps_to'], 0)} | {_f(s['ratio'], 3)} | {_ratio_cell(s['per_seed'])} | "
                  f"{_p(s['p_final'])} | {_p(s['p_goal'])} | {s['ms_per_step']:.0f} |")
-    L += _ablation_section(arms, summary, reference) + _verdict_section(arms, summary, ref, reference)
+    for other in setup.get("also_vs") or []:
+        L += _against_section(arms, summarize(arms, results, chosen, other, goal_ratio), other)
+    L += _ablation_section(arms, summary, reference) + _verdict_section(arms, summary, ref, reference, goal_ratio)
     png = path.with_suffix(".png")
     if summary:
-        plot(png, arms, summary, ref, reference, setup.get("device", "cpu"))
+        plot(png, arms, summary, ref, reference, setup.get("device", "cpu"), goal_ratio)
         L += ["", f"![val loss vs step]({png.name})", ""]
     if setup.get("notes"):
         L += ["", setup["notes"].rstrip(), ""]
@@ -180,16 +184,34 @@ def _ablation_section(arms: list, summary: dict, reference: str) -> list[str]:
     return L
 
 
-def _verdict_section(arms: list, summary: dict, ref: dict, reference: str) -> list[str]:
-    L = ["", "## Verdict against issue 13's goal", ""]
+def _against_section(arms: list, against: tuple[dict, dict], other: str) -> list[str]:
+    """Every arm against a second reference (--also-vs): steps to its mean final loss as a ratio of its own, and
+    the one-sided p-value that the arm's mean final loss is below its."""
+    summary, ref = against
+    L = ["", f"## Against {other}", ""]
+    if other not in summary:
+        return L + [f"{other} has no finished runs."]
+    L += [f"Target = {other}'s mean final val loss **{ref['target']:.4f}**, reached by its seed-averaged curve at step "
+          f"{ref['n_ref']:.0f}.", "", f"| arm | seeds | final (mean) | steps to {other}'s final | vs {other} | "
+          f"p final < {other} |", "|---|---|---|---|---|---|"]
+    for a in arms:
+        v = summary.get(a.name)
+        if v is not None:
+            L.append(f"| {a.name} | {len(v['runs'])} | {v['final'][0]:.4f} | {_f(v['steps_to'], 0)} | "
+                     f"{_f(v['ratio'], 3)} | {_p(v['p_final'])} |")
+    return L
+
+
+def _verdict_section(arms: list, summary: dict, ref: dict, reference: str, goal_ratio: float) -> list[str]:
+    L = ["", "## Verdict against the goal", ""]
     if reference not in summary:
         return L + [f"The reference arm ({reference}) has no finished runs: no target, no verdict."]
     family = [a.name for a in arms if a.name in summary and a.config.get("optim", {}).get("name") == "dual"]
-    met = [n for n in family if summary[n]["ratio"] <= GOAL_RATIO and summary[n]["p_goal"] < GOAL_P
+    met = [n for n in family if summary[n]["ratio"] <= goal_ratio and summary[n]["p_goal"] < GOAL_P
            and len(summary[n]["runs"]) >= GOAL_SEEDS]
     # Unreached arms have an infinite ratio: break ties by final loss, so "best" is the closest one.
     best = min(family, key=lambda n: (summary[n]["ratio"], summary[n]["final"][0]), default=None)
-    L.append(f"Goal: a dual-family arm reaches {reference}'s final loss in <= {GOAL_RATIO:.2f}x its steps, with "
+    L.append(f"Goal: a dual-family arm reaches {reference}'s final loss in <= {goal_ratio:.2f}x its steps, with "
              f"p goal < {GOAL_P} over >= {GOAL_SEEDS} seeds.")
     if met:
         L.append("- **met** by " + ", ".join(f"{n} ({summary[n]['ratio']:.3f}x, p={_p(summary[n]['p_goal'])})" for n in met))
@@ -209,7 +231,7 @@ def _verdict_section(arms: list, summary: dict, ref: dict, reference: str) -> li
     return L
 
 
-def plot(png: Path, arms: list, summary: dict, ref: dict, reference: str, device: str = "cpu") -> None:
+def plot(png: Path, arms: list, summary: dict, ref: dict, reference: str, device: str, goal_ratio: float) -> None:
     """Left: every arm's seed-averaged val curve (band: min-max over seeds). Right: the last 40% of steps."""
     fig, axes = plt.subplots(1, 2, figsize=(13, 5))
     colors = plt.get_cmap("tab10")
@@ -231,7 +253,7 @@ def plot(png: Path, arms: list, summary: dict, ref: dict, reference: str, device
     for ax in axes:
         if math.isfinite(ref["target"]):
             ax.axhline(ref["target"], color="gray", lw=0.8, ls=":")
-            ax.axvline(GOAL_RATIO * ref["n_ref"], color="gray", lw=0.8, ls="--")
+            ax.axvline(goal_ratio * ref["n_ref"], color="gray", lw=0.8, ls="--")
         ax.set_xlabel("step")
         ax.set_ylabel("val loss (nats/token)")
         ax.grid(alpha=0.3)

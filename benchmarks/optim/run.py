@@ -164,6 +164,9 @@ def parse_args(argv: list[str] | None):
     ap.add_argument("--arm", action="append", default=[], help="define or redefine an arm: 'NAME=override;override'")
     ap.add_argument("--extra", action="append", default=[], help="'GLOB:override' added to the matching arms")
     ap.add_argument("--reference", default="muon", help="the arm whose final loss is the target")
+    ap.add_argument("--also-vs", nargs="*", default=[], help="more arms to compare every arm against (steps ratio, p)")
+    ap.add_argument("--goal-ratio", type=float, default=0.90,
+                    help="the goal: a dual-family arm at <= this x the reference's steps (issue 27: 0.83)")
     ap.add_argument("--center", action="append", default=[], help="'GLOB=LR': sweep center (default: the arm's optim.lr)")
     ap.add_argument("--lr-mults", default="0.5,1,2", help="the sweep: center x each (the same for every arm)")
     ap.add_argument("--lrs", nargs="*", default=[], help="'GLOB=LR,LR,...': an explicit grid instead (matching arms)")
@@ -234,7 +237,8 @@ def main(argv: list[str] | None = None) -> None:
     expected = {(a.name, lr, 0) for a in live for lr in grids[a.name]}
     expected |= {(n, c, s) for n, c in chosen.items() if c is not None for s in range(1, args.seeds)}
     setup = {"command": " ".join(["python -m benchmarks.optim.run", *(argv if argv is not None else sys.argv[1:])]),
-             "base": base, "reference": args.reference, "seeds": args.seeds, "lr_mults": args.lr_mults,
+             "base": base, "reference": args.reference, "also_vs": args.also_vs, "goal_ratio": args.goal_ratio,
+             "seeds": args.seeds, "lr_mults": args.lr_mults,
              "steps": args.steps, "device": args.device, "machine": machine(args.device, args.jobs, args.threads),
              "wall_min": (time.time() - t_start) / 60, "missing": sorted(run_name(*k) for k in expected - results.keys()),
              "title": args.title or f"{args.experiment} on {args.device.upper()}",

@@ -63,7 +63,7 @@ def fixtures():
 
 def test_summary_ratios_and_p_values():
     arms, results, grids, chosen = fixtures()
-    summary, ref = summarize(arms, results, chosen, "muon")
+    summary, ref = summarize(arms, results, chosen, "muon", 0.90)
     assert ref["target"] == pytest.approx(6.31) and ref["n_ref"] == pytest.approx(400.0)
     fast = summary["fast"]
     # seed 0 is at 6.31 exactly at step 300; seed 1 crosses between 200 (6.6) and 300 (6.30)
@@ -79,7 +79,8 @@ def test_summary_ratios_and_p_values():
 def test_report_tables_verdict_and_png(tmp_path):
     arms, results, grids, chosen = fixtures()
     setup = {"command": "python -m benchmarks.optim.run --fake", "wall_min": 1.0, "base": ["experiment=smoke"],
-             "reference": "muon", "seeds": 2, "lr_mults": "1,2", "steps": 400, "machine": "a test",
+             "reference": "muon", "also_vs": ["fast"], "goal_ratio": 0.90, "seeds": 2, "lr_mults": "1,2", "steps": 400,
+             "machine": "a test",
              "missing": ["slow_lr0.05_s2"], "notes": "## Notes\n\nhand-written context"}
     out = tmp_path / "optim.md"
     write_report(out, arms, results, grids, chosen, setup)
@@ -93,5 +94,9 @@ def test_report_tables_verdict_and_png(tmp_path):
     assert "**not met**. Best dual-family ratio: fast at 0.7" in text
     row = next(line for line in text.splitlines() if line.startswith("| slow | 0.05 |"))
     assert "not reached" in row
+    # against a second reference (--also-vs fast): its mean final 6.075 at step 400; slow never reaches it
+    assert "## Against fast" in text and "Target = fast's mean final val loss **6.0750**" in text
+    against = next(line for line in text.splitlines() if line.startswith("| muon | 2 |"))
+    assert "not reached" in against and against.endswith("| 1 |") is False
     assert text.rstrip().endswith("hand-written context")
     assert not list(tmp_path.glob(".*.tmp"))  # atomic writes leave no temporary files

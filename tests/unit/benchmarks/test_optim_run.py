@@ -138,6 +138,6 @@ def test_verdict_names_the_closest_arm_when_none_reaches_the_target():
     summary = {"muon": {"ratio": 1.0, "final": (6.94, 0.01), "runs": [{}] * 4, "p_goal": math.nan},
                "dual": entry(7.00), "dual-rates": entry(6.96)}
     arms = [arm("muon", "muon"), arm("dual", "dual"), arm("dual-rates", "dual")]
-    text = "\n".join(_verdict_section(arms, summary, {"target": 6.94}, "muon"))
+    text = "\n".join(_verdict_section(arms, summary, {"target": 6.94}, "muon", 0.83))
     assert "no dual-family arm reaches muon's final loss (6.9400)" in text
     assert "the closest is dual-rates at 6.9600 (4 seeds)" in text and "not reachedx" not in text
