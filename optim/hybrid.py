@@ -344,4 +344,5 @@ def build_hybrid(cfg: Any, named_params: Iterable[tuple[str, torch.nn.Parameter]
     n_layer = sum(1 for n, _ in named_params if roles.get(n) == "mlp_out") or 1
     # Embedding tables are [vocab, width]: the width sets a tied table's rate on the Embed map.
     width = next((p.shape[1] for n, p in named_params if roles.get(n) in ("embed_head", "embed") and p.dim() == 2), None)
-    return HybridOptimizer(named_params, roles, cfg, routes, rates_from_config(cfg, routes, n_layer, width))
+    head_d_in = next((p.shape[1] for n, p in named_params if roles.get(n) == "head" and p.dim() == 2), None)
+    return HybridOptimizer(named_params, roles, cfg, routes, rates_from_config(cfg, routes, n_layer, width, head_d_in))

@@ -90,6 +90,11 @@ class DualConfig(StageKeys, LookaheadKeys):
     # absolute rates (manual mode; Adam-routed roles in mass mode)
     embed_lr: float = 0.6
     head_lr: float = 0.008
+    # The head's Adam step is sign-like: each entry of a [vocab, d_in] row moves by ~lr, so a logit moves by up to
+    # ~lr * d_in (unit-RMS features). Set, this makes the head's rate head_lr_times_width / d_in (muP's output rule,
+    # the modular norm's scale for the head) and replaces head_lr; null keeps head_lr. Track-3 #36's 0.004 at d_in
+    # 128 is 0.512 (issue 27's head arm).
+    head_lr_times_width: Optional[float] = None
     scalar_lr: float = 0.04           # gains, biases, scalars
     role_lr: dict[str, float] = field(default_factory=dict)  # absolute per-role override, e.g. role_lr.attn_out=0.02
     role_lr_mul: dict[str, float] = field(default_factory=dict)  # per-role factor on the rate (after role_lr), the
@@ -163,6 +168,12 @@ def validate(cfg: Any) -> None:
                          "modular norm's mass rule)")
     if cfg.tied_map is not None:
         _choice(cfg, "tied_map", tuple(MAPS))
+    if cfg.head_lr_times_width is not None:
+        if not cfg.head_lr_times_width > 0:
+            raise ValueError(f"optim.head_lr_times_width={cfg.head_lr_times_width} must be > 0 (or null: head_lr)")
+        if cfg.head_map != "adam":
+            raise ValueError("optim.head_lr_times_width sets the rate of a sign-like (Adam) head step; the head is on "
+                             f"optim.head_map={cfg.head_map!r}, whose rate is optim.head_lr: set one or the other")
     _choice(cfg, "scale", SCALES)
     _choice(cfg, "ns_method", tuple(METHODS))
     _choice(cfg, "momentum_form", FORMS)
@@ -232,12 +243,19 @@ def adam_settings(cfg: Any, routes: dict[str, str]) -> dict[str, tuple[tuple[flo
     return out
 
 
-def rates_from_config(cfg: Any, routes: dict[str, str], n_layer: int = 1, width: int | None = None) -> dict[str, float]:
+def rates_from_config(cfg: Any, routes: dict[str, str], n_layer: int = 1, width: int | None = None,
+                      head_d_in: int | None = None) -> dict[str, float]:
     """Role -> initial learning rate, following optim.rate_mode (see the module docstring).
 
-    width: the model's embedding width (n_embd), needed for a tied table on the Embed map."""
+    width: the model's embedding width (n_embd), needed for a tied table on the Embed map.
+    head_d_in: the untied head's input width ([vocab, d_in]), needed with optim.head_lr_times_width."""
     lr = float(cfg.lr)
-    absolute = {"head": cfg.head_lr, **{r: cfg.embed_lr for r in EMBED_ROLES}, **{r: cfg.scalar_lr for r in VECTOR_ROLES},
+    head_lr = cfg.head_lr
+    if getattr(cfg, "head_lr_times_width", None) is not None and "head" in routes:
+        if not head_d_in:
+            raise ValueError("optim.head_lr_times_width needs the head's input width to set its rate")
+        head_lr = cfg.head_lr_times_width / head_d_in
+    absolute = {"head": head_lr, **{r: cfg.embed_lr for r in EMBED_ROLES}, **{r: cfg.scalar_lr for r in VECTOR_ROLES},
                 **{r: cfg.scalar_lr for r in GATE_ROLES}}  # a gate's on Adam (gate_map=adam); on the linear map: lr
     # A tied table follows the head's rate on Adam or the linear map; on the Embed map its rate is
     # set per unit of width (see tied_embed_lr_times_width): an untied table's embed_lr (0.6) would

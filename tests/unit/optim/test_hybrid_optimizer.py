@@ -140,6 +140,22 @@ def test_a_tied_table_on_the_embed_map_steps_by_one_over_width():
     assert group_of(opt, "wte.weight")["lr"] == pytest.approx(0.007)
 
 
+def test_head_lr_times_width_sets_the_heads_adam_rate_by_one_over_its_input_width():
+    # A sign-like step of lr per entry moves a logit by up to lr * d_in: the rule keeps that product fixed.
+    for d_in in (16, 128):
+        named, roles = toy_params()
+        named = [(n, torch.nn.Parameter(torch.zeros(V, d_in))) if n == "lm_head.weight" else (n, p) for n, p in named]
+        opt = build_hybrid(cfg_of(DualConfig, head_lr_times_width=0.512, head_lr=0.9), named, roles)
+        assert group_of(opt, "lm_head.weight")["lr"] * d_in == pytest.approx(0.512)
+        assert group_of(opt, "lambdas")["lr"] == pytest.approx(DualConfig.scalar_lr)  # nothing else moves
+    named, roles = toy_params()
+    assert group_of(build_hybrid(cfg_of(DualConfig), named, roles), "lm_head.weight")["lr"] == DualConfig.head_lr
+    with pytest.raises(ValueError, match="optim.head_lr_times_width"):
+        build_hybrid(cfg_of(DualConfig, head_lr_times_width=0.5, head_map="linear"), named, roles)
+    with pytest.raises(ValueError, match="optim.head_lr_times_width=0"):
+        build_hybrid(cfg_of(DualConfig, head_lr_times_width=0.0), named, roles)
+
+
 def test_bad_parameters_and_configs_fail_naming_the_fix():
     named, roles = toy_params()
     with pytest.raises(ValueError, match="has no role"):
