@@ -16,6 +16,10 @@ Definitions (per arm, at its chosen lr, over its seeds):
   curve of the full-length run, so mid-warmdown: conservative) < the reference's final losses.
   The goal (--goal-ratio; issue 13: 0.90, issue 27: 0.83): a dual-family arm with p goal < 0.01 over >= 4 seeds.
 - --also-vs ARM: the same steps ratio and p final against a second reference arm (issue 27: track 3's #46).
+- --ablation CHILD=PARENT: CHILD's final loss against PARENT's, each at its own chosen lr (difference of the
+  means +- its standard error, one-sided Welch p both ways), and what CHILD changes: every key of the composed
+  run config whose value differs, lr aside. Without it, dual's variants are compared against dual (issue 13).
+- Readout: an arm scored on a tail-EMA readout (track 3's #46) is also read on its raw weights, paired per seed.
 """
 from __future__ import annotations
 
@@ -153,7 +157,9 @@ def write_report(path: Path, arms: list, results: dict, grids: dict, chosen: dic
                  f"{_p(s['p_final'])} | {_p(s['p_goal'])} | {s['ms_per_step']:.0f} |")
     for other in setup.get("also_vs") or []:
         L += _against_section(arms, summarize(arms, results, chosen, other, goal_ratio), other)
-    L += _ablation_section(arms, summary, reference) + _verdict_section(arms, summary, ref, reference, goal_ratio)
+    L += (_pairs_section(arms, summary, setup["ablations"]) if setup.get("ablations") else
+          _ablation_section(arms, summary, reference))
+    L += _readout_section(arms, summary) + _verdict_section(arms, summary, ref, reference, goal_ratio)
     png = path.with_suffix(".png")
     if summary:
         plot(png, arms, summary, ref, reference, setup.get("device", "cpu"), goal_ratio)
@@ -182,6 +188,56 @@ def _ablation_section(arms: list, summary: dict, reference: str) -> list[str]:
         share = -delta / gap if gap and math.isfinite(gap) and gap != 0 else math.nan
         L.append(f"| {a.name} | {a.description} | {delta:+.4f} ± {sd:.4f} | {_f(share, 2)} | {_p(welch_less(f, dual)[2])} |")
     return L
+
+
+def _flat(config: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in config.items():
+        out.update(_flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
+    return out
+
+
+def config_change(child, parent) -> str:
+    """What CHILD's composed run config sets differently from PARENT's, lr aside: 'key: parent's -> child's'."""
+    a, b = _flat(parent.config), _flat(child.config)
+    keys = sorted(k for k in a.keys() | b.keys() if a.get(k, "(none)") != b.get(k, "(none)") and k != "optim.lr")
+    return "; ".join(f"{k}: {a.get(k, '(none)')} -> {b.get(k, '(none)')}" for k in keys) or "(identical config)"
+
+
+def _pairs_section(arms: list, summary: dict, pairs: list) -> list[str]:
+    """--ablation CHILD=PARENT: each arm against the arm it modifies, each at its own chosen lr."""
+    by_name = {a.name: a for a in arms}
+    L = ["", "## One-change ablations (each arm against the arm it modifies, each at its own chosen lr)", "",
+         "| arm | modifies | final - parent's (mean ± se) | seeds | p (arm < parent) | p (arm > parent) | what changes |",
+         "|---|---|---|---|---|---|---|"]
+    for child, parent in pairs:
+        if child not in summary or parent not in summary:
+            L.append(f"| {child} | {parent} | not run | - | - | - | {config_change(by_name[child], by_name[parent])} |")
+            continue
+        c, q = summary[child], summary[parent]
+        se = math.sqrt(c["final"][1] ** 2 / len(c["finals"]) + q["final"][1] ** 2 / len(q["finals"]))
+        p = welch_less(c["finals"], q["finals"])[2]
+        L.append(f"| {child} | {parent} | {c['final'][0] - q['final'][0]:+.4f} ± {_f(se)} | {len(c['finals'])} vs "
+                 f"{len(q['finals'])} | {_p(p)} | {_p(1 - p) if not math.isnan(p) else '-'} | "
+                 f"{config_change(by_name[child], by_name[parent])} |")
+    return L
+
+
+def _readout_section(arms: list, summary: dict) -> list[str]:
+    """Arms scored on a tail-EMA readout: the readout's final loss against the raw weights', paired per seed."""
+    rows = []
+    for a in arms:
+        runs = summary.get(a.name, {}).get("runs", [])
+        if runs and all(r.get("final_raw") is not None and r["final_raw"] != r["final"] for r in runs):
+            diff = spread([r["final"] - r["final_raw"] for r in runs])
+            raw = spread([r["final_raw"] for r in runs])
+            rows.append(f"| {a.name} | {len(runs)} | {raw[0]:.4f} | {summary[a.name]['final'][0]:.4f} | "
+                        f"{diff[0]:+.4f} [{diff[2]:+.4f}, {diff[3]:+.4f}] |")
+    if not rows:
+        return []
+    return ["", "## Readout: the tail EMA against the raw weights (same runs)", "",
+            "| arm | seeds | raw final (mean) | readout final (mean) | readout - raw: mean [min, max] |",
+            "|---|---|---|---|---|", *rows]
 
 
 def _against_section(arms: list, against: tuple[dict, dict], other: str) -> list[str]:

@@ -88,6 +88,7 @@ def load_run(run_dir: Path) -> dict | None:
     key = "val_ema_loss" if ema else "val_loss"
     return {"curve": Curve(log.name, [Point(e["step"], 0, e["train_time_ms"], e.get(key, e["val_loss"])) for e in vals]),
             "final": summary["final_val_ema_loss" if ema else "final_val_loss"], "metric": key,
+            "final_raw": summary.get("final_val_loss"),
             "ms_per_step": summary["train_time_ms"] / max(1, summary["steps"])}
 
 
@@ -165,6 +166,8 @@ def parse_args(argv: list[str] | None):
     ap.add_argument("--extra", action="append", default=[], help="'GLOB:override' added to the matching arms")
     ap.add_argument("--reference", default="muon", help="the arm whose final loss is the target")
     ap.add_argument("--also-vs", nargs="*", default=[], help="more arms to compare every arm against (steps ratio, p)")
+    ap.add_argument("--ablation", action="append", default=[],
+                    help="'CHILD=PARENT': report CHILD against the arm it modifies (repeatable)")
     ap.add_argument("--goal-ratio", type=float, default=0.90,
                     help="the goal: a dual-family arm at <= this x the reference's steps (issue 27: 0.83)")
     ap.add_argument("--center", action="append", default=[], help="'GLOB=LR': sweep center (default: the arm's optim.lr)")
@@ -190,6 +193,12 @@ def parse_args(argv: list[str] | None):
         raise SystemExit(f"--lr-mults {args.lr_mults!r}: expected numbers separated by commas, e.g. 0.5,1,2") from None
     if args.seeds < 1 or args.jobs < 1:
         raise SystemExit("--seeds and --jobs must be >= 1")
+    args.ablations = []
+    for spec in args.ablation:
+        child, sep, parent = spec.partition("=")
+        if not sep or not child or not parent:
+            raise SystemExit(f"--ablation {spec!r}: expected CHILD=PARENT, two arm names")
+        args.ablations.append((child, parent))
     if args.data is not None and not Path(args.data).is_dir():
         raise SystemExit(f"--data {args.data} is not a folder of token shards")
     return args
@@ -207,6 +216,9 @@ def main(argv: list[str] | None = None) -> None:
     names = args.arms or list(ARMS) + [n for n in table if n not in ARMS]
     if args.reference not in names:
         names = [args.reference] + names
+    unknown = sorted({n for pair in args.ablations for n in pair} - set(names))
+    if unknown:
+        raise SystemExit(f"--ablation names arms not in this run: {unknown}; add them to --arms")
     arms = resolve_arms(names, base, table, args.extra)
     live = [a for a in arms if not a.alias_of]
     grids = {a.name: lr_grid(a, args.center, args.mults, args.lrs) for a in live}
@@ -238,6 +250,7 @@ def main(argv: list[str] | None = None) -> None:
     expected |= {(n, c, s) for n, c in chosen.items() if c is not None for s in range(1, args.seeds)}
     setup = {"command": " ".join(["python -m benchmarks.optim.run", *(argv if argv is not None else sys.argv[1:])]),
              "base": base, "reference": args.reference, "also_vs": args.also_vs, "goal_ratio": args.goal_ratio,
+             "ablations": args.ablations,
              "seeds": args.seeds, "lr_mults": args.lr_mults,
              "steps": args.steps, "device": args.device, "machine": machine(args.device, args.jobs, args.threads),
              "wall_min": (time.time() - t_start) / 60, "missing": sorted(run_name(*k) for k in expected - results.keys()),

@@ -100,3 +100,29 @@ def test_report_tables_verdict_and_png(tmp_path):
     assert "not reached" in against and against.endswith("| 1 |") is False
     assert text.rstrip().endswith("hand-written context")
     assert not list(tmp_path.glob(".*.tmp"))  # atomic writes leave no temporary files
+
+
+def test_one_change_ablations_and_the_readout_section(tmp_path):
+    arms, results, grids, chosen = fixtures()
+    # fast differs from slow by one composed key (and the lr, which is not a change); fast is scored on a tail EMA
+    # whose raw weights read 0.01 / 0.03 lower.
+    arms[1] = Arm("fast", ["optim=dual", "optim.soap=true"], "", {"optim": {"name": "dual", "soap": True, "lr": 0.1}})
+    arms[2] = Arm("slow", ["optim=dual"], "", {"optim": {"name": "dual", "soap": False, "lr": 0.05}})
+    results[("fast", 0.1, 0)]["final_raw"] = 6.04
+    results[("fast", 0.1, 1)]["final_raw"] = 6.07
+    setup = {"command": "x", "wall_min": 0.0, "reference": "muon", "goal_ratio": 0.9, "seeds": 2,
+             "ablations": [("fast", "slow"), ("same", "slow")]}
+    out = tmp_path / "a.md"
+    write_report(out, arms, results, grids, chosen, setup)
+    text = out.read_text()
+    row = next(line for line in text.splitlines() if line.startswith("| fast | slow |"))
+    # finals 6.05 / 6.10 against 6.9 / 6.8: difference -0.775, se sqrt(0.00125/2 + 0.005/2) = 0.0559
+    se = math.sqrt(0.0353553 ** 2 / 2 + 0.0707107 ** 2 / 2)
+    assert f"-0.7750 ± {se:.4f}" in row and "| 2 vs 2 |" in row
+    p = welch_less([6.05, 6.10], [6.9, 6.8])[2]
+    assert 0.005 < p < 0.01 and f"| {p:.2g} | {1 - p:.2g} |" in row
+    assert row.rstrip(" |").endswith("optim.soap: False -> True")
+    assert "| same | slow | not run |" in text
+    readout = next(line for line in text.splitlines() if line.startswith("| fast | 2 |") and "[" in line)
+    assert "| 6.0550 | 6.0750 | +0.0200 [+0.0100, +0.0300] |" in readout
+    assert "dual's variants against dual" not in text  # --ablation replaces issue 13's default section

@@ -111,6 +111,11 @@ def test_dry_run_lists_arms_aliases_and_run_count(tmp_path, monkeypatch, capsys)
     assert "lrs [0.01, 0.02, 0.03, 0.04]" in out and "lrs [0.02, 0.04, 0.08]" in out and "13 runs" in out
     with pytest.raises(SystemExit, match="--center 'muon': expected GLOB=LR"):
         bench(tmp_path, monkeypatch, fake, "--dry-run", "--center", "muon")
+    # --ablation CHILD=PARENT names two arms of this run
+    with pytest.raises(SystemExit, match=r"--ablation names arms not in this run: \['dual-lanton'\]"):
+        bench(tmp_path, monkeypatch, fake, "--dry-run", "--arms", "muon", "dual", "--ablation", "dual-lanton=dual")
+    with pytest.raises(SystemExit, match="expected CHILD=PARENT"):
+        bench(tmp_path, monkeypatch, fake, "--dry-run", "--ablation", "dual")
 
 
 def test_switch_cost_measures_every_arm_on_a_tiny_model():
