@@ -37,7 +37,8 @@ from hydra.core.hydra_config import HydraConfig
 
 from analysis.runs import METRICS_FILE, parse_events
 from common.atomic_io import write_text_atomic
-from harness.checkpoint.state import config_diff, config_hash, model_optim_config, rng_state, run_config, set_rng_state
+from harness.checkpoint.state import (config_diff, config_hash, model_optim_config, model_optim_defaults, rng_state,
+                                     run_config, set_rng_state)
 from harness.checkpoint.store import (
     CheckpointError,
     PendingCheckpoint,
@@ -155,7 +156,7 @@ class Checkpointer:
         except (TypeError, KeyError, ValueError):
             raise CheckpointError(f"checkpoint {path}: trainer.pt does not hold a trainer state (step, configs); "
                                   "it is not a checkpoint of this trainer") from None
-        diff = config_diff(saved, self.config)
+        diff = config_diff(saved, self.config, model_optim_defaults(self.cfg))
         if diff:
             listed = "; ".join(diff[:6]) + (f"; and {len(diff) - 6} more" if len(diff) > 6 else "")
             if not force:

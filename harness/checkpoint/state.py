@@ -47,6 +47,15 @@ def model_optim_config(cfg: Config) -> dict:
     return _flatten({"model": _plain(cfg.model), "optim": _plain(cfg.optim)})
 
 
+def model_optim_defaults(cfg: Config) -> dict:
+    """The schema defaults of model.* and optim.* (flat), for keys a checkpoint predates: {} if a schema
+    cannot be built without arguments."""
+    try:
+        return _flatten({"model": _plain(type(cfg.model)()), "optim": _plain(type(cfg.optim)())})
+    except TypeError:
+        return {}
+
+
 def run_config(cfg: Config) -> dict:
     """Keys that may change on resume (with a warning): train.*, data.*, seed."""
     return _flatten({"train": _plain(cfg.train), "data": _plain(cfg.data), "seed": cfg.seed})
@@ -56,13 +65,17 @@ def config_hash(flat: dict) -> str:
     return hashlib.sha256(json.dumps(flat, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def config_diff(saved: dict, now: dict) -> list[str]:
+def config_diff(saved: dict, now: dict, defaults: dict | None = None) -> list[str]:
     """'key (checkpoint A, now B)' for every key whose value differs or exists on one side only.
 
-    Most telling first: a changed optimizer/model *name*, then values both sides have, then keys only
-    one side has (which follow from a changed name, or from a newer version of the code)."""
+    A key the checkpoint lacks that is now at its schema default (`defaults`) is no difference: it was added
+    to the code since, and a new key's default is the behavior from before it (every stage is off by
+    default, every new rate rule is null). Most telling first: a changed optimizer/model *name*, then values
+    both sides have, then keys only one side has (which follow from a changed name, or from newer code)."""
     missing = "<absent>"
-    keys = [k for k in set(saved) | set(now) if saved.get(k, missing) != now.get(k, missing)]
+    defaults = defaults or {}
+    keys = [k for k in set(saved) | set(now) if saved.get(k, missing) != now.get(k, missing)
+            and not (k not in saved and k in defaults and now.get(k, missing) == defaults[k])]
     keys.sort(key=lambda k: (not k.endswith(".name"), not (k in saved and k in now), k))
     return [f"{k} (checkpoint {saved.get(k, missing)!r}, now {now.get(k, missing)!r})" for k in keys]
 
