@@ -12,7 +12,7 @@ Definitions (per arm, at its chosen lr, over its seeds):
 - steps to target: where the arm's seed-averaged curve reaches the target; "vs ref" = that / N_ref.
   Per seed: each seed's own crossing / N_ref (mean [min, max]).
 - p final: one-sided Welch t-test, H1: the arm's mean final loss < the reference's.
-- p goal: one-sided Welch, H1: the arm's val loss at step 0.9 N_ref (interpolated on each seed's
+- p goal: one-sided Welch, H1: the arm's val loss at step (--goal-ratio) x N_ref (interpolated on each seed's
   curve of the full-length run, so mid-warmdown: conservative) < the reference's final losses.
   The goal (--goal-ratio; issue 13: 0.90, issue 27: 0.83): a dual-family arm with p goal < 0.01 over >= 4 seeds.
 - --also-vs ARM: the same steps ratio and p final against a second reference arm (issue 27: track 3's #46).
@@ -314,7 +314,7 @@ def plot(png: Path, arms: list, summary: dict, ref: dict, reference: str, device
         ax.set_ylabel("val loss (nats/token)")
         ax.grid(alpha=0.3)
     axes[0].set_ylim(top=min(axes[0].get_ylim()[1], max(finals) + 2.0))
-    axes[0].set_title(f"val loss vs step ({device.upper()}); dotted: {reference}'s final, dashed: 0.9 N_ref")
+    axes[0].set_title(f"val loss vs step ({device.upper()}); dotted: {reference}'s final, dashed: {goal_ratio:g} N_ref (the goal)")
     axes[1].set_title("the last 40% of the steps")
     axes[1].legend(fontsize=7, ncol=2)
     fig.tight_layout()
