@@ -172,6 +172,19 @@ def welch_less(a: list[float], b: list[float]) -> tuple[float, float, float]:
     return t, df, float(student_t.cdf(t, df))
 
 
+def single_less(x: float, b: list[float]) -> tuple[float, float, float]:
+    """One new value x against a sample b, H1: x comes from a distribution with a lower mean, assuming b's
+    spread for both (a one-seed arm against a seeded one). Returns (t, df, p).
+
+    t = (x - mean b) / (s_b sqrt(1 + 1/n_b)) (the prediction interval's), df = n_b - 1, p = P(T_df <= t);
+    nan where b has < 2 values or no spread."""
+    if len(b) < 2 or not all(map(math.isfinite, [x, *b])) or stdev(b) == 0:
+        return math.nan, math.nan, math.nan
+    t = (x - mean(b)) / (stdev(b) * math.sqrt(1 + 1 / len(b)))
+    from scipy.stats import t as student_t
+    return t, len(b) - 1, float(student_t.cdf(t, len(b) - 1))
+
+
 def spread(values: list[float]) -> tuple[float, float, float, float]:
     """(mean, sample std (0 for one value), min, max) of finite values; nans if none."""
     vals = [v for v in values if math.isfinite(v)]

@@ -34,7 +34,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 from analysis.crossing import Curve, first_crossing  # noqa: E402
 from analysis.curves import loss_at, mean_curve  # noqa: E402
-from analysis.stats import spread, welch_less  # noqa: E402
+from analysis.stats import single_less, spread, welch_less  # noqa: E402
 from common.atomic_io import atomic_open, write_text_atomic  # noqa: E402
 
 GOAL_P, GOAL_SEEDS = 0.01, 4  # the goal's ratio is run.py's --goal-ratio (setup["goal_ratio"])
@@ -157,7 +157,7 @@ def write_report(path: Path, arms: list, results: dict, grids: dict, chosen: dic
                  f"{_p(s['p_final'])} | {_p(s['p_goal'])} | {s['ms_per_step']:.0f} |")
     for other in setup.get("also_vs") or []:
         L += _against_section(arms, summarize(arms, results, chosen, other, goal_ratio), other)
-    L += (_pairs_section(arms, summary, setup["ablations"]) if setup.get("ablations") else
+    L += (_pairs_section(arms, summary, setup["ablations"], results, grids, chosen) if setup.get("ablations") else
           _ablation_section(arms, summary, reference))
     L += _readout_section(arms, summary) + _verdict_section(arms, summary, ref, reference, goal_ratio)
     png = path.with_suffix(".png")
@@ -204,22 +204,32 @@ def config_change(child, parent) -> str:
     return "; ".join(f"{k}: {a.get(k, '(none)')} -> {b.get(k, '(none)')}" for k in keys) or "(identical config)"
 
 
-def _pairs_section(arms: list, summary: dict, pairs: list) -> list[str]:
-    """--ablation CHILD=PARENT: each arm against the arm it modifies, each at its own chosen lr."""
+def _pairs_section(arms: list, summary: dict, pairs: list, results: dict, grids: dict, chosen: dict) -> list[str]:
+    """--ablation CHILD=PARENT: each arm against the arm it modifies. An arm run at one lr only (not swept) is
+    compared at that lr where the parent has >= 2 seeds there (one change, nothing else); a swept arm at each
+    one's chosen lr. A one-seed arm is tested against the parent's seeds as one new draw (analysis.stats.single_less)."""
     by_name = {a.name: a for a in arms}
-    L = ["", "## One-change ablations (each arm against the arm it modifies, each at its own chosen lr)", "",
-         "| arm | modifies | final - parent's (mean ± se) | seeds | p (arm < parent) | p (arm > parent) | what changes |",
-         "|---|---|---|---|---|---|---|"]
+    L = ["", "## One-change ablations (each arm against the arm it modifies)", "",
+         "| arm | modifies | compared at | final - parent's (mean ± se) | seeds | p (arm < parent) | p (arm > parent) | "
+         "what changes |", "|---|---|---|---|---|---|---|---|"]
     for child, parent in pairs:
+        change = config_change(by_name[child], by_name[parent])
         if child not in summary or parent not in summary:
-            L.append(f"| {child} | {parent} | not run | - | - | - | {config_change(by_name[child], by_name[parent])} |")
+            L.append(f"| {child} | {parent} | - | not run | - | - | - | {change} |")
             continue
-        c, q = summary[child], summary[parent]
-        se = math.sqrt(c["final"][1] ** 2 / len(c["finals"]) + q["final"][1] ** 2 / len(q["finals"]))
-        p = welch_less(c["finals"], q["finals"])[2]
-        L.append(f"| {child} | {parent} | {c['final'][0] - q['final'][0]:+.4f} ± {_f(se)} | {len(c['finals'])} vs "
-                 f"{len(q['finals'])} | {_p(p)} | {_p(1 - p) if not math.isnan(p) else '-'} | "
-                 f"{config_change(by_name[child], by_name[parent])} |")
+        c, lr = summary[child]["finals"], chosen[child]
+        same = sorted(r for r in results if r[0] == parent and r[1] == lr)
+        if len(grids.get(child, [])) == 1 and len(same) >= 2:
+            q, where = [results[k]["final"] for k in same], f"lr {lr:.4g} (both)"
+        else:
+            q, where = summary[parent]["finals"], f"own best lr ({lr:.4g} vs {chosen[parent]:.4g})"
+        sq = spread(q)[1]
+        if len(c) == 1:
+            se, p = sq * math.sqrt(1 + 1 / len(q)), single_less(c[0], q)[2]
+        else:
+            se, p = math.sqrt(spread(c)[1] ** 2 / len(c) + sq ** 2 / len(q)), welch_less(c, q)[2]
+        L.append(f"| {child} | {parent} | {where} | {spread(c)[0] - spread(q)[0]:+.4f} ± {_f(se)} | {len(c)} vs {len(q)} | "
+                 f"{_p(p)} | {_p(1 - p) if not math.isnan(p) else '-'} | {change} |")
     return L
 
 

@@ -7,7 +7,7 @@ import pytest
 
 from analysis.crossing import Curve, Point
 from analysis.curves import loss_at, mean_curve
-from analysis.stats import welch_less
+from analysis.stats import single_less, welch_less
 from benchmarks.optim.arms import Arm
 from benchmarks.optim.report import steps_to, summarize, write_report
 
@@ -105,24 +105,35 @@ def test_report_tables_verdict_and_png(tmp_path):
 def test_one_change_ablations_and_the_readout_section(tmp_path):
     arms, results, grids, chosen = fixtures()
     # fast differs from slow by one composed key (and the lr, which is not a change); fast is scored on a tail EMA
-    # whose raw weights read 0.01 / 0.03 lower.
+    # whose raw weights read 0.01 / 0.03 lower. "one" is run at one lr (0.05) and one seed: it is compared with
+    # fast's two seeds at that same lr, not at fast's best.
     arms[1] = Arm("fast", ["optim=dual", "optim.soap=true"], "", {"optim": {"name": "dual", "soap": True, "lr": 0.1}})
     arms[2] = Arm("slow", ["optim=dual"], "", {"optim": {"name": "dual", "soap": False, "lr": 0.05}})
+    arms.append(Arm("one", ["optim=dual", "optim.x=1"], "", {"optim": {"name": "dual", "soap": True, "x": 1}}))
     results[("fast", 0.1, 0)]["final_raw"] = 6.04
     results[("fast", 0.1, 1)]["final_raw"] = 6.07
+    results[("fast", 0.05, 1)] = run([10.0, 7.0, 6.6, 6.4, 6.3])
+    results[("one", 0.05, 0)] = run([10.0, 7.0, 6.6, 6.4, 6.1])
+    grids["one"], chosen["one"] = [0.05], 0.05
     setup = {"command": "x", "wall_min": 0.0, "reference": "muon", "goal_ratio": 0.9, "seeds": 2,
-             "ablations": [("fast", "slow"), ("same", "slow")]}
+             "ablations": [("fast", "slow"), ("same", "slow"), ("one", "fast")]}
     out = tmp_path / "a.md"
     write_report(out, arms, results, grids, chosen, setup)
     text = out.read_text()
     row = next(line for line in text.splitlines() if line.startswith("| fast | slow |"))
-    # finals 6.05 / 6.10 against 6.9 / 6.8: difference -0.775, se sqrt(0.00125/2 + 0.005/2) = 0.0559
+    # swept, so each at its best: finals 6.05 / 6.10 against 6.9 / 6.8: difference -0.775, Welch's se
     se = math.sqrt(0.0353553 ** 2 / 2 + 0.0707107 ** 2 / 2)
-    assert f"-0.7750 ± {se:.4f}" in row and "| 2 vs 2 |" in row
+    assert "| own best lr (0.1 vs 0.05) |" in row and f"-0.7750 ± {se:.4f}" in row and "| 2 vs 2 |" in row
     p = welch_less([6.05, 6.10], [6.9, 6.8])[2]
     assert 0.005 < p < 0.01 and f"| {p:.2g} | {1 - p:.2g} |" in row
     assert row.rstrip(" |").endswith("optim.soap: False -> True")
-    assert "| same | slow | not run |" in text
+    assert "| same | slow | - | not run |" in text
+    # one seed (6.1) against fast's 6.2 / 6.3 at lr 0.05: t = -0.15 / (0.0707 sqrt(1.5)) = -sqrt(3) on 1 degree of
+    # freedom (Cauchy): p = 1/2 + atan(-sqrt(3)) / pi = 1/6
+    assert single_less(6.1, [6.2, 6.3])[2] == pytest.approx(1 / 6)
+    one = next(line for line in text.splitlines() if line.startswith("| one | fast |"))
+    assert f"| lr 0.05 (both) | -0.1500 ± {0.0707107 * math.sqrt(1.5):.4f} | 1 vs 2 | 0.17 | 0.83 |" in one
+    assert one.rstrip(" |").endswith("optim.x: (none) -> 1")
     readout = next(line for line in text.splitlines() if line.startswith("| fast | 2 |") and "[" in line)
     assert "| 6.0550 | 6.0750 | +0.0200 [+0.0100, +0.0300] |" in readout
     assert "dual's variants against dual" not in text  # --ablation replaces issue 13's default section
