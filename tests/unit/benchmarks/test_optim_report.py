@@ -9,7 +9,7 @@ from analysis.crossing import Curve, Point
 from analysis.curves import loss_at, mean_curve
 from analysis.stats import single_less, welch_less
 from benchmarks.optim.arms import Arm
-from benchmarks.optim.report import steps_to, summarize, write_report
+from benchmarks.optim.report import crossing_gap, steps_to, summarize, write_report
 
 STEPS = [0, 100, 200, 300, 400]
 
@@ -27,6 +27,13 @@ def test_interpolation_and_steps_to_target():
     assert loss_at(r, 150) == 7.5 and loss_at(r, 400) == 6.0 and math.isnan(loss_at(r, 401))
     m = mean_curve([r, run([10.0, 9.0, 8.0, 7.5, 7.0])["curve"]])
     assert [p.val_loss for p in m.points] == [10.0, 8.5, 7.5, 7.0, 6.5]
+
+
+def test_crossing_gap_is_the_bracket_of_the_first_crossing():
+    c = Curve("c", [Point(s, 0, None, v) for s, v in [(0, 10.0), (100, 8.0), (200, 7.0), (210, 6.9), (220, 6.8)]])
+    assert crossing_gap(c, 7.5) == 100.0  # between 100 (8.0) and 200 (7.0)
+    assert crossing_gap(c, 6.95) == 10.0 and crossing_gap(c, 7.0) == 0.0  # a validation lands on it
+    assert crossing_gap(c, 11.0) == 0.0 and math.isnan(crossing_gap(c, 6.0))
 
 
 def test_welch_one_sided_against_the_hand_computation():
@@ -92,6 +99,9 @@ def test_report_tables_verdict_and_png(tmp_path):
     assert "**Incomplete**: 1 planned runs" in text
     # fast: 0.75x with 2 seeds is below the ratio but the goal needs >= 4 seeds
     assert "**not met**. Best dual-family ratio: fast at 0.7" in text
+    # fast crosses Muon's 6.31 between validations 100 steps apart (N_ref 400): flagged; slow never crosses
+    gap_line = next(line for line in text.splitlines() if line.startswith("- Crossings interpolated"))
+    assert "fast (100 steps)" in gap_line and "slow (" not in gap_line and "muon (" not in gap_line
     row = next(line for line in text.splitlines() if line.startswith("| slow | 0.05 |"))
     assert "not reached" in row
     # against a second reference (--also-vs fast): its mean final 6.075 at step 400; slow never reaches it
@@ -100,6 +110,19 @@ def test_report_tables_verdict_and_png(tmp_path):
     assert "not reached" in against and against.endswith("| 1 |") is False
     assert text.rstrip().endswith("hand-written context")
     assert not list(tmp_path.glob(".*.tmp"))  # atomic writes leave no temporary files
+
+
+def test_a_densely_validated_crossing_is_not_flagged(tmp_path):
+    arms, results, grids, chosen = fixtures()
+    pts = [(0, 10.0), (100, 7.0), (200, 6.6), (290, 6.33), (300, 6.30), (400, 6.05)]
+    dense = {"curve": Curve("run", [Point(s, 0, s * 100.0, v) for s, v in pts]), "final": 6.05, "ms_per_step": 100.0}
+    results = {k: v for k, v in results.items() if k[0] == "muon"} | {("fast", 0.1, 0): dense, ("fast", 0.1, 1): dense}
+    summary, ref = summarize(arms[:2], results, chosen, "muon", 0.90)
+    assert summary["fast"]["cross_gap"] == 10.0 and ref["n_ref"] == pytest.approx(400.0)
+    setup = {"command": "x", "wall_min": 1.0, "base": [], "reference": "muon", "goal_ratio": 0.90, "seeds": 2,
+             "lr_mults": "1", "steps": 400, "machine": "a test", "missing": []}
+    write_report(tmp_path / "dense.md", arms[:2], results, {"muon": [0.05], "fast": [0.1]}, chosen, setup)
+    assert "Crossings interpolated" not in (tmp_path / "dense.md").read_text()
 
 
 def test_one_change_ablations_and_the_readout_section(tmp_path):
