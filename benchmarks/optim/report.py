@@ -332,7 +332,7 @@ def plot(png: Path, arms: list, summary: dict, ref: dict, reference: str, device
         style = dict(color=colors(i % 10), ls=("-", "--", ":")[i // 10 % 3],
                      lw=2.2 if name in (reference, "dual") else 1.2)
         for ax in axes:
-            ax.plot(steps, [p.val_loss for p in s["curve"].points], label=f"{name} ({len(s['runs'])} seeds)", **style)
+            ax.plot(steps, [p.val_loss for p in s["curve"].points], label=f"{name} ({len(s['runs'])} seed{'s' * (len(s['runs']) != 1)})", **style)
             ax.fill_between(steps, lo, hi, color=style["color"], alpha=0.15, lw=0)
     last = max(max(curve_steps(summary[n]["curve"])) for n in names)
     finals = [summary[n]["final"][0] for n in names]
