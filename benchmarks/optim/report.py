@@ -130,8 +130,11 @@ def write_report(path: Path, arms: list, results: dict, grids: dict, chosen: dic
     L = [f"# Optimizer benchmark: {setup.get('title', 'arms over one base experiment')}", "",
          f"Command: `{setup['command']}` ({setup['wall_min']:.0f} min wall, {setup.get('machine', '?')}).  ",
          f"Base of every run: `{' '.join(setup.get('base', []))}`.  ",
-         f"Protocol: every arm gets the same lr sweep (its base lr x {setup.get('lr_mults', '?')}, seed 0, full length); "
-         f"the lowest final val loss picks its lr; then seeds 0..{setup.get('seeds', 1) - 1} at that lr.  "]
+         "Protocol: " + ("each arm sweeps the lr grid of the sweep table below (explicit --lrs grids; otherwise its base "
+                         f"lr x {setup.get('lr_mults', '?')})" if setup.get("explicit_grids") else
+                         f"every arm gets the same lr sweep (its base lr x {setup.get('lr_mults', '?')})")
+         + f", seed 0, full length; the lowest final val loss picks its lr; then seeds 0..{setup.get('seeds', 1) - 1} "
+           "at that lr.  "]
     if reference in summary:
         L.append(f"Reference: **{reference}**; target = its mean final val loss **{ref['target']:.4f}**, reached by its "
                  f"seed-averaged curve at step N_ref = {ref['n_ref']:.0f}.")

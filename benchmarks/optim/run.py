@@ -251,7 +251,7 @@ def main(argv: list[str] | None = None) -> None:
     setup = {"command": " ".join(["python -m benchmarks.optim.run", *(argv if argv is not None else sys.argv[1:])]),
              "base": base, "reference": args.reference, "also_vs": args.also_vs, "goal_ratio": args.goal_ratio,
              "ablations": args.ablations,
-             "seeds": args.seeds, "lr_mults": args.lr_mults,
+             "seeds": args.seeds, "lr_mults": args.lr_mults, "explicit_grids": bool(args.lrs),
              "steps": args.steps, "device": args.device, "machine": machine(args.device, args.jobs, args.threads),
              "wall_min": (time.time() - t_start) / 60, "missing": sorted(run_name(*k) for k in expected - results.keys()),
              "title": args.title or f"{args.experiment} on {args.device.upper()}",

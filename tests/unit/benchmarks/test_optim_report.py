@@ -99,6 +99,7 @@ def test_report_tables_verdict_and_png(tmp_path):
     assert "**Incomplete**: 1 planned runs" in text
     # fast: 0.75x with 2 seeds is below the ratio but the goal needs >= 4 seeds
     assert "**not met**. Best dual-family ratio: fast at 0.7" in text
+    assert "Protocol: every arm gets the same lr sweep (its base lr x 1,2), seed 0" in text
     # fast crosses Muon's 6.31 between validations 100 steps apart (N_ref 400): flagged; slow never crosses
     gap_line = next(line for line in text.splitlines() if line.startswith("- Crossings interpolated"))
     assert "fast (100 steps)" in gap_line and "slow (" not in gap_line and "muon (" not in gap_line
@@ -120,9 +121,11 @@ def test_a_densely_validated_crossing_is_not_flagged(tmp_path):
     summary, ref = summarize(arms[:2], results, chosen, "muon", 0.90)
     assert summary["fast"]["cross_gap"] == 10.0 and ref["n_ref"] == pytest.approx(400.0)
     setup = {"command": "x", "wall_min": 1.0, "base": [], "reference": "muon", "goal_ratio": 0.90, "seeds": 2,
-             "lr_mults": "1", "steps": 400, "machine": "a test", "missing": []}
+             "lr_mults": "1", "steps": 400, "machine": "a test", "missing": [], "explicit_grids": True}
     write_report(tmp_path / "dense.md", arms[:2], results, {"muon": [0.05], "fast": [0.1]}, chosen, setup)
-    assert "Crossings interpolated" not in (tmp_path / "dense.md").read_text()
+    text = (tmp_path / "dense.md").read_text()
+    assert "Crossings interpolated" not in text
+    assert "Protocol: each arm sweeps the lr grid of the sweep table below (explicit --lrs grids" in text
 
 
 def test_one_change_ablations_and_the_readout_section(tmp_path):
