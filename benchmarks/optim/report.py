@@ -54,14 +54,13 @@ def steps_to(curve: Curve, target: float, key: str = "steps") -> float:
 
 
 def crossing_gap(curve: Curve, target: float) -> float:
-    """Steps between the validations that bracket the first crossing of target: 0 where one lands on it or the
-    first validation is already below it, nan if the curve never reaches it."""
-    prev = None
-    for p in curve.points:
-        if p.val_loss <= target:
-            return 0.0 if prev is None or p.val_loss == target else float(p.step - prev.step)
-        prev = p
-    return math.nan
+    """Steps between the validations that bracket the first crossing of target (analysis.crossing's rule): 0 where
+    one lands on it or the first validation is already below it, nan if the curve never reaches it."""
+    hit = first_crossing(curve, target)  # the first logged validation at or below the target
+    if hit is None:
+        return math.nan
+    earlier = [p.step for p in curve.points if p.step < hit.step]
+    return 0.0 if hit.val_loss == target or not earlier else float(hit.step - earlier[-1])
 
 
 def curve_steps(curve: Curve) -> list[int]:
@@ -88,8 +87,8 @@ def summarize(arms: list, results: dict, chosen: dict, reference: str, goal_rati
         goal_vals = [loss_at(r["curve"], goal_ratio * ref["n_ref"]) for r in rs] if reference in runs else []
         out[name] = {"runs": rs, "curve": curve, "finals": finals, "final": spread(finals),
                      "steps_to": st, "ratio": st / ref["n_ref"] if reference in runs else math.nan,
-                     "per_seed": per_seed, "cross_gap": crossing_gap(curve, ref["target"]), "seeds": [k[2] for k in sorted(results)
-                                                     if k[0] == name and k[1] == chosen[name]],
+                     "per_seed": per_seed, "cross_gap": crossing_gap(curve, ref["target"]),
+                     "seeds": [k[2] for k in sorted(results) if k[0] == name and k[1] == chosen[name]],
                      "p_final": welch_less(finals, ref["finals"])[2] if name != reference else math.nan,
                      "p_goal": welch_less(goal_vals, ref["finals"])[2] if name != reference else math.nan,
                      "ms_per_step": sorted(r["ms_per_step"] for r in rs)[len(rs) // 2]}
@@ -335,7 +334,8 @@ def plot(png: Path, arms: list, summary: dict, ref: dict, reference: str, device
         style = dict(color=colors(i % 10), ls=("-", "--", ":")[i // 10 % 3],
                      lw=2.2 if name in (reference, "dual") else 1.2)
         for ax in axes:
-            ax.plot(steps, [p.val_loss for p in s["curve"].points], label=f"{name} ({len(s['runs'])} seed{'s' * (len(s['runs']) != 1)})", **style)
+            n = len(s["runs"])
+            ax.plot(steps, [p.val_loss for p in s["curve"].points], label=f"{name} ({n} seed{'s' * (n != 1)})", **style)
             ax.fill_between(steps, lo, hi, color=style["color"], alpha=0.15, lw=0)
     last = max(max(curve_steps(summary[n]["curve"])) for n in names)
     finals = [summary[n]["final"][0] for n in names]
