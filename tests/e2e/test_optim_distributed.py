@@ -1,6 +1,8 @@
 """Sharded orthogonalization: a 2-process gloo run against a 1-process run (the deal and the gather alone:
 tests/unit/optim/test_sharding.py)."""
+import os
 import socket
+import sys
 
 import pytest
 import torch
@@ -68,6 +70,21 @@ def _worker(rank: int, world: int, port: int, schema_name: str, out_path: str) -
         torch.save({"params": params, "calls": n_calls}, f"{out_path}.{rank}")
     finally:
         dist.destroy_process_group()
+    exit_worker()
+
+
+def exit_worker() -> None:
+    """End a spawned worker that ran gloo collectives without finalizing its interpreter.
+
+    A spawned child returns through sys.exit, and gloo's worker threads can drop their last tensor
+    references only while the interpreter is finalizing: `terminate called without an active
+    exception`, SIGABRT, a passing worker reported failed (seen in CI on a loaded machine). The
+    product's ranks end through harness.process.distributed.exit_process for the same reason; its
+    result is already on disk here, so flush and leave with every native thread in the process.
+    """
+    for stream in (sys.stdout, sys.stderr):
+        stream.flush()
+    os._exit(0)
 
 
 def free_port() -> int:
@@ -117,6 +134,7 @@ def _switch_worker(rank: int, world: int, port: int, out_path: str) -> None:
         torch.save({k: run_steps("dual", **ov)[0] for k, ov in SWITCHES.items()}, f"{out_path}.{rank}")
     finally:
         dist.destroy_process_group()
+    exit_worker()
 
 
 @pytest.mark.e2e
